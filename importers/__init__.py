@@ -1,0 +1,1 @@
+"""Format importers (installed as ``modelloader.importers``): file bytes -> ``modelloader.ir``."""

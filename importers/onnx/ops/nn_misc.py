@@ -1,0 +1,14 @@
+"""Rows for Attention, RotaryEmbedding, losses, training optimisers and TfIdfVectorizer."""
+
+from __future__ import annotations
+
+from modelloader.importers.onnx.table import passthrough
+
+passthrough(
+    "Attention",
+    "RotaryEmbedding",
+    "NegativeLogLikelihoodLoss",
+    "SoftmaxCrossEntropyLoss",
+    "TfIdfVectorizer",
+)
+passthrough("Adagrad", "Adam", "Momentum", domain="ai.onnx.preview.training")

@@ -1,0 +1,1 @@
+"""Kernel providers (installed as ``modelloader.kernels``): ``cpu`` (NumPy) and later ``gpu``."""

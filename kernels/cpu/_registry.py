@@ -1,0 +1,6 @@
+"""The CPU provider's registry and its decorator."""
+
+from modelloader.kernels.registry import Registry
+
+registry = Registry("cpu")
+kernel = registry.register

@@ -1,0 +1,611 @@
+"""Convolution kernels: Conv, ConvTranspose, ConvInteger, QLinearConv, DeformConv, Col2Im, FusedConv.
+
+Float convolutions are lowered to BLAS: 1x1 stride-1 convs are one matmul over the input as
+it lies; kxk convs build an im2col buffer from one strided view of the padded input and run
+one (batched) sgemm per group; depthwise convs multiply-accumulate shifted views tap by tap.
+Integer convolutions run the same engine in float64, which is exact for 8/16-bit operands.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from modelloader.kernels.cpu._registry import kernel
+
+_FLOATS = (np.float32, np.float64)
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def resolve_pads(
+    in_sp: Sequence[int],
+    k: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    pads: Sequence[int] | None,
+    auto_pad: str,
+    ceil_mode: bool = False,
+) -> tuple[list[int], list[int]]:
+    """ONNX conv/pool output geometry: returns (pads [b..., e...], output spatial shape)."""
+    r = len(in_sp)
+    eff = [(k[i] - 1) * dilations[i] + 1 for i in range(r)]
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        out = [-(-in_sp[i] // strides[i]) for i in range(r)]
+        total = [max(0, (out[i] - 1) * strides[i] + eff[i] - in_sp[i]) for i in range(r)]
+        if auto_pad == "SAME_UPPER":
+            p = [t // 2 for t in total] + [t - t // 2 for t in total]
+        else:
+            p = [t - t // 2 for t in total] + [t // 2 for t in total]
+        return p, out
+    if auto_pad == "VALID":
+        p = [0] * (2 * r)
+    else:
+        p = list(pads) if pads else [0] * (2 * r)
+    out = []
+    for i in range(r):
+        span = in_sp[i] + p[i] + p[i + r] - eff[i]
+        if ceil_mode:
+            o = -(-span // strides[i]) + 1
+            # a window must start inside the input or the begin padding
+            if (o - 1) * strides[i] >= in_sp[i] + p[i]:
+                o -= 1
+        else:
+            o = span // strides[i] + 1
+        out.append(o)
+    return p, out
+
+
+def pad_input(x: np.ndarray, pads: Sequence[int], value: float = 0.0) -> np.ndarray:
+    """Zero (or ``value``) pads the spatial axes of an (N, C, *S) array; no copy without pads."""
+    r = x.ndim - 2
+    if not any(pads):
+        return x
+    lo = [max(0, p) for p in pads[:r]]
+    hi = [max(0, p) for p in pads[r:]]
+    shape = x.shape[:2] + tuple(x.shape[2 + i] + lo[i] + hi[i] for i in range(r))
+    buf = np.zeros(shape, x.dtype) if value == 0 else np.full(shape, value, x.dtype)
+    # negative pads crop the input
+    src = x[(slice(None), slice(None)) + tuple(
+        slice(max(0, -pads[i]), x.shape[2 + i] - max(0, -pads[i + r])) for i in range(r)
+    )]
+    dst = (slice(None), slice(None)) + tuple(
+        slice(lo[i], lo[i] + src.shape[2 + i]) for i in range(r)
+    )
+    buf[dst] = src
+    return buf
+
+
+def window_view(
+    xp: np.ndarray, k: Sequence[int], strides: Sequence[int], dilations: Sequence[int],
+    out_sp: Sequence[int],
+) -> np.ndarray:
+    """Read-only strided view (N, C, *k, *out) of the padded input: element [n,c,*t,*o] is
+    xp[n, c, *(o*stride + t*dilation)]."""
+    st = xp.strides
+    r = len(k)
+    shape = xp.shape[:2] + tuple(k) + tuple(out_sp)
+    strides_ = st[:2] + tuple(st[2 + i] * dilations[i] for i in range(r)) + tuple(
+        st[2 + i] * strides[i] for i in range(r)
+    )
+    return as_strided(xp, shape=shape, strides=strides_, writeable=False)
+
+
+def _defaults(
+    x: np.ndarray, kshape: Sequence[int] | None, w_shape: Sequence[int], strides, dilations
+) -> tuple[list[int], list[int], list[int]]:
+    r = x.ndim - 2
+    k = list(kshape) if kshape else list(w_shape[2:])
+    s = list(strides) if strides else [1] * r
+    d = list(dilations) if dilations else [1] * r
+    return k, s, d
+
+
+# --------------------------------------------------------------------------- engine
+
+
+def _phase_taps(
+    x: np.ndarray, p: Sequence[int], k: Sequence[int], s: Sequence[int], d: Sequence[int],
+    out_sp: Sequence[int],
+) -> tuple[np.ndarray, int, list[tuple[int, int, int]]]:
+    """2-D taps as contiguous flat slices (the "extended row" trick).
+
+    The padded input is split into stride phases, each flattened to (N, C, Hq*Wq). Tap (ki, kj)
+    is then the slice ``src[:, :, a, b, off:off + oh*Wq]``: an (oh, Wq) image whose first ow
+    columns are the tap's values and whose last Wq - ow columns are junk to be cropped.
+    """
+    n, c, h, w = x.shape
+    oh, ow = out_sp
+    taps = []
+    for ki in range(k[0]):
+        qa, a = divmod(ki * d[0], s[0])
+        for kj in range(k[1]):
+            qb, b = divmod(kj * d[1], s[1])
+            taps.append((a, b, qa, qb))
+    wq = -(-(w + p[1] + p[3]) // s[1])
+    hq = max(-(-(h + p[0] + p[2]) // s[0]), oh + max(t[2] for t in taps)) + 1
+    xp = np.zeros((n, c, hq * s[0], wq * s[1]), x.dtype)
+    xp[:, :, p[0] : p[0] + h, p[1] : p[1] + w] = x
+    if s[0] == 1 and s[1] == 1:
+        src = xp.reshape(n, c, 1, 1, hq * wq)
+    else:
+        src = np.ascontiguousarray(
+            xp.reshape(n, c, hq, s[0], wq, s[1]).transpose(0, 1, 3, 5, 2, 4)
+        ).reshape(n, c, s[0], s[1], hq * wq)
+    return src, wq, [(a, b, qa * wq + qb) for a, b, qa, qb in taps]
+
+
+def _conv_float(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    *,
+    auto_pad: str,
+    dilations: Sequence[int] | None,
+    group: int,
+    kernel_shape: Sequence[int] | None,
+    pads: Sequence[int] | None,
+    strides: Sequence[int] | None,
+) -> np.ndarray:
+    """Conv (+ bias) in x's dtype (float32/float64); returns a fresh C-contiguous (N, M, *out)."""
+    n, c = x.shape[:2]
+    m = w.shape[0]
+    r = x.ndim - 2
+    k, s, d = _defaults(x, kernel_shape, w.shape, strides, dilations)
+    p, out_sp = resolve_pads(x.shape[2:], k, s, d, pads, auto_pad)
+    hw = math.prod(out_sp)
+    cg, mg = c // group, m // group
+    kk = math.prod(k)
+    bias = None if b is None else b.astype(x.dtype, copy=False).reshape((m,) + (1,) * r)
+    depthwise = group == c and mg == 1 and group > 1
+
+    if r == 2 and kk > 1 and min(p) >= 0:
+        src, wq, taps = _phase_taps(x, p, k, s, d, out_sp)
+        ext = out_sp[0] * wq
+        if depthwise or wq <= 1.1 * out_sp[1]:
+            if depthwise:
+                wk = w.reshape(m, kk, 1)
+                acc = np.empty((n, m, ext), x.dtype)
+                tmp = np.empty_like(acc)
+                for t, (a, bb, off) in enumerate(taps):
+                    tap = src[:, :, a, bb, off : off + ext]
+                    if t == 0:
+                        np.multiply(tap, wk[:, 0], out=acc)
+                    else:
+                        np.multiply(tap, wk[:, t], out=tmp)
+                        acc += tmp
+            else:
+                cols = np.empty((n, c, kk, ext), x.dtype)
+                for t, (a, bb, off) in enumerate(taps):
+                    cols[:, :, t] = src[:, :, a, bb, off : off + ext]
+                cols = cols.reshape(n, group, cg * kk, ext)
+                acc = np.empty((n, group, mg, ext), x.dtype)
+                wg = w.reshape(group, mg, cg * kk)
+                if n == 1 and group == 1:
+                    np.matmul(wg[0], cols[0, 0], out=acc[0, 0])
+                else:
+                    np.matmul(wg, cols, out=acc)
+            acc = acc.reshape(n, m, out_sp[0], wq)[..., : out_sp[1]]
+            out = np.empty((n, m) + tuple(out_sp), x.dtype)
+            if bias is not None:
+                np.add(acc, bias, out=out)
+            else:
+                np.copyto(out, acc)
+            return out
+
+    out = np.empty((n, m) + tuple(out_sp), x.dtype)
+    o3 = out.reshape(n, group, mg, hw)
+    if kk == 1 and not any(p):
+        # pointwise: strided subsampling (if any) then a plain matmul
+        xs = x if all(v == 1 for v in s) else x[(Ellipsis,) + tuple(slice(None, None, v) for v in s)]
+        xs = np.ascontiguousarray(xs).reshape(n, group, cg, hw)
+        wg = w.reshape(group, mg, cg)
+        if n == 1 and group == 1:
+            np.matmul(wg[0], xs[0, 0], out=o3[0, 0])
+        else:
+            np.matmul(wg, xs, out=o3)
+    elif depthwise:
+        # multiply-accumulate one shifted view per kernel tap
+        xp = pad_input(x, p)
+        view = window_view(xp, k, s, d, out_sp)
+        wk = w.reshape((1, m) + (kk,) + (1,) * r)
+        tmp = np.empty_like(out)
+        for t, idx in enumerate(np.ndindex(*k)):
+            tap = view[(slice(None), slice(None)) + idx]
+            if t == 0:
+                np.multiply(tap, wk[:, :, 0], out=out)
+            else:
+                np.multiply(tap, wk[:, :, t], out=tmp)
+                out += tmp
+    else:
+        xp = pad_input(x, p)
+        view = window_view(xp, k, s, d, out_sp)
+        cols = np.empty((n, c) + tuple(k) + tuple(out_sp), x.dtype)
+        np.copyto(cols, view)
+        cols = cols.reshape(n, group, cg * kk, hw)
+        wg = w.reshape(group, mg, cg * kk)
+        if n == 1 and group == 1:
+            np.matmul(wg[0], cols[0, 0], out=o3[0, 0])
+        else:
+            np.matmul(wg, cols, out=o3)
+    if bias is not None:
+        out += bias
+    return out
+
+
+def _compute_dtype(x: np.ndarray) -> np.dtype:
+    return x.dtype if x.dtype in _FLOATS else np.dtype(np.float32)
+
+
+def apply_activation(y: np.ndarray, activation: str, params: Sequence[float]) -> np.ndarray:
+    """Applies a fused activation in place on ``y`` (the kernel's own buffer) and returns it."""
+    if not activation:
+        return y
+    t = y.dtype.type
+    if activation == "Relu":
+        np.maximum(y, t(0), out=y)
+    elif activation == "LeakyRelu":
+        alpha = t(params[0] if params else 0.01)
+        np.copyto(y, y * alpha, where=y < 0)
+    elif activation == "Clip":
+        lo = params[0] if len(params) > 0 else -np.inf
+        hi = params[1] if len(params) > 1 else np.inf
+        np.clip(y, t(lo), t(hi), out=y)
+    elif activation == "Sigmoid":
+        with np.errstate(over="ignore"):
+            np.negative(y, out=y)
+            np.exp(y, out=y)
+            y += t(1)
+            np.reciprocal(y, out=y)
+    elif activation == "Tanh":
+        np.tanh(y, out=y)
+    elif activation == "HardSigmoid":
+        alpha = t(params[0] if len(params) > 0 else 0.2)
+        beta = t(params[1] if len(params) > 1 else 0.5)
+        y *= alpha
+        y += beta
+        np.clip(y, t(0), t(1), out=y)
+    else:
+        raise ValueError(f"unsupported fused activation {activation!r}")
+    return y
+
+
+# --------------------------------------------------------------------------- float ops
+
+
+@kernel("Conv")
+def conv(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None = None,
+    *,
+    auto_pad: str = "NOTSET",
+    dilations: Sequence[int] | None = None,
+    group: int = 1,
+    kernel_shape: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    strides: Sequence[int] | None = None,
+) -> np.ndarray:
+    """ONNX Conv-22: N-d grouped, strided, dilated, padded cross-correlation plus bias."""
+    cd = _compute_dtype(x)
+    y = _conv_float(
+        x.astype(cd, copy=False), w.astype(cd, copy=False), b,
+        auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape,
+        pads=pads, strides=strides,
+    )
+    return y.astype(x.dtype, copy=False)
+
+
+@kernel("FusedConv", domain="modelloader")
+def fused_conv(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None = None,
+    z: np.ndarray | None = None,
+    *,
+    auto_pad: str = "NOTSET",
+    dilations: Sequence[int] | None = None,
+    group: int = 1,
+    kernel_shape: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    strides: Sequence[int] | None = None,
+    activation: str = "",
+    activation_params: Sequence[float] = (),
+) -> np.ndarray:
+    """modelloader FusedConv: act(Conv(X, W, B) + Z); Z is an optional residual of output shape."""
+    cd = _compute_dtype(x)
+    y = _conv_float(
+        x.astype(cd, copy=False), w.astype(cd, copy=False), b,
+        auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape,
+        pads=pads, strides=strides,
+    )
+    if z is not None:
+        np.add(y, z, out=y, casting="unsafe")
+    apply_activation(y, activation, activation_params)
+    return y.astype(x.dtype, copy=False)
+
+
+def col2im_add(
+    cols: np.ndarray,
+    in_sp: Sequence[int],
+    k: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    pads_b: Sequence[int],
+    out_sp: Sequence[int],
+) -> np.ndarray:
+    """Scatter-adds cols (N, C, *k, *in_sp) into an (N, C, *out_sp) image.
+
+    Column [t, i] lands at image position i*stride + t*dilation - pad_begin; positions
+    outside the image are dropped. Loops over kernel taps only.
+    """
+    n, c = cols.shape[:2]
+    r = len(k)
+    off = [max(0, -pb) for pb in pads_b]
+    full = [
+        off[i] + max((in_sp[i] - 1) * strides[i] + (k[i] - 1) * dilations[i] + 1, pads_b[i] + out_sp[i])
+        for i in range(r)
+    ]
+    buf = np.zeros((n, c) + tuple(full), cols.dtype)
+    for idx in np.ndindex(*k):
+        dst = (slice(None), slice(None)) + tuple(
+            slice(off[i] + idx[i] * dilations[i],
+                  off[i] + idx[i] * dilations[i] + (in_sp[i] - 1) * strides[i] + 1, strides[i])
+            for i in range(r)
+        )
+        buf[dst] += cols[(slice(None), slice(None)) + idx]
+    crop = (slice(None), slice(None)) + tuple(
+        slice(off[i] + pads_b[i], off[i] + pads_b[i] + out_sp[i]) for i in range(r)
+    )
+    return buf[crop]
+
+
+@kernel("ConvTranspose")
+def conv_transpose(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None = None,
+    *,
+    auto_pad: str = "NOTSET",
+    dilations: Sequence[int] | None = None,
+    group: int = 1,
+    kernel_shape: Sequence[int] | None = None,
+    output_padding: Sequence[int] | None = None,
+    output_shape: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    strides: Sequence[int] | None = None,
+) -> np.ndarray:
+    """ONNX ConvTranspose-22: gradient of Conv; one sgemm per group then a tap-wise col2im."""
+    cd = _compute_dtype(x)
+    xf = x.astype(cd, copy=False)
+    wf = w.astype(cd, copy=False)
+    n, c = x.shape[:2]
+    r = x.ndim - 2
+    in_sp = list(x.shape[2:])
+    k, s, d = _defaults(x, kernel_shape, w.shape, strides, dilations)
+    op = list(output_padding) if output_padding else [0] * r
+    mg = w.shape[1]
+    m = mg * group
+    cg = c // group
+    full = [s[i] * (in_sp[i] - 1) + op[i] + (k[i] - 1) * d[i] + 1 for i in range(r)]
+    if output_shape:
+        out_sp = list(output_shape)[-r:]
+        total = [full[i] - out_sp[i] for i in range(r)]
+        if auto_pad == "SAME_UPPER":
+            pb = [t // 2 for t in total]
+        else:
+            pb = [t - t // 2 for t in total]
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        out_sp = [in_sp[i] * s[i] for i in range(r)]
+        total = [full[i] - out_sp[i] for i in range(r)]
+        if auto_pad == "SAME_UPPER":
+            pb = [t // 2 for t in total]
+        else:
+            pb = [t - t // 2 for t in total]
+    else:
+        p = list(pads) if pads and auto_pad != "VALID" else [0] * (2 * r)
+        pb = p[:r]
+        out_sp = [full[i] - p[i] - p[i + r] for i in range(r)]
+    kk = math.prod(k)
+    hw = math.prod(in_sp)
+    # cols[n, g, (mg, *k), hw] = W_g^T @ X_g
+    wt = wf.reshape(group, cg, mg * kk).transpose(0, 2, 1)
+    cols = np.matmul(wt, np.ascontiguousarray(xf).reshape(n, group, cg, hw))
+    cols = cols.reshape((n, m) + tuple(k) + tuple(in_sp))
+    y = col2im_add(cols, in_sp, k, s, d, pb, out_sp)
+    y = np.ascontiguousarray(y)
+    if b is not None:
+        y.reshape(n, m, -1)[...] += b.astype(cd, copy=False).reshape(m, 1)
+    return y.astype(x.dtype, copy=False)
+
+
+@kernel("Col2Im")
+def col2im(
+    x: np.ndarray,
+    image_shape: np.ndarray,
+    block_shape: np.ndarray,
+    *,
+    dilations: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    strides: Sequence[int] | None = None,
+) -> np.ndarray:
+    """ONNX Col2Im-18: rearranges (N, C*prod(block), L) columns into (N, C, *image) summing overlaps."""
+    img = [int(v) for v in image_shape]
+    k = [int(v) for v in block_shape]
+    r = len(img)
+    s = list(strides) if strides else [1] * r
+    d = list(dilations) if dilations else [1] * r
+    p = list(pads) if pads else [0] * (2 * r)
+    _, in_sp = resolve_pads(img, k, s, d, p, "NOTSET")
+    n = x.shape[0]
+    c = x.shape[1] // math.prod(k)
+    cols = x.reshape((n, c) + tuple(k) + tuple(in_sp))
+    return np.ascontiguousarray(col2im_add(cols, in_sp, k, s, d, p[:r], img))
+
+
+# --------------------------------------------------------------------------- integer ops
+
+
+def _conv_exact(
+    x: np.ndarray, w: np.ndarray, *, auto_pad, dilations, group, kernel_shape, pads, strides
+) -> np.ndarray:
+    """Integer conv of zero-point-shifted operands, accumulated exactly (float64 BLAS) -> int32."""
+    y = _conv_float(
+        x.astype(np.float64), w.astype(np.float64), None, auto_pad=auto_pad,
+        dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads, strides=strides,
+    )
+    return y.astype(np.int32)
+
+
+def _shift_w(w: np.ndarray, zp: np.ndarray | None) -> np.ndarray:
+    wi = w.astype(np.int32)
+    if zp is not None:
+        zp = np.asarray(zp).astype(np.int32)
+        if zp.ndim == 1 and zp.size == w.shape[0] and zp.size > 1:
+            zp = zp.reshape((-1,) + (1,) * (w.ndim - 1))
+        wi -= zp
+    return wi
+
+
+@kernel("ConvInteger")
+def conv_integer(
+    x: np.ndarray,
+    w: np.ndarray,
+    x_zero_point: np.ndarray | None = None,
+    w_zero_point: np.ndarray | None = None,
+    *,
+    auto_pad: str = "NOTSET",
+    dilations: Sequence[int] | None = None,
+    group: int = 1,
+    kernel_shape: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    strides: Sequence[int] | None = None,
+) -> np.ndarray:
+    """ONNX ConvInteger-10: int32 conv of (x - x_zp) and (w - w_zp); padding contributes 0."""
+    xi = x.astype(np.int32)
+    if x_zero_point is not None:
+        xi -= np.asarray(x_zero_point).astype(np.int32)
+    return _conv_exact(
+        xi, _shift_w(w, w_zero_point), auto_pad=auto_pad, dilations=dilations, group=group,
+        kernel_shape=kernel_shape, pads=pads, strides=strides,
+    )
+
+
+def requantize(
+    acc: np.ndarray, multiplier: np.ndarray, zero_point: np.ndarray | None, dtype: np.dtype
+) -> np.ndarray:
+    """int32 accumulator -> saturate(round_half_even(acc * multiplier) + zero_point) in ``dtype``."""
+    y = acc.astype(np.float64) * np.asarray(multiplier).astype(np.float64)
+    np.rint(y, out=y)
+    if zero_point is not None:
+        y += np.asarray(zero_point).astype(np.float64)
+    info = np.iinfo(dtype)
+    np.clip(y, info.min, info.max, out=y)
+    return y.astype(dtype)
+
+
+@kernel("QLinearConv")
+def qlinear_conv(
+    x: np.ndarray,
+    x_scale: np.ndarray,
+    x_zero_point: np.ndarray,
+    w: np.ndarray,
+    w_scale: np.ndarray,
+    w_zero_point: np.ndarray,
+    y_scale: np.ndarray,
+    y_zero_point: np.ndarray,
+    b: np.ndarray | None = None,
+    *,
+    auto_pad: str = "NOTSET",
+    dilations: Sequence[int] | None = None,
+    group: int = 1,
+    kernel_shape: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    strides: Sequence[int] | None = None,
+) -> np.ndarray:
+    """ONNX QLinearConv-10: int32 conv (+ int32 bias) requantized with x_s*w_s/y_s, round-half-even."""
+    xi = x.astype(np.int32)
+    if x_zero_point is not None:
+        xi -= np.asarray(x_zero_point).astype(np.int32)
+    acc = _conv_exact(
+        xi, _shift_w(w, w_zero_point), auto_pad=auto_pad, dilations=dilations, group=group,
+        kernel_shape=kernel_shape, pads=pads, strides=strides,
+    )
+    if b is not None:
+        acc += b.astype(np.int32).reshape((-1,) + (1,) * (x.ndim - 2))
+    ws = np.asarray(w_scale)
+    # multiplier computed in the scales' own precision, as the reference does
+    mult = np.asarray(x_scale) * ws / np.asarray(y_scale)
+    if mult.size > 1:
+        mult = mult.reshape((-1,) + (1,) * (x.ndim - 2))
+    out_dt = y_zero_point.dtype if y_zero_point is not None else x.dtype
+    return requantize(acc, mult, y_zero_point, out_dt)
+
+
+# --------------------------------------------------------------------------- DeformConv
+
+
+@kernel("DeformConv")
+def deform_conv(
+    x: np.ndarray,
+    w: np.ndarray,
+    offset: np.ndarray,
+    b: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    *,
+    dilations: Sequence[int] | None = None,
+    group: int = 1,
+    kernel_shape: Sequence[int] | None = None,
+    offset_group: int = 1,
+    pads: Sequence[int] | None = None,
+    strides: Sequence[int] | None = None,
+) -> np.ndarray:
+    """ONNX DeformConv-22 (2-D): conv sampling bilinearly at offset positions, times the mask."""
+    cd = _compute_dtype(x)
+    xf = x.astype(cd, copy=False)
+    n, c, h, wd = x.shape
+    m = w.shape[0]
+    k, s, d = _defaults(x, kernel_shape, w.shape, strides, dilations)
+    p = list(pads) if pads else [0] * 4
+    oh, ow = offset.shape[2:]
+    kh, kw = k
+    kk = kh * kw
+    og = offset_group
+    cpg = c // og
+    off = offset.astype(cd, copy=False).reshape(n, og, kk, 2, oh, ow)
+    ti, tj = np.meshgrid(np.arange(kh), np.arange(kw), indexing="ij")
+    base_h = (np.arange(oh) * s[0] - p[0])[None, :, None] + (ti.reshape(-1) * d[0])[:, None, None]
+    base_w = (np.arange(ow) * s[1] - p[1])[None, None, :] + (tj.reshape(-1) * d[1])[:, None, None]
+    ph = base_h[None, None] + off[:, :, :, 0]  # (n, og, kk, oh, ow)
+    pw = base_w[None, None] + off[:, :, :, 1]
+    h0 = np.floor(ph)
+    w0 = np.floor(pw)
+    lh = ph - h0
+    lw = pw - w0
+    h0 = h0.astype(np.int64)
+    w0 = w0.astype(np.int64)
+    xg = xf.reshape(n, og, cpg, h, wd)
+    ni = np.arange(n)[:, None, None, None, None]
+    gi = np.arange(og)[None, :, None, None, None]
+    samples = np.zeros((n, og, kk, oh, ow, cpg), cd)
+    for dh, dw, wt in (
+        (0, 0, (1 - lh) * (1 - lw)), (0, 1, (1 - lh) * lw), (1, 0, lh * (1 - lw)), (1, 1, lh * lw)
+    ):
+        hh = h0 + dh
+        ww = w0 + dw
+        valid = (hh >= 0) & (hh < h) & (ww >= 0) & (ww < wd)
+        vals = xg[ni, gi, :, np.clip(hh, 0, h - 1), np.clip(ww, 0, wd - 1)]
+        samples += vals * (wt * valid)[..., None]
+    if mask is not None:
+        samples *= mask.astype(cd, copy=False).reshape(n, og, kk, oh, ow)[..., None]
+    # -> cols (n, c, kk, oh*ow)
+    cols = samples.transpose(0, 1, 5, 2, 3, 4).reshape(n, group, (c // group) * kk, oh * ow)
+    wg = w.astype(cd, copy=False).reshape(group, m // group, (c // group) * kk)
+    y = np.matmul(wg, cols).reshape(n, m, oh, ow)
+    if b is not None:
+        y += b.astype(cd, copy=False).reshape(m, 1, 1)
+    return y.astype(x.dtype, copy=False)

@@ -1,0 +1,330 @@
+"""Elementwise math, comparison, logic, bitwise and cast kernels (ONNX newest opsets).
+
+Binary ops follow NumPy (multidirectional) broadcasting, as ONNX does from opset 7 on;
+the importer rewrites older ``broadcast``/``axis`` forms. Every kernel returns the
+dtype the ONNX spec gives: same-typed inputs stay in their dtype (float32 is never
+upcast), comparisons and logic return bool.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import ml_dtypes
+import numpy as np
+from onnx import TensorProto, helper
+
+from modelloader.kernels.cpu._registry import kernel
+
+_SQRT1_2 = 0.7071067811865476
+
+
+def _as(x: np.ndarray | np.generic, dtype: np.dtype) -> np.ndarray:
+    """``x`` as an ndarray of ``dtype`` (no copy when it already is one)."""
+    return np.asarray(x).astype(dtype, copy=False)
+
+
+def _unary(fn: np.ufunc):
+    def run(x: np.ndarray) -> np.ndarray:
+        return _as(fn(x), x.dtype)
+
+    return run
+
+
+for _names, _fn in (
+    (("Abs",), np.abs),
+    (("Neg",), np.negative),
+    (("Sqrt",), np.sqrt),
+    (("Exp",), np.exp),
+    (("Log",), np.log),
+    (("Ceil",), np.ceil),
+    (("Floor",), np.floor),
+    (("Round",), np.rint),  # rint rounds half to even, as ONNX Round does
+    (("Sign",), np.sign),
+    (("Sin",), np.sin),
+    (("Cos",), np.cos),
+    (("Tan",), np.tan),
+    (("Asin",), np.arcsin),
+    (("Acos",), np.arccos),
+    (("Atan",), np.arctan),
+    (("Sinh",), np.sinh),
+    (("Cosh",), np.cosh),
+    (("Asinh",), np.arcsinh),
+    (("Acosh",), np.arccosh),
+    (("Atanh",), np.arctanh),
+    (("BitwiseNot",), np.invert),
+):
+    kernel(*_names)(_unary(_fn))
+
+
+@kernel("Reciprocal")
+def reciprocal(x: np.ndarray) -> np.ndarray:
+    """ONNX Reciprocal-13: 1/x, same dtype."""
+    return _as(np.divide(x.dtype.type(1), x), x.dtype)
+
+
+@kernel("Not")
+def logical_not(x: np.ndarray) -> np.ndarray:
+    """ONNX Not-1: logical negation of a bool tensor."""
+    return np.logical_not(x)
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """The error function elementwise, in ``x``'s dtype.
+
+    float32/float16 use Abramowitz-Stegun 7.1.26 refined (|err| < 1.5e-7) computed in
+    float32; float64 uses SciPy when present, else ``math.erf`` elementwise.
+    """
+    if x.dtype == np.float64:
+        try:
+            from scipy.special import erf as sp_erf
+        except ImportError:  # pragma: no cover - scipy ships with the test extras
+            return np.vectorize(math.erf, otypes=[np.float64])(x)
+        return np.asarray(sp_erf(x))
+    xf = x.astype(np.float32, copy=False)
+    a = np.abs(xf)
+    t = np.float32(1.0) / (np.float32(1.0) + np.float32(0.3275911) * a)
+    poly = t * (
+        np.float32(0.254829592)
+        + t
+        * (
+            np.float32(-0.284496736)
+            + t * (np.float32(1.421413741) + t * (np.float32(-1.453152027) + t * np.float32(1.061405429)))
+        )
+    )
+    y = np.float32(1.0) - poly * np.exp(-a * a)
+    return _as(np.copysign(y, xf), x.dtype)
+
+
+@kernel("Erf")
+def erf_kernel(x: np.ndarray) -> np.ndarray:
+    """ONNX Erf-13: Gauss error function elementwise."""
+    if x.dtype.kind in "iu":
+        return _as(erf(x.astype(np.float64)), x.dtype)
+    return erf(x)
+
+
+@kernel("IsNaN")
+def isnan(x: np.ndarray) -> np.ndarray:
+    """ONNX IsNaN-20: bool mask of NaNs."""
+    return np.isnan(x)
+
+
+@kernel("IsInf")
+def isinf(x: np.ndarray, *, detect_negative: int = 1, detect_positive: int = 1) -> np.ndarray:
+    """ONNX IsInf-20: bool mask of +inf (detect_positive) and/or -inf (detect_negative)."""
+    if detect_negative and detect_positive:
+        return np.isinf(x)
+    if detect_positive:
+        return np.isposinf(x)
+    if detect_negative:
+        return np.isneginf(x)
+    return np.zeros(x.shape, dtype=bool)
+
+
+# ----------------------------------------------------------------------------- binary
+
+
+def _binary(fn: np.ufunc):
+    def run(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return _as(fn(a, b), a.dtype)
+
+    return run
+
+
+kernel("Add")(_binary(np.add))
+kernel("Sub")(_binary(np.subtract))
+kernel("Mul")(_binary(np.multiply))
+kernel("BitwiseAnd")(_binary(np.bitwise_and))
+kernel("BitwiseOr")(_binary(np.bitwise_or))
+kernel("BitwiseXor")(_binary(np.bitwise_xor))
+
+
+@kernel("Div")
+def div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """ONNX Div-14: a / b; integer division truncates toward zero (C semantics)."""
+    if a.dtype.kind in "iu":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = np.floor_divide(a, b)
+            if a.dtype.kind == "i":
+                r = np.remainder(a, b)
+                q = q + ((r != 0) & ((a < 0) ^ (b < 0))).astype(q.dtype)
+        return _as(q, a.dtype)
+    return _as(np.divide(a, b), a.dtype)
+
+
+@kernel("Pow")
+def power(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """ONNX Pow-15: x ** y with the result in x's dtype (y may be another type)."""
+    if x.dtype.kind == "f":
+        if y.dtype.kind in "iub" or y.dtype.itemsize <= x.dtype.itemsize:
+            # Exponents fit the base's float type; avoids a float64 round trip.
+            return _as(np.power(x, y.astype(x.dtype, copy=False)), x.dtype)
+        return _as(np.power(x.astype(y.dtype), y), x.dtype)
+    if y.dtype.kind == "f" or x.dtype.kind not in "iu":
+        return _as(np.power(x.astype(np.float64), y.astype(np.float64)), x.dtype)
+    return _as(np.power(x, y.astype(x.dtype, copy=False)), x.dtype)
+
+
+@kernel("Mod")
+def mod(a: np.ndarray, b: np.ndarray, *, fmod: int = 0) -> np.ndarray:
+    """ONNX Mod-13: remainder with the divisor's sign (fmod=0) or the dividend's (fmod=1)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.fmod(a, b) if fmod else np.mod(a, b)
+    return _as(r, a.dtype)
+
+
+@kernel("BitShift")
+def bit_shift(x: np.ndarray, y: np.ndarray, *, direction: str) -> np.ndarray:
+    """ONNX BitShift-28: logical left / arithmetic right shift; out-of-range amounts
+    (negative or >= bit width) give the sign fill alone (-1 or 0)."""
+    bits = np.iinfo(x.dtype).bits
+    udt = np.dtype(f"u{x.dtype.itemsize}")
+    yi = y.astype(np.int64, copy=False) if y.dtype != np.uint64 else y
+    bad = (yi < 0) | (yi >= bits)
+    amount = np.where(bad, 0, yi).astype(udt)
+    if direction == "LEFT":
+        r = np.left_shift(x.view(udt) if x.dtype != udt else x, amount).view(x.dtype)
+        fill = np.zeros((), x.dtype)
+    elif direction == "RIGHT":
+        r = np.right_shift(x, amount.astype(x.dtype))
+        fill = np.where(x < 0, x.dtype.type(-1), x.dtype.type(0)) if x.dtype.kind == "i" else 0
+    else:
+        raise ValueError(f"BitShift direction must be LEFT or RIGHT, got {direction!r}")
+    if bad.any():
+        r = np.where(bad, fill, r)
+    return _as(r, x.dtype)
+
+
+def _variadic(fn: np.ufunc):
+    def run(*xs: np.ndarray) -> np.ndarray:
+        dtype = xs[0].dtype
+        return _as(functools.reduce(fn, xs), dtype)
+
+    return run
+
+
+kernel("Sum")(_variadic(np.add))
+kernel("Max")(_variadic(np.maximum))
+kernel("Min")(_variadic(np.minimum))
+
+
+@kernel("Mean")
+def mean(*xs: np.ndarray) -> np.ndarray:
+    """ONNX Mean-13: elementwise mean of broadcast inputs."""
+    s = functools.reduce(np.add, xs)
+    return _as(np.divide(s, s.dtype.type(len(xs))), xs[0].dtype)
+
+
+def _compare(fn: np.ufunc):
+    def run(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return _as(fn(a, b), np.dtype(bool))
+
+    return run
+
+
+kernel("Equal")(_compare(np.equal))
+kernel("Less")(_compare(np.less))
+kernel("LessOrEqual")(_compare(np.less_equal))
+kernel("Greater")(_compare(np.greater))
+kernel("GreaterOrEqual")(_compare(np.greater_equal))
+kernel("And")(_compare(np.logical_and))
+kernel("Or")(_compare(np.logical_or))
+kernel("Xor")(_compare(np.logical_xor))
+
+
+@kernel("Where")
+def where(cond: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """ONNX Where-16: elementwise select with broadcasting."""
+    return _as(np.where(cond, x, y), x.dtype)
+
+
+@kernel("Clip")
+def clip(
+    x: np.ndarray, min: np.ndarray | None = None, max: np.ndarray | None = None
+) -> np.ndarray:  # noqa: A002 - ONNX input names
+    """ONNX Clip-13: clamp to [min, max] (omitted bounds are open); min > max gives max."""
+    out = x
+    if min is not None:
+        out = np.maximum(out, _as(min, x.dtype))
+    if max is not None:
+        out = np.minimum(out, _as(max, x.dtype))
+    return _as(out, x.dtype)
+
+
+# ----------------------------------------------------------------------------- casts
+
+_FLOAT8 = {
+    TensorProto.FLOAT8E4M3FN,
+    TensorProto.FLOAT8E4M3FNUZ,
+    TensorProto.FLOAT8E5M2,
+    TensorProto.FLOAT8E5M2FNUZ,
+}
+
+
+def onnx_dtype(to: int) -> np.dtype:
+    """The NumPy dtype of an ONNX TensorProto data type (object for STRING)."""
+    if to == TensorProto.STRING:
+        return np.dtype(object)
+    return np.dtype(helper.tensor_dtype_to_np_dtype(to))
+
+
+def cast_array(x: np.ndarray, to: int, saturate: int = 1, round_mode: str = "up") -> np.ndarray:
+    """Casts ``x`` to ONNX type ``to`` following Cast-25 (saturate/round_mode included)."""
+    dtype = onnx_dtype(to)
+    if x.dtype == dtype:
+        return x
+    if dtype == object:
+        return x.astype(np.str_).astype(object)
+    if x.dtype == object:
+        # String -> number: parse as float first (handles "1e-5", "INF", "NaN").
+        src = x.astype(np.str_)
+        if dtype.kind in "iub":
+            try:
+                return src.astype(dtype)
+            except ValueError:
+                return src.astype(np.float64).astype(dtype)
+        return src.astype(np.float64 if dtype.itemsize < 8 else dtype).astype(dtype)
+    if to == TensorProto.FLOAT8E8M0:
+        from onnx.numpy_helper import to_float8e8m0
+
+        return np.asarray(to_float8e8m0(x, bool(saturate), round_mode)).astype(dtype)
+    if to in _FLOAT8 and saturate and x.dtype.kind in "fV":
+        lim = float(ml_dtypes.finfo(dtype).max)
+        xf = x.astype(np.float32, copy=False) if x.dtype.kind == "V" else x
+        # NaN passes through clip; +-inf and out-of-range values saturate to +-max.
+        return np.clip(xf, -lim, lim).astype(dtype)
+    if x.dtype.kind == "V" and dtype.kind in "iub":
+        # ml_dtypes floats (bfloat16, float8...) go through float32 to reach ints/bool.
+        return x.astype(np.float32).astype(dtype)
+    return x.astype(dtype)
+
+
+@kernel("Cast")
+def cast(x: np.ndarray, *, to: int, saturate: int = 1, round_mode: str = "up") -> np.ndarray:
+    """ONNX Cast-25: converts to type ``to`` (incl. string, bfloat16, float8, int4, float4)."""
+    return cast_array(x, to, saturate, round_mode)
+
+
+@kernel("CastLike")
+def cast_like(
+    x: np.ndarray, target: np.ndarray, *, saturate: int = 1, round_mode: str = "up"
+) -> np.ndarray:
+    """ONNX CastLike-25: Cast to the element type of ``target``."""
+    if target.dtype == object:
+        return cast_array(x, TensorProto.STRING, saturate, round_mode)
+    to = helper.np_dtype_to_tensor_dtype(target.dtype)
+    return cast_array(x, to, saturate, round_mode)
+
+
+@kernel("BitCast")
+def bit_cast(x: np.ndarray, *, to: int) -> np.ndarray:
+    """ONNX BitCast-26: reinterprets the bits as type ``to`` (same bit width)."""
+    dtype = onnx_dtype(to)
+    if dtype == object or x.dtype == object:
+        raise TypeError("BitCast does not support string tensors")
+    if dtype.itemsize != x.dtype.itemsize:
+        raise ValueError(f"BitCast needs equal bit widths, got {x.dtype} -> {dtype}")
+    src = x if x.flags.c_contiguous else x.copy()
+    return src.view(dtype)

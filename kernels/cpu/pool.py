@@ -1,0 +1,233 @@
+"""Pooling kernels: MaxPool, AveragePool, LpPool, their Global forms, and MaxUnpool.
+
+Windows are reduced tap by tap: one strided view of the padded input per kernel offset,
+folded into the output with ``np.maximum``/``np.add`` (k**r whole-tensor ops, no per-pixel
+Python). Average divisors are separable, so they are built per axis and broadcast.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from modelloader.kernels.cpu._registry import kernel
+from modelloader.kernels.cpu.conv import pad_input, resolve_pads, window_view
+
+
+def _geometry(
+    x: np.ndarray,
+    kernel_shape: Sequence[int],
+    strides: Sequence[int] | None,
+    dilations: Sequence[int] | None,
+    pads: Sequence[int] | None,
+    auto_pad: str,
+    ceil_mode: int,
+) -> tuple[list[int], list[int], list[int], list[int], list[int]]:
+    """(k, strides, dilations, pads incl. ceil-mode overhang at the end, output spatial shape)."""
+    r = x.ndim - 2
+    k = list(kernel_shape)
+    s = list(strides) if strides else [1] * r
+    d = list(dilations) if dilations else [1] * r
+    p, out = resolve_pads(x.shape[2:], k, s, d, pads, auto_pad, bool(ceil_mode))
+    return k, s, d, p, out
+
+
+def _padded_windows(
+    x: np.ndarray, k, s, d, p, out, fill: float
+) -> tuple[np.ndarray, list[int]]:
+    """Strided (N, C, *k, *out) view over x padded with ``fill``, large enough for every window."""
+    r = x.ndim - 2
+    extra = [
+        max(0, (out[i] - 1) * s[i] + (k[i] - 1) * d[i] + 1 - (x.shape[2 + i] + p[i] + p[i + r]))
+        for i in range(r)
+    ]
+    pp = p[:r] + [p[r + i] + extra[i] for i in range(r)]
+    return window_view(pad_input(x, pp, fill), k, s, d, out), pp
+
+
+def _taps(view: np.ndarray, k: Sequence[int]):
+    for t, idx in enumerate(np.ndindex(*k)):
+        yield t, idx, view[(slice(None), slice(None)) + idx]
+
+
+@kernel("MaxPool")
+def max_pool(
+    x: np.ndarray,
+    *,
+    auto_pad: str = "NOTSET",
+    ceil_mode: int = 0,
+    dilations: Sequence[int] | None = None,
+    kernel_shape: Sequence[int],
+    pads: Sequence[int] | None = None,
+    storage_order: int = 0,
+    strides: Sequence[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """ONNX MaxPool-22: windowed max; Indices are flat input offsets (row-major, or
+    column-major over the spatial axes when storage_order=1)."""
+    k, s, d, p, out_sp = _geometry(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
+    fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+    view, _ = _padded_windows(x, k, s, d, p, out_sp, fill)
+    y = np.empty(x.shape[:2] + tuple(out_sp), x.dtype)
+    best = np.zeros(y.shape, np.int64)
+    for t, _idx, tap in _taps(view, k):
+        if t == 0:
+            np.copyto(y, tap)
+        else:
+            gt = tap > y
+            np.copyto(y, tap, where=gt)
+            best[gt] = t
+    return y, _indices(x.shape, best, k, s, d, p, out_sp, storage_order)
+
+
+def _indices(
+    shape: Sequence[int], best: np.ndarray, k, s, d, p, out_sp, storage_order: int
+) -> np.ndarray:
+    """Converts the winning tap number per output into the ONNX flat input index."""
+    r = len(k)
+    taps = np.array(list(np.ndindex(*k)), np.int64).reshape(-1, r)
+    n, c = shape[:2]
+    sp = list(shape[2:])
+    coords = []
+    for i in range(r):
+        o = np.arange(out_sp[i], dtype=np.int64).reshape((-1,) + (1,) * (r - 1 - i)) * s[i] - p[i]
+        coords.append(o + taps[:, i][best] * d[i])
+    if storage_order == 0:
+        flat = coords[0]
+        for i in range(1, r):
+            flat = flat * sp[i] + coords[i]
+    else:
+        flat = coords[r - 1]
+        for i in range(r - 2, -1, -1):
+            flat = flat * sp[i] + coords[i]
+    base = (np.arange(n * c, dtype=np.int64) * math.prod(sp)).reshape((n, c) + (1,) * r)
+    return flat + base
+
+
+def _axis_counts(
+    in_len: int, k: int, s: int, d: int, pb: int, pe: int, o: int, include_pad: bool
+) -> np.ndarray:
+    """Per-axis number of window taps that land in the input (or in input + explicit pads)."""
+    pos = np.arange(o)[:, None] * s - pb + np.arange(k)[None, :] * d
+    lo, hi = (-pb, in_len + pe) if include_pad else (0, in_len)
+    return ((pos >= lo) & (pos < hi)).sum(axis=1)
+
+
+@kernel("AveragePool")
+def average_pool(
+    x: np.ndarray,
+    *,
+    auto_pad: str = "NOTSET",
+    ceil_mode: int = 0,
+    count_include_pad: int = 0,
+    dilations: Sequence[int] | None = None,
+    kernel_shape: Sequence[int],
+    pads: Sequence[int] | None = None,
+    strides: Sequence[int] | None = None,
+) -> np.ndarray:
+    """ONNX AveragePool-22: windowed mean; pads count in the divisor iff count_include_pad."""
+    k, s, d, p, out_sp = _geometry(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
+    cd = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float32)
+    xf = x.astype(cd, copy=False)
+    view, _ = _padded_windows(xf, k, s, d, p, out_sp, 0.0)
+    y = np.empty(x.shape[:2] + tuple(out_sp), cd)
+    for t, _idx, tap in _taps(view, k):
+        if t == 0:
+            np.copyto(y, tap)
+        else:
+            y += tap
+    r = x.ndim - 2
+    div = np.ones((1, 1) + (1,) * r, cd)
+    for i in range(r):
+        cnt = _axis_counts(
+            x.shape[2 + i], k[i], s[i], d[i], p[i], p[i + r], out_sp[i], bool(count_include_pad)
+        )
+        div = div * cnt.astype(cd).reshape((1, 1) + (1,) * i + (-1,) + (1,) * (r - 1 - i))
+    y /= div
+    return y.astype(x.dtype, copy=False)
+
+
+@kernel("LpPool")
+def lp_pool(
+    x: np.ndarray,
+    *,
+    auto_pad: str = "NOTSET",
+    ceil_mode: int = 0,
+    dilations: Sequence[int] | None = None,
+    kernel_shape: Sequence[int],
+    p: int = 2,
+    pads: Sequence[int] | None = None,
+    strides: Sequence[int] | None = None,
+) -> np.ndarray:
+    """ONNX LpPool-22: (sum over window of |x|**p) ** (1/p), zero padding."""
+    k, s, d, pd, out_sp = _geometry(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
+    cd = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float32)
+    xa = np.abs(x.astype(cd, copy=False))
+    if p != 1:
+        xa = xa**p if p != 2 else np.square(xa, out=xa if xa is not x else None)
+    view, _ = _padded_windows(xa, k, s, d, pd, out_sp, 0.0)
+    y = np.empty(x.shape[:2] + tuple(out_sp), cd)
+    for t, _idx, tap in _taps(view, k):
+        if t == 0:
+            np.copyto(y, tap)
+        else:
+            y += tap
+    if p == 2:
+        np.sqrt(y, out=y)
+    elif p != 1:
+        np.power(y, cd.type(1.0 / p), out=y)
+    return y.astype(x.dtype, copy=False)
+
+
+@kernel("GlobalAveragePool")
+def global_average_pool(x: np.ndarray) -> np.ndarray:
+    """ONNX GlobalAveragePool-22: mean over all spatial axes, kept as size-1 dims."""
+    axes = tuple(range(2, x.ndim))
+    cd = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float32)
+    return np.asarray(np.mean(x, axis=axes, keepdims=True, dtype=cd)).astype(x.dtype, copy=False)
+
+
+@kernel("GlobalMaxPool")
+def global_max_pool(x: np.ndarray) -> np.ndarray:
+    """ONNX GlobalMaxPool-22: max over all spatial axes, kept as size-1 dims."""
+    return np.asarray(np.max(x, axis=tuple(range(2, x.ndim)), keepdims=True))
+
+
+@kernel("GlobalLpPool")
+def global_lp_pool(x: np.ndarray, *, p: int = 2) -> np.ndarray:
+    """ONNX GlobalLpPool-22: (sum over spatial axes of |x|**p) ** (1/p)."""
+    cd = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float32)
+    xa = np.abs(x.astype(cd, copy=False))
+    y = np.sum(xa**p, axis=tuple(range(2, x.ndim)), keepdims=True)
+    return np.asarray(y ** cd.type(1.0 / p)).astype(x.dtype, copy=False)
+
+
+@kernel("MaxUnpool")
+def max_unpool(
+    x: np.ndarray,
+    indices: np.ndarray,
+    output_shape: np.ndarray | None = None,
+    *,
+    kernel_shape: Sequence[int],
+    pads: Sequence[int] | None = None,
+    strides: Sequence[int] | None = None,
+) -> np.ndarray:
+    """ONNX MaxUnpool-22: scatters X into zeros at the flat positions given by Indices."""
+    r = x.ndim - 2
+    s = list(strides) if strides else [1] * r
+    p = list(pads) if pads else [0] * (2 * r)
+    inferred = x.shape[:2] + tuple(
+        (x.shape[2 + i] - 1) * s[i] + kernel_shape[i] - p[i] - p[i + r] for i in range(r)
+    )
+    idx = indices.reshape(-1).astype(np.int64)
+    if output_shape is None:
+        shape = inferred
+    else:
+        # indices address the inferred shape; keep their coordinates inside the larger output
+        shape = tuple(int(v) for v in output_shape)
+        if shape != inferred:
+            idx = np.ravel_multi_index(np.unravel_index(idx, inferred), shape)
+    y = np.zeros(math.prod(shape), x.dtype)
+    y[idx] = x.reshape(-1)
+    return y.reshape(shape)

@@ -1,0 +1,73 @@
+"""Kernel registries, one per provider.
+
+The kernel contract (after onnx-reference): a kernel is a plain function called as
+``fn(*inputs, **attrs)``.
+
+* ``inputs`` are positional, one per node input, in the op schema's order: NumPy
+  arrays for tensors, Python lists of arrays for sequences, ``None`` for an omitted
+  optional input (and for an empty optional value).
+* ``attrs`` are keyword arguments, only those present on the node; the kernel's
+  signature carries the schema defaults. Subgraph attributes arrive as callables
+  ``body(*inputs) -> list`` already bound to the enclosing scope.
+* It returns one value, or a tuple/list with one entry per schema output (optional
+  outputs included; the executor drops those the node does not name).
+* It never writes into its inputs (they may be read-only memory-mapped weights) and
+  returns arrays of exactly the dtypes the ONNX spec gives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+KernelFn = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    op: str
+    domain: str
+    fn: KernelFn
+    dtypes: frozenset[np.dtype] | None  # dtypes of the first input it handles; None = any
+
+
+class Registry:
+    """Maps (domain, op) to kernels; a kernel may be restricted to input dtypes."""
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        self._specs: dict[tuple[str, str], list[KernelSpec]] = {}
+
+    def register(
+        self, *ops: str, domain: str = "", dtypes: Iterable[Any] | None = None
+    ) -> Callable[[KernelFn], KernelFn]:
+        """Decorator: ``@kernel("Relu")`` or ``@kernel("Conv", dtypes=[np.float32])``.
+
+        Several op names may share one function. Dtype-restricted kernels take
+        precedence over generic ones for the dtypes they name.
+        """
+        dts = None if dtypes is None else frozenset(np.dtype(d) for d in dtypes)
+
+        def deco(fn: KernelFn) -> KernelFn:
+            for op in ops:
+                specs = self._specs.setdefault((domain, op), [])
+                specs.insert(0 if dts is not None else len(specs), KernelSpec(op, domain, fn, dts))
+            return fn
+
+        return deco
+
+    def supports(self, op: str, domain: str = "") -> bool:
+        return (domain, op) in self._specs
+
+    def lookup(self, op: str, domain: str = "", dtype: np.dtype | None = None) -> KernelFn | None:
+        """The kernel for ``op`` whose dtype restriction admits ``dtype`` (or a generic one)."""
+        for spec in self._specs.get((domain, op), ()):
+            if spec.dtypes is None or (dtype is not None and dtype in spec.dtypes):
+                return spec.fn
+        return None
+
+    def ops(self) -> list[tuple[str, str]]:
+        return sorted(self._specs)

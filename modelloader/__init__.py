@@ -1,0 +1,46 @@
+"""modelloader: load ONNX, TFLite and CoreML models and run them with one API.
+
+    >>> import modelloader
+    >>> m = modelloader.load("model.onnx")
+    >>> m.predict({"x": x})
+"""
+
+from modelloader.api import Model, TensorInfo, load
+from modelloader.errors import (
+    ChecksumError,
+    ExecutionError,
+    FetchError,
+    FetchTimeoutError,
+    InputDTypeError,
+    InputError,
+    InputNameError,
+    InputShapeError,
+    InvalidSourceError,
+    ModelFormatError,
+    ModelLoaderError,
+    ModelNotFoundError,
+    SizeLimitError,
+    UnsupportedOpError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChecksumError",
+    "ExecutionError",
+    "FetchError",
+    "FetchTimeoutError",
+    "InputDTypeError",
+    "InputError",
+    "InputNameError",
+    "InputShapeError",
+    "InvalidSourceError",
+    "Model",
+    "ModelFormatError",
+    "ModelLoaderError",
+    "ModelNotFoundError",
+    "SizeLimitError",
+    "TensorInfo",
+    "UnsupportedOpError",
+    "load",
+]

@@ -1,0 +1,228 @@
+"""The public API: ``load(src) -> Model`` and ``Model.predict``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelloader.errors import (
+    InputDTypeError,
+    InputError,
+    InputNameError,
+    InputShapeError,
+    ModelFormatError,
+)
+from modelloader.executor import Plan
+from modelloader.fetch import ModelSource, open_source
+from modelloader.ir import Dim, Graph, Value, ValueKind
+from modelloader.passes import optimize
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A model input or output: name, element dtype (None if unknown) and shape.
+
+    Dimensions are ints, symbolic names (``"batch"``) or None (unknown).
+    """
+
+    name: str
+    dtype: np.dtype | None
+    shape: tuple[Dim, ...] | None
+    kind: str = "tensor"
+
+    @classmethod
+    def of(cls, v: Value) -> TensorInfo:
+        return cls(v.name, v.dtype, v.shape, v.kind.value)
+
+    def __str__(self) -> str:
+        dims = "?" if self.shape is None else ", ".join("?" if d is None else str(d) for d in self.shape)
+        kind = "" if self.kind == "tensor" else f"{self.kind} of "
+        return f"{self.name}: {kind}{self.dtype}[{dims}]"
+
+
+class Model:
+    """A loaded, planned model. ``predict`` is safe to call from several threads."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        *,
+        format: str,
+        opsets: dict[str, int] | None = None,
+        size_bytes: int = 0,
+        source: str = "<model>",
+        provider: str = "cpu",
+        optimize_graph: bool = True,
+    ) -> None:
+        from modelloader.kernels.cpu import registry
+
+        self.graph = graph
+        self.format = format
+        self.opsets = opsets or {}
+        self.size_bytes = size_bytes
+        self.source = source
+        self.provider = provider
+        self.inputs = [TensorInfo.of(v) for v in graph.inputs]
+        self.outputs = [TensorInfo.of(v) for v in graph.outputs]
+        planned = optimize(graph, registry) if optimize_graph else graph
+        self._plan = Plan(planned, registry)
+
+    @property
+    def param_count(self) -> int:
+        return int(sum(np.size(c) for c in self.graph.constants.values() if isinstance(c, np.ndarray)))
+
+    def __repr__(self) -> str:
+        ins = ", ".join(map(str, self.inputs))
+        outs = ", ".join(map(str, self.outputs))
+        return f"<Model {self.format} {self.source!r} inputs=({ins}) outputs=({outs})>"
+
+    def predict(
+        self, feeds: Mapping[str, Any] | np.ndarray | Sequence[Any]
+    ) -> dict[str, Any]:
+        """Runs the model.
+
+        ``feeds`` is a dict by input name, a single array (single-input models) or a
+        list in input order. Returns ``{output name: array}`` in output order.
+        Raises ``InputNameError``, ``InputDTypeError`` or ``InputShapeError`` for
+        inputs that do not fit the model (nothing is run), ``ExecutionError`` if a
+        kernel fails.
+        """
+        named = self._name_feeds(feeds)
+        bound: dict[str, tuple[int, str]] = {}
+        for info in self.inputs:
+            named[info.name] = self._check(info, named[info.name], bound)
+        results = self._plan.run(named)
+        return dict(zip(self._plan.output_names, results))
+
+    __call__ = predict
+
+    def _name_feeds(self, feeds: Any) -> dict[str, Any]:
+        names = [i.name for i in self.inputs]
+        if isinstance(feeds, Mapping):
+            named = dict(feeds)
+        elif isinstance(feeds, (list, tuple)) and not (len(names) == 1 and _is_sequence_input(self.inputs[0])):
+            if len(feeds) != len(names):
+                raise InputNameError(
+                    f"got {len(feeds)} inputs as a list, the model takes {len(names)}: {names}"
+                )
+            named = dict(zip(names, feeds))
+        else:
+            if len(names) != 1:
+                raise InputNameError(
+                    f"a single array was given but the model has {len(names)} inputs {names}; "
+                    "pass a dict by name or a list in this order"
+                )
+            named = {names[0]: feeds}
+        unknown = [k for k in named if k not in names]
+        missing = [n for n in names if n not in named]
+        if unknown or missing:
+            parts = []
+            if unknown:
+                parts.append(f"unknown input name(s) {unknown}")
+            if missing:
+                parts.append(f"missing input(s) {missing}")
+            raise InputNameError("; ".join(parts) + f". The model's inputs are {names}")
+        return named
+
+    @staticmethod
+    def _check(info: TensorInfo, x: Any, bound: dict[str, tuple[int, str]]) -> Any:
+        """Validates one input; ``bound`` records symbolic dims seen so far (name -> size, input)."""
+        if info.kind != "tensor":
+            return x
+        if not isinstance(x, np.ndarray):
+            if isinstance(x, (list, tuple, int, float, bool, np.generic)):
+                x = np.asarray(x, dtype=info.dtype) if info.dtype is not None else np.asarray(x)
+            else:
+                raise InputError(f"input '{info.name}' must be a numpy array, got {type(x).__name__}")
+        if info.dtype is not None and x.dtype != info.dtype:
+            if info.dtype == object and x.dtype.kind == "U":
+                x = x.astype(object)
+            else:
+                raise InputDTypeError(
+                    f"input '{info.name}' expects dtype {info.dtype}, got {x.dtype}; "
+                    f"convert it with x.astype(np.{info.dtype})"
+                )
+        if info.shape is not None:
+            if x.ndim != len(info.shape):
+                raise InputShapeError(
+                    f"input '{info.name}' expects rank {len(info.shape)} (shape {_fmt(info.shape)}), "
+                    f"got shape {x.shape}"
+                )
+            for axis, (want, got) in enumerate(zip(info.shape, x.shape)):
+                if isinstance(want, int) and want > 0 and want != got:
+                    raise InputShapeError(
+                        f"input '{info.name}' dimension {axis} must be {want} (shape {_fmt(info.shape)}), "
+                        f"got shape {x.shape}"
+                    )
+                if isinstance(want, str):
+                    size, where = bound.setdefault(want, (got, info.name))
+                    if size != got:
+                        raise InputShapeError(
+                            f"input '{info.name}' dimension {axis} ('{want}') is {got}, but input "
+                            f"'{where}' bound '{want}' to {size}; inputs sharing a symbolic "
+                            "dimension must agree on its size"
+                        )
+        return x
+
+
+def _is_sequence_input(info: TensorInfo) -> bool:
+    return info.kind in ("sequence", "optional")
+
+
+def _fmt(shape: tuple[Dim, ...]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def load(
+    src: str | os.PathLike[str] | bytes | bytearray | memoryview | Any,
+    *,
+    sha256: str | None = None,
+    timeout: float = 60.0,
+    max_bytes: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    optimize: bool = True,
+) -> Model:
+    """Loads a model from a path, bytes, a binary file object or an http(s)/file URL.
+
+    The format is detected from the content. URLs are downloaded once into the cache
+    (``MODELLOADER_CACHE`` or the platform cache dir), verified against ``sha256``
+    when given and capped at ``max_bytes``. Raises ``ModelNotFoundError``,
+    ``ModelFormatError``, ``UnsupportedOpError`` (naming every missing op) or a
+    ``FetchError`` subclass.
+    """
+    source = open_source(src, sha256=sha256, timeout=timeout, max_bytes=max_bytes, cache_dir=cache_dir)
+    return load_source(source, optimize=optimize)
+
+
+def load_source(source: ModelSource, *, optimize: bool = True) -> Model:
+    from modelloader.importers.onnx import import_model, parse_model
+    from modelloader.kernels.cpu import registry
+
+    fmt = detect_format(source.data)
+    if fmt != "onnx":
+        raise ModelFormatError(f"{source.name}: {fmt} models are not supported yet")
+    proto = parse_model(source.data, source.name)
+    base_dir = source.path.parent if source.path is not None else None
+    graph, opsets = import_model(proto, base_dir, registry)
+    del proto
+    size = len(source.data)
+    if source.path is not None:
+        size += _external_bytes(graph, source.path)
+    return Model(graph, format=fmt, opsets=opsets, size_bytes=size, source=source.name, optimize_graph=optimize)
+
+
+def _external_bytes(graph: Graph, path: Path) -> int:
+    return sum(Path(f).stat().st_size for f in graph.metadata.get("external_files", ()))
+
+
+def detect_format(data: Any) -> str:
+    """Names the model format from the file's first bytes."""
+    head = bytes(data[:8])
+    if len(head) >= 8 and head[4:8] == b"TFL3":
+        return "tflite"
+    return "onnx"

@@ -1,0 +1,73 @@
+"""Typed errors. Every failure a user can cause has its own class and a message that
+says what to do next."""
+
+from __future__ import annotations
+
+
+class ModelLoaderError(Exception):
+    """Base class of every error modelloader raises on purpose."""
+
+
+class ModelNotFoundError(ModelLoaderError, FileNotFoundError):
+    """The model path or URL names nothing."""
+
+
+class ModelFormatError(ModelLoaderError, ValueError):
+    """The bytes are not a model of any supported format, or the model is malformed."""
+
+
+class UnsupportedOpError(ModelLoaderError, NotImplementedError):
+    """The model uses ops this runtime does not implement; lists every one of them."""
+
+    def __init__(self, ops: list[tuple[str, str, int]]) -> None:
+        self.ops = sorted(set(ops))
+        listed = ", ".join(
+            f"{op} (domain {dom or 'ai.onnx'}, opset {ver})" for op, dom, ver in self.ops
+        )
+        super().__init__(
+            f"model uses {len(self.ops)} unsupported op(s): {listed}. "
+            "Convert the model to use supported ops or file an issue naming them."
+        )
+
+
+class InputError(ModelLoaderError, ValueError):
+    """Base class of errors about the arrays passed to ``predict``."""
+
+
+class InputNameError(InputError, KeyError):
+    """An input name is unknown to the model, or a required input is missing."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class InputDTypeError(InputError, TypeError):
+    """An input array has a dtype the model does not accept."""
+
+
+class InputShapeError(InputError):
+    """An input array's rank or a dimension conflicts with the model's declared shape."""
+
+
+class ExecutionError(ModelLoaderError, RuntimeError):
+    """A kernel failed while running a node; names the node and op."""
+
+
+class FetchError(ModelLoaderError, OSError):
+    """Downloading a model failed (HTTP error, connection refused)."""
+
+
+class FetchTimeoutError(FetchError, TimeoutError):
+    """Downloading a model took longer than the timeout."""
+
+
+class ChecksumError(FetchError):
+    """A downloaded model's sha256 does not match the one the caller expected."""
+
+
+class SizeLimitError(FetchError):
+    """A download is larger than the caller's size cap."""
+
+
+class InvalidSourceError(ModelLoaderError, TypeError):
+    """``src`` is not a path, URL, bytes-like or binary file object (e.g. a text-mode file)."""

@@ -1,0 +1,243 @@
+"""Plans an IR graph once and runs it.
+
+Planning (at load): topological order, constant folding, fusions (``passes``), kernel
+binding, and a liveness table so every intermediate is released right after its
+last use. A run only looks values up, calls kernels and drops dead values; a plan
+is immutable, so one plan serves many threads at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from modelloader.errors import ExecutionError, ModelFormatError, UnsupportedOpError
+from modelloader.ir import Graph, Node
+from modelloader.kernels.registry import KernelFn, Registry
+
+#: Ops never folded at load: their results must differ per run.
+NONDETERMINISTIC = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial"}
+)
+
+
+@dataclass(frozen=True)
+class Step:
+    node: Node
+    fn: KernelFn
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attrs: dict[str, Any]
+    subplans: dict[str, Plan | list[Plan]]
+    release: tuple[str, ...]  # values dead after this step
+
+
+def topological_order(graph: Graph, known: set[str]) -> list[Node]:
+    """Nodes in an order where every input is produced first (Kahn's algorithm, stable)."""
+    producers: dict[str, int] = {}
+    for i, n in enumerate(graph.nodes):
+        for o in n.outputs:
+            if o:
+                producers[o] = i
+    deps: list[set[int]] = []
+    for n in graph.nodes:
+        needs = set(n.inputs)
+        for g in n.subgraphs():
+            needs.update(g.outer_refs())
+        deps.append({producers[x] for x in needs if x and x not in known and x in producers})
+    users: dict[int, list[int]] = {}
+    for i, d in enumerate(deps):
+        for j in d:
+            users.setdefault(j, []).append(i)
+    pending = [len(d) for d in deps]
+    ready = [i for i, c in enumerate(pending) if c == 0]
+    order: list[int] = []
+    while ready:
+        ready.sort(reverse=True)
+        i = ready.pop()
+        order.append(i)
+        for u in users.get(i, ()):
+            pending[u] -= 1
+            if pending[u] == 0:
+                ready.append(u)
+    if len(order) != len(graph.nodes):
+        stuck = [graph.nodes[i].label() for i, c in enumerate(pending) if c]
+        raise ModelFormatError(f"graph '{graph.name}' has a cycle or an undefined input near {stuck[:3]}")
+    return [graph.nodes[i] for i in order]
+
+
+class Plan:
+    """An executable, immutable schedule for one graph (subgraphs get their own)."""
+
+    def __init__(
+        self, graph: Graph, registry: Registry, outer: Sequence[str] = (), fold: bool = True
+    ) -> None:
+        self.graph = graph
+        self.registry = registry
+        self.input_names = tuple(v.name for v in graph.inputs)
+        self.output_names = tuple(v.name for v in graph.outputs)
+        self.outer_refs = tuple(graph.outer_refs())
+        known = set(self.input_names) | set(graph.constants) | set(outer) | set(self.outer_refs)
+        nodes = topological_order(graph, known)
+        self.constants: dict[str, Any] = dict(graph.constants)
+        if fold:
+            nodes = self._fold_constants(nodes, known)
+        defined = set(self.input_names) | set(self.constants) | set(self.outer_refs)
+        for n in nodes:
+            defined.update(n.outputs)
+        missing = [o for o in self.output_names if o not in defined]
+        if missing:
+            raise ModelFormatError(f"graph '{graph.name}' outputs {missing} are never produced")
+        self.steps = self._schedule(nodes, outer)
+
+    def _bind(self, node: Node) -> KernelFn:
+        specs = self.registry._specs.get((node.domain, node.op))
+        if not specs:
+            raise UnsupportedOpError([(node.op, node.domain, 0)])
+        if len(specs) == 1 and specs[0].dtypes is None:
+            return specs[0].fn
+        registry, op, domain = self.registry, node.op, node.domain
+
+        def dispatch(*args: Any, **kw: Any) -> Any:
+            first = args[0] if args else None
+            fn = registry.lookup(op, domain, getattr(first, "dtype", None))
+            if fn is None:
+                raise ExecutionError(f"{op}: no kernel for input dtype {getattr(first, 'dtype', None)}")
+            return fn(*args, **kw)
+
+        return dispatch
+
+    def _subplans(self, node: Node, outer: set[str]) -> dict[str, Plan | list[Plan]]:
+        subs: dict[str, Plan | list[Plan]] = {}
+        for k, v in node.attrs.items():
+            if isinstance(v, Graph):
+                subs[k] = Plan(v, self.registry, sorted(outer))
+            elif isinstance(v, list) and v and all(isinstance(g, Graph) for g in v):
+                subs[k] = [Plan(g, self.registry, sorted(outer)) for g in v]
+        return subs
+
+    def _fold_constants(self, nodes: list[Node], known: set[str]) -> list[Node]:
+        """Runs nodes whose inputs are all constants once, at plan time."""
+        kept: list[Node] = []
+        for n in nodes:
+            foldable = (
+                n.op not in NONDETERMINISTIC
+                and not any(True for _ in n.subgraphs())
+                and all(i == "" or i in self.constants for i in n.inputs)
+                and n.inputs
+            )
+            if foldable:
+                try:
+                    results = self._call(n, self._bind(n), [self.constants.get(i) if i else None for i in n.inputs], n.attrs)
+                except Exception:  # noqa: BLE001  left for run time, where it reports properly
+                    kept.append(n)
+                    continue
+                for name, value in zip(n.outputs, results):
+                    if name:
+                        self.constants[name] = value
+            else:
+                kept.append(n)
+        return kept
+
+    def _schedule(self, nodes: list[Node], outer: Sequence[str]) -> list[Step]:
+        visible = set(outer) | set(self.input_names) | set(self.constants)
+        for n in nodes:
+            visible.update(n.outputs)
+        last_use: dict[str, int] = {}
+        reads: list[list[str]] = []
+        for i, n in enumerate(nodes):
+            names = [x for x in n.inputs if x]
+            for g in n.subgraphs():
+                names.extend(g.outer_refs())
+            reads.append(names)
+            for x in names:
+                last_use[x] = i
+        keep = set(self.output_names) | set(self.constants) | set(self.outer_refs)
+        dead_at: dict[int, list[str]] = {}
+        for name, i in last_use.items():
+            if name not in keep:
+                dead_at.setdefault(i, []).append(name)
+        steps = []
+        for i, n in enumerate(nodes):
+            # outputs nobody reads are dead at once (e.g. unused optional outputs)
+            unused = [o for o in n.outputs if o and o not in last_use and o not in keep]
+            steps.append(
+                Step(
+                    node=n,
+                    fn=self._bind(n),
+                    inputs=tuple(n.inputs),
+                    outputs=tuple(n.outputs),
+                    attrs={k: v for k, v in n.attrs.items() if not _is_graph_attr(v)},
+                    subplans=self._subplans(n, visible),
+                    release=tuple(dead_at.get(i, [])) + tuple(unused),
+                )
+            )
+        return steps
+
+    @staticmethod
+    def _call(node: Node, fn: KernelFn, args: list[Any], attrs: dict[str, Any]) -> list[Any]:
+        while args and args[-1] is None and node.inputs[len(args) - 1] == "":
+            args.pop()
+        out = fn(*args, **attrs)
+        if isinstance(out, tuple) or (isinstance(out, list) and len(node.outputs) > 1):
+            return list(out)
+        return [out]
+
+    def run(self, feeds: dict[str, Any], outer: dict[str, Any] | None = None) -> list[Any]:
+        """Runs the plan; ``feeds`` maps every graph input name to its value.
+
+        Floating-point exceptions are not errors: non-finite inputs compute IEEE
+        results silently (and numpy's error state is per thread).
+        """
+        with np.errstate(all="ignore"):
+            return self._run(feeds, outer)
+
+    def _run(self, feeds: dict[str, Any], outer: dict[str, Any] | None) -> list[Any]:
+        env: dict[str, Any] = dict(self.constants)
+        if outer:
+            for r in self.outer_refs:
+                if r in outer and r not in env:
+                    env[r] = outer[r]
+        env.update(feeds)
+        for step in self.steps:
+            args = [env[i] if i else None for i in step.inputs]
+            attrs = step.attrs
+            if step.subplans:
+                attrs = dict(attrs)
+                for k, sp in step.subplans.items():
+                    attrs[k] = [_bound(p, env) for p in sp] if isinstance(sp, list) else _bound(sp, env)
+            try:
+                results = self._call(step.node, step.fn, args, attrs)
+            except ExecutionError:
+                raise
+            except KeyError as e:
+                raise ExecutionError(f"{step.node.label()}: {e!r}") from e
+            except Exception as e:
+                raise ExecutionError(f"{step.node.label()} failed: {type(e).__name__}: {e}") from e
+            for name, value in zip(step.outputs, results):
+                if name:
+                    env[name] = value
+            for name in step.release:
+                env.pop(name, None)
+        return [env[o] for o in self.output_names]
+
+    def run_positional(self, args: Sequence[Any], outer: dict[str, Any]) -> list[Any]:
+        """Runs as a subgraph body: positional inputs, enclosing scope ``outer``."""
+        return self.run(dict(zip(self.input_names, args)), outer)
+
+
+def _bound(plan: Plan, env: dict[str, Any]) -> Callable[..., list[Any]]:
+    scope = {r: env[r] for r in plan.outer_refs if r in env}
+
+    def body(*args: Any) -> list[Any]:
+        return plan.run_positional(args, scope)
+
+    body.plan = plan  # type: ignore[attr-defined]  # lets kernels inspect input/output names
+    return body
+
+
+def _is_graph_attr(v: Any) -> bool:
+    return isinstance(v, Graph) or (isinstance(v, list) and bool(v) and all(isinstance(g, Graph) for g in v))

@@ -1,0 +1,146 @@
+"""Graph rewrites run once at plan time: BatchNorm folding and activation fusion.
+
+Each pass rewrites a copy of the graph's node list; the input graph is not changed
+(``Model.graph`` keeps the model as imported). Fused ops live in the ``modelloader``
+domain: ``FusedConv(X, W, B, Z)`` computes ``act(Conv(X, W, B) + Z)`` and
+``FusedGemm(A, B, C)`` computes ``act(Gemm(A, B, C))``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+
+import numpy as np
+
+from modelloader.ir import Graph, Node
+from modelloader.kernels.registry import Registry
+
+FUSED = "modelloader"
+
+#: activation op -> how its attributes/inputs become ``activation_params``
+_ACTIVATIONS = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid")
+
+
+def optimize(graph: Graph, registry: Registry) -> Graph:
+    """Returns a graph with BatchNorm folded into Conv and activations fused."""
+    nodes = list(graph.nodes)
+    constants = dict(graph.constants)
+    g = replace(graph, nodes=nodes, constants=constants)
+    _fold_batchnorm(g)
+    if registry.supports("FusedConv", FUSED):
+        _fuse(g, "Conv", "FusedConv", residual=True)
+    if registry.supports("FusedGemm", FUSED):
+        _fuse(g, "Gemm", "FusedGemm", residual=False)
+    return g
+
+
+def _uses(g: Graph) -> Counter[str]:
+    uses: Counter[str] = Counter()
+    for n in g.nodes:
+        uses.update(i for i in n.inputs if i)
+        for sub in n.subgraphs():
+            uses.update(sub.outer_refs())
+    uses.update(o.name for o in g.outputs)  # a graph output is never fused away
+    return uses
+
+
+def _consumers(g: Graph) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for i, n in enumerate(g.nodes):
+        for x in n.inputs:
+            if x:
+                out.setdefault(x, []).append(i)
+    return out
+
+
+def _fold_batchnorm(g: Graph) -> None:
+    uses, cons = _uses(g), _consumers(g)
+    dead: set[int] = set()
+    for i, conv in enumerate(g.nodes):
+        if conv.op != "Conv" or conv.domain or len(conv.outputs) != 1 or uses[conv.outputs[0]] != 1:
+            continue
+        (j,) = cons.get(conv.outputs[0], [None]) or [None]
+        if j is None:
+            continue
+        bn = g.nodes[j]
+        if bn.op != "BatchNormalization" or bn.attrs.get("training_mode", 0) or len([o for o in bn.outputs if o]) != 1:
+            continue
+        params = [g.constants.get(x) for x in bn.inputs[1:5]]
+        w = g.constants.get(conv.inputs[1])
+        b = g.constants.get(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] else None
+        if w is None or any(p is None for p in params) or w.dtype != np.float32:
+            continue
+        if len(conv.inputs) > 2 and conv.inputs[2] and b is None:
+            continue
+        scale, bias, mean, var = (np.asarray(p, dtype=np.float64) for p in params)
+        s = scale / np.sqrt(var + bn.attrs.get("epsilon", 1e-5))
+        new_w = (w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(w.dtype)
+        old_b = np.zeros(w.shape[0]) if b is None else b.astype(np.float64)
+        new_b = ((old_b - mean) * s + bias).astype(w.dtype)
+        wname, bname = f"{conv.outputs[0]}__w_bn", f"{conv.outputs[0]}__b_bn"
+        g.constants[wname], g.constants[bname] = new_w, new_b
+        g.nodes[i] = replace(conv, inputs=[conv.inputs[0], wname, bname], outputs=[bn.outputs[0]])
+        dead.add(j)
+    g.nodes[:] = [n for k, n in enumerate(g.nodes) if k not in dead]
+
+
+def _activation(n: Node, g: Graph) -> list[float] | None:
+    """``activation_params`` for a fusable activation node, or None if not fusable."""
+    if n.domain or n.op not in _ACTIVATIONS:
+        return None
+    if n.op == "LeakyRelu":
+        return [float(n.attrs.get("alpha", 0.01))]
+    if n.op == "HardSigmoid":
+        return [float(n.attrs.get("alpha", 0.2)), float(n.attrs.get("beta", 0.5))]
+    if n.op == "Clip":
+        bounds = []
+        for k, default in ((1, -np.inf), (2, np.inf)):
+            name = n.inputs[k] if len(n.inputs) > k else ""
+            if name and name not in g.constants:
+                return None
+            bounds.append(float(g.constants[name]) if name else default)
+        return bounds
+    return []
+
+
+def _same_shape(g: Graph, a: str, b: str) -> bool:
+    va, vb = g.values.get(a), g.values.get(b)
+    if va is None or vb is None or va.shape is None or vb.shape is None:
+        return False
+    return va.shape == vb.shape and all(isinstance(d, int) for d in va.shape)
+
+
+def _fuse(g: Graph, op: str, fused: str, residual: bool) -> None:
+    """Absorbs an optional residual Add and then one activation into ``op`` nodes."""
+    dead: set[int] = set()
+    # Fusion only renames which node produces a value, so counts taken once stay valid.
+    uses, cons = _uses(g), _consumers(g)
+    for i in range(len(g.nodes)):
+        n = g.nodes[i]
+        if n.op != op or n.domain or len(n.outputs) != 1:
+            continue
+        inputs, out, attrs = list(n.inputs), n.outputs[0], dict(n.attrs)
+        if residual:
+            while len(inputs) < 3:
+                inputs.append("")
+            nxt = cons.get(out, [])
+            if uses[out] == 1 and len(nxt) == 1 and g.nodes[nxt[0]].op == "Add" and not g.nodes[nxt[0]].domain:
+                add = g.nodes[nxt[0]]
+                other = add.inputs[1] if add.inputs[0] == out else add.inputs[0]
+                if other != out and _same_shape(g, other, out) and _same_shape(g, add.outputs[0], out):
+                    inputs.append(other)
+                    out = add.outputs[0]
+                    dead.add(nxt[0])
+        nxt = cons.get(out, [])
+        if uses[out] == 1 and len(nxt) == 1:
+            act = g.nodes[nxt[0]]
+            params = _activation(act, g)
+            if params is not None:
+                attrs["activation"] = act.op
+                attrs["activation_params"] = params
+                out = act.outputs[0]
+                dead.add(nxt[0])
+        if out != n.outputs[0] or len(inputs) != len(n.inputs):
+            g.nodes[i] = Node(fused, inputs, [out], attrs, FUSED, n.name)
+    g.nodes[:] = [n for k, n in enumerate(g.nodes) if k not in dead]
