@@ -1,8 +1,8 @@
 """modelloader: load ONNX, TFLite and CoreML models and run them with one API.
 
-    >>> import modelloader
-    >>> m = modelloader.load("model.onnx")
-    >>> m.predict({"x": x})
+>>> import modelloader
+>>> m = modelloader.load("model.onnx")
+>>> m.predict({"x": x})
 """
 
 from modelloader.api import Model, TensorInfo, load

@@ -19,7 +19,7 @@ from modelloader.errors import (
 )
 from modelloader.executor import Plan
 from modelloader.fetch import ModelSource, open_source
-from modelloader.ir import Dim, Graph, Value, ValueKind
+from modelloader.ir import Dim, Graph, Value
 from modelloader.passes import optimize
 
 
@@ -40,7 +40,11 @@ class TensorInfo:
         return cls(v.name, v.dtype, v.shape, v.kind.value)
 
     def __str__(self) -> str:
-        dims = "?" if self.shape is None else ", ".join("?" if d is None else str(d) for d in self.shape)
+        dims = (
+            "?"
+            if self.shape is None
+            else ", ".join("?" if d is None else str(d) for d in self.shape)
+        )
         kind = "" if self.kind == "tensor" else f"{self.kind} of "
         return f"{self.name}: {kind}{self.dtype}[{dims}]"
 
@@ -74,16 +78,16 @@ class Model:
 
     @property
     def param_count(self) -> int:
-        return int(sum(np.size(c) for c in self.graph.constants.values() if isinstance(c, np.ndarray)))
+        return int(
+            sum(np.size(c) for c in self.graph.constants.values() if isinstance(c, np.ndarray))
+        )
 
     def __repr__(self) -> str:
         ins = ", ".join(map(str, self.inputs))
         outs = ", ".join(map(str, self.outputs))
         return f"<Model {self.format} {self.source!r} inputs=({ins}) outputs=({outs})>"
 
-    def predict(
-        self, feeds: Mapping[str, Any] | np.ndarray | Sequence[Any]
-    ) -> dict[str, Any]:
+    def predict(self, feeds: Mapping[str, Any] | np.ndarray | Sequence[Any]) -> dict[str, Any]:
         """Runs the model.
 
         ``feeds`` is a dict by input name, a single array (single-input models) or a
@@ -105,7 +109,9 @@ class Model:
         names = [i.name for i in self.inputs]
         if isinstance(feeds, Mapping):
             named = dict(feeds)
-        elif isinstance(feeds, (list, tuple)) and not (len(names) == 1 and _is_sequence_input(self.inputs[0])):
+        elif isinstance(feeds, (list, tuple)) and not (
+            len(names) == 1 and _is_sequence_input(self.inputs[0])
+        ):
             if len(feeds) != len(names):
                 raise InputNameError(
                     f"got {len(feeds)} inputs as a list, the model takes {len(names)}: {names}"
@@ -138,7 +144,9 @@ class Model:
             if isinstance(x, (list, tuple, int, float, bool, np.generic)):
                 x = np.asarray(x, dtype=info.dtype) if info.dtype is not None else np.asarray(x)
             else:
-                raise InputError(f"input '{info.name}' must be a numpy array, got {type(x).__name__}")
+                raise InputError(
+                    f"input '{info.name}' must be a numpy array, got {type(x).__name__}"
+                )
         if info.dtype is not None and x.dtype != info.dtype:
             if info.dtype == object and x.dtype.kind == "U":
                 x = x.astype(object)
@@ -195,7 +203,9 @@ def load(
     ``ModelFormatError``, ``UnsupportedOpError`` (naming every missing op) or a
     ``FetchError`` subclass.
     """
-    source = open_source(src, sha256=sha256, timeout=timeout, max_bytes=max_bytes, cache_dir=cache_dir)
+    source = open_source(
+        src, sha256=sha256, timeout=timeout, max_bytes=max_bytes, cache_dir=cache_dir
+    )
     return load_source(source, optimize=optimize)
 
 
@@ -213,7 +223,14 @@ def load_source(source: ModelSource, *, optimize: bool = True) -> Model:
     size = len(source.data)
     if source.path is not None:
         size += _external_bytes(graph, source.path)
-    return Model(graph, format=fmt, opsets=opsets, size_bytes=size, source=source.name, optimize_graph=optimize)
+    return Model(
+        graph,
+        format=fmt,
+        opsets=opsets,
+        size_bytes=size,
+        source=source.name,
+        optimize_graph=optimize,
+    )
 
 
 def _external_bytes(graph: Graph, path: Path) -> int:

@@ -20,7 +20,14 @@ from modelloader.kernels.registry import KernelFn, Registry
 
 #: Ops never folded at load: their results must differ per run.
 NONDETERMINISTIC = frozenset(
-    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial"}
+    {
+        "RandomNormal",
+        "RandomUniform",
+        "RandomNormalLike",
+        "RandomUniformLike",
+        "Bernoulli",
+        "Multinomial",
+    }
 )
 
 
@@ -65,7 +72,9 @@ def topological_order(graph: Graph, known: set[str]) -> list[Node]:
                 ready.append(u)
     if len(order) != len(graph.nodes):
         stuck = [graph.nodes[i].label() for i, c in enumerate(pending) if c]
-        raise ModelFormatError(f"graph '{graph.name}' has a cycle or an undefined input near {stuck[:3]}")
+        raise ModelFormatError(
+            f"graph '{graph.name}' has a cycle or an undefined input near {stuck[:3]}"
+        )
     return [graph.nodes[i] for i in order]
 
 
@@ -105,7 +114,9 @@ class Plan:
             first = args[0] if args else None
             fn = registry.lookup(op, domain, getattr(first, "dtype", None))
             if fn is None:
-                raise ExecutionError(f"{op}: no kernel for input dtype {getattr(first, 'dtype', None)}")
+                raise ExecutionError(
+                    f"{op}: no kernel for input dtype {getattr(first, 'dtype', None)}"
+                )
             return fn(*args, **kw)
 
         return dispatch
@@ -131,7 +142,12 @@ class Plan:
             )
             if foldable:
                 try:
-                    results = self._call(n, self._bind(n), [self.constants.get(i) if i else None for i in n.inputs], n.attrs)
+                    results = self._call(
+                        n,
+                        self._bind(n),
+                        [self.constants.get(i) if i else None for i in n.inputs],
+                        n.attrs,
+                    )
                 except Exception:  # noqa: BLE001  left for run time, where it reports properly
                     kept.append(n)
                     continue
@@ -208,7 +224,9 @@ class Plan:
             if step.subplans:
                 attrs = dict(attrs)
                 for k, sp in step.subplans.items():
-                    attrs[k] = [_bound(p, env) for p in sp] if isinstance(sp, list) else _bound(sp, env)
+                    attrs[k] = (
+                        [_bound(p, env) for p in sp] if isinstance(sp, list) else _bound(sp, env)
+                    )
             try:
                 results = self._call(step.node, step.fn, args, attrs)
             except ExecutionError:
@@ -240,4 +258,6 @@ def _bound(plan: Plan, env: dict[str, Any]) -> Callable[..., list[Any]]:
 
 
 def _is_graph_attr(v: Any) -> bool:
-    return isinstance(v, Graph) or (isinstance(v, list) and bool(v) and all(isinstance(g, Graph) for g in v))
+    return isinstance(v, Graph) or (
+        isinstance(v, list) and bool(v) and all(isinstance(g, Graph) for g in v)
+    )

@@ -64,7 +64,11 @@ def _fold_batchnorm(g: Graph) -> None:
         if j is None:
             continue
         bn = g.nodes[j]
-        if bn.op != "BatchNormalization" or bn.attrs.get("training_mode", 0) or len([o for o in bn.outputs if o]) != 1:
+        if (
+            bn.op != "BatchNormalization"
+            or bn.attrs.get("training_mode", 0)
+            or len([o for o in bn.outputs if o]) != 1
+        ):
             continue
         params = [g.constants.get(x) for x in bn.inputs[1:5]]
         w = g.constants.get(conv.inputs[1])
@@ -104,6 +108,10 @@ def _activation(n: Node, g: Graph) -> list[float] | None:
     return []
 
 
+def _is_add(n: Node) -> bool:
+    return not n.domain and (n.op == "Add" or (n.op == "Sum" and len(n.inputs) == 2))
+
+
 def _same_shape(g: Graph, a: str, b: str) -> bool:
     va, vb = g.values.get(a), g.values.get(b)
     if va is None or vb is None or va.shape is None or vb.shape is None:
@@ -125,10 +133,14 @@ def _fuse(g: Graph, op: str, fused: str, residual: bool) -> None:
             while len(inputs) < 3:
                 inputs.append("")
             nxt = cons.get(out, [])
-            if uses[out] == 1 and len(nxt) == 1 and g.nodes[nxt[0]].op == "Add" and not g.nodes[nxt[0]].domain:
+            if uses[out] == 1 and len(nxt) == 1 and _is_add(g.nodes[nxt[0]]):
                 add = g.nodes[nxt[0]]
                 other = add.inputs[1] if add.inputs[0] == out else add.inputs[0]
-                if other != out and _same_shape(g, other, out) and _same_shape(g, add.outputs[0], out):
+                if (
+                    other != out
+                    and _same_shape(g, other, out)
+                    and _same_shape(g, add.outputs[0], out)
+                ):
                     inputs.append(other)
                     out = add.outputs[0]
                     dead.add(nxt[0])

@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
+from modelloader.importers.onnx import ops as _ops  # noqa: F401  (registers the table rows)
+from modelloader.importers.onnx.table import TABLE, ImportContext
+from modelloader.kernels.registry import Registry
 from onnx import numpy_helper
 
 from modelloader.errors import ModelFormatError, UnsupportedOpError
-from modelloader.importers.onnx import ops as _ops  # noqa: F401  (registers the table rows)
-from modelloader.importers.onnx.table import TABLE, ImportContext
 from modelloader.ir import Graph, Node, Value, ValueKind
-from modelloader.kernels.registry import Registry
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -32,7 +32,7 @@ def parse_model(data: bytes | memoryview | mmap.mmap, name: str = "<bytes>") -> 
         raise ModelFormatError(f"{name}: file is empty; expected an ONNX model")
     proto = onnx.ModelProto()
     try:
-        proto.ParseFromString(bytes(data) if isinstance(data, mmap.mmap) else data)
+        proto.ParseFromString(memoryview(data) if isinstance(data, mmap.mmap) else data)
     except (DecodeError, RuntimeError, ValueError) as e:
         raise ModelFormatError(
             f"{name}: not a valid ONNX model (protobuf decode failed: {e}); "
@@ -72,11 +72,21 @@ def _fill_type(v: Value, tp: onnx.TypeProto) -> None:
     elif which == "sequence_type":
         inner = Value(v.name)
         _fill_type(inner, tp.sequence_type.elem_type)
-        v.kind, v.dtype, v.shape, v.elem_kind = ValueKind.SEQUENCE, inner.dtype, inner.shape, inner.kind
+        v.kind, v.dtype, v.shape, v.elem_kind = (
+            ValueKind.SEQUENCE,
+            inner.dtype,
+            inner.shape,
+            inner.kind,
+        )
     elif which == "optional_type":
         inner = Value(v.name)
         _fill_type(inner, tp.optional_type.elem_type)
-        v.kind, v.dtype, v.shape, v.elem_kind = ValueKind.OPTIONAL, inner.dtype, inner.shape, inner.kind
+        v.kind, v.dtype, v.shape, v.elem_kind = (
+            ValueKind.OPTIONAL,
+            inner.dtype,
+            inner.shape,
+            inner.kind,
+        )
     elif which == "map_type":
         v.kind = ValueKind.MAP
 
@@ -86,9 +96,7 @@ class _Importer:
         self.proto = proto
         self.base_dir = base_dir
         self.registry = registry
-        self.opsets = {
-            (o.domain or "ai.onnx"): o.version for o in proto.opset_import
-        }
+        self.opsets = {(o.domain or "ai.onnx"): o.version for o in proto.opset_import}
         self.functions = {(f.domain, f.name): f for f in proto.functions}
         self.ctx = ImportContext(self.opsets)
         self.missing: list[tuple[str, str, int]] = []
@@ -111,7 +119,13 @@ class _Importer:
         if arr.dtype.kind in "SU":
             arr = arr.astype(object)
         if arr.dtype == object:
-            arr = np.vectorize(lambda s: s.decode() if isinstance(s, bytes) else s, otypes=[object])(arr) if arr.size else arr
+            arr = (
+                np.vectorize(lambda s: s.decode() if isinstance(s, bytes) else s, otypes=[object])(
+                    arr
+                )
+                if arr.size
+                else arr
+            )
         return arr
 
     def _external_tensor(self, t: onnx.TensorProto) -> np.ndarray:
@@ -124,7 +138,9 @@ class _Importer:
         loc = info.get("location", "")
         path = (self.base_dir / loc).resolve()
         if self.base_dir.resolve() not in path.parents and path != self.base_dir.resolve():
-            raise ModelFormatError(f"tensor '{t.name}': external data path '{loc}' escapes the model directory")
+            raise ModelFormatError(
+                f"tensor '{t.name}': external data path '{loc}' escapes the model directory"
+            )
         if not path.is_file():
             raise ModelFormatError(
                 f"tensor '{t.name}': external data file '{path}' not found; keep it beside the model"
@@ -214,7 +230,10 @@ class _Importer:
                 return self._inline(node, body, scope)
             self.missing.append((node.op, domain, self.ctx.opset(domain)))
             return [node]
+        rejected = len(self.ctx.missing)
         out = builder(node, self.ctx)
+        if len(self.ctx.missing) > rejected:
+            return out
         for o in out:
             if not self.registry.supports(o.op, o.domain) and (o.domain, o.op) != ("", "Constant"):
                 self.missing.append((o.op, o.domain, self.ctx.opset(o.domain)))
@@ -235,7 +254,7 @@ class _Importer:
         prefix = f"__fn{self._inline_counter}_"
         rename = dict(zip(fn.input, call.inputs))
         rename.update(zip(fn.output, call.outputs))
-        for name in fn.input[len(call.inputs):]:
+        for name in fn.input[len(call.inputs) :]:
             rename[name] = ""
         attr_defaults = {a.name: a for a in fn.attribute_proto}
         saved = dict(self.opsets)
@@ -322,8 +341,8 @@ def import_model(
     imp = _Importer(proto, base_dir, registry)
     imp.big = big
     graph = imp.graph(proto.graph)
-    if imp.missing:
-        raise UnsupportedOpError(imp.missing)
+    if imp.missing or imp.ctx.missing:
+        raise UnsupportedOpError(imp.missing + imp.ctx.missing)
     graph.metadata = {p.key: p.value for p in proto.metadata_props}
     graph.metadata.update(
         producer=proto.producer_name,
@@ -341,7 +360,7 @@ def _infer_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, on
     weights are never serialised or copied for inference. A model inference cannot
     handle is kept as is (inference only adds value_info; nothing depends on it).
     """
-    big = {t.name: t for t in proto.graph.initializer if len(t.raw_data) > _STRIP_BYTES}
+    big = {t.name: t for t in proto.graph.initializer if t.ByteSize() > _STRIP_BYTES}
     light = onnx.ModelProto()
     light.CopyFrom(proto) if not big else _copy_without(proto, light, big)
     try:
@@ -354,11 +373,19 @@ def _infer_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, on
 _STRIP_BYTES = 4096
 
 
-def _copy_without(proto: onnx.ModelProto, light: onnx.ModelProto, big: dict[str, onnx.TensorProto]) -> None:
+def _copy_without(
+    proto: onnx.ModelProto, light: onnx.ModelProto, big: dict[str, onnx.TensorProto]
+) -> None:
     graph = proto.graph
-    light.CopyFrom(onnx.ModelProto(ir_version=proto.ir_version, opset_import=proto.opset_import,
-                                   functions=proto.functions, metadata_props=proto.metadata_props,
-                                   producer_name=proto.producer_name))
+    light.CopyFrom(
+        onnx.ModelProto(
+            ir_version=proto.ir_version,
+            opset_import=proto.opset_import,
+            functions=proto.functions,
+            metadata_props=proto.metadata_props,
+            producer_name=proto.producer_name,
+        )
+    )
     g = light.graph
     g.name = graph.name
     g.node.extend(graph.node)

@@ -28,7 +28,13 @@ class ImportContext:
 
     opsets: dict[str, int]
     constants: dict[str, Any] = field(default_factory=dict)
+    missing: list[tuple[str, str, int]] = field(default_factory=list)
     _counter: int = 0
+
+    def reject(self, node: Node) -> list[Node]:
+        """Records ``node`` as unsupported at this opset; the import fails listing it."""
+        self.missing.append((node.op, node.domain, self.opset(node.domain)))
+        return [node]
 
     def opset(self, domain: str = "") -> int:
         return self.opsets.get("ai.onnx" if domain == "" else domain, self.opsets.get(domain, 1))

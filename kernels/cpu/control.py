@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-
 from modelloader.kernels.cpu._registry import kernel
 
 Body = Callable[..., list[Any]]
@@ -29,7 +28,9 @@ def _empty_like_output(body: Body, index: int) -> np.ndarray:
 
 
 @kernel("Loop")
-def loop(m: np.ndarray | None = None, cond: np.ndarray | None = None, *v_initial: Any, body: Body) -> tuple[Any, ...]:
+def loop(
+    m: np.ndarray | None = None, cond: np.ndarray | None = None, *v_initial: Any, body: Body
+) -> tuple[Any, ...]:
     """ONNX Loop-21: ``for i in range(M) while cond`` with loop-carried values.
 
     Outputs: the final loop-carried values, then each scan output stacked on a new

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
 from modelloader.kernels.cpu._registry import kernel
 
 ML = "ai.onnx.ml"
@@ -29,7 +28,9 @@ def _lookup(x: np.ndarray, keys: np.ndarray, values: np.ndarray, default: Any) -
             nan_in = np.isnan(x)
             pos = np.where(nan_in, nan_keys[0], pos)
             hit = hit | nan_in
-    return np.where(hit, values[order][pos], np.asarray(default, dtype=values.dtype)).astype(values.dtype)
+    return np.where(hit, values[order][pos], np.asarray(default, dtype=values.dtype)).astype(
+        values.dtype
+    )
 
 
 @kernel("LabelEncoder", domain=ML)
@@ -98,7 +99,33 @@ def binarizer(x: np.ndarray, *, threshold: float = 0.0) -> np.ndarray:
     return (x > threshold).astype(x.dtype)
 
 
+_POST = {"NONE": 0, "SOFTMAX": 1, "LOGISTIC": 2, "SOFTMAX_ZERO": 3, "PROBIT": 4}
+_AGG = {"AVERAGE": 0, "SUM": 1, "MIN": 2, "MAX": 3}
+_LEGACY_MODES = {
+    "BRANCH_LEQ": 0,
+    "BRANCH_LT": 1,
+    "BRANCH_GTE": 2,
+    "BRANCH_GT": 3,
+    "BRANCH_EQ": 4,
+    "BRANCH_NEQ": 5,
+    "BRANCH_MEMBER": 6,
+    "LEAF": -1,
+}
+
+
+def _erfinv(x: np.ndarray) -> np.ndarray:
+    """Winitzki's approximation, as onnxruntime uses for PROBIT."""
+    sgn = np.where(x < 0, -1.0, 1.0)
+    w = (1.0 - x) * (1.0 + x)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log = np.log(w)
+        v = 2.0 / (np.pi * 0.147) + 0.5 * log
+        r = sgn * np.sqrt(-v + np.sqrt(v * v - log / 0.147))
+    return np.where(w == 0, 0.0, r)
+
+
 def _post_transform(scores: np.ndarray, post_transform: int) -> np.ndarray:
+    """Row-wise score transform (NONE, SOFTMAX, LOGISTIC, SOFTMAX_ZERO, PROBIT)."""
     if post_transform == 0:
         return scores
     if post_transform == 1:
@@ -106,16 +133,89 @@ def _post_transform(scores: np.ndarray, post_transform: int) -> np.ndarray:
         return e / e.sum(axis=1, keepdims=True)
     if post_transform == 2:
         return 1.0 / (1.0 + np.exp(-scores))
-    if post_transform == 3:  # softmax over the non-zero scores only
-        nz = scores != 0
-        e = np.where(nz, np.exp(scores - np.where(nz, scores, -np.inf).max(axis=1, keepdims=True)), 0)
+    if post_transform == 3:  # softmax over the non-zero scores; zeros stay 0, all-zero rows 0.5
+        nz = np.abs(scores) > 1e-7
+        e = np.where(nz, np.exp(scores - scores.max(axis=1, keepdims=True)), 0.0)
         s = e.sum(axis=1, keepdims=True)
-        return np.where(s > 0, e / np.where(s > 0, s, 1), 0)
+        return np.where(s == 0, 0.5, e / np.where(s == 0, 1.0, s))
     if post_transform == 4:
-        from scipy.special import erfinv  # noqa: PLC0415 - optional dependency, rarely used
+        return np.sqrt(2.0) * _erfinv(2.0 * scores - 1.0)
+    raise ValueError(f"unknown post_transform {post_transform}")
 
-        return np.sqrt(2.0) * erfinv(2.0 * scores - 1.0)
-    raise ValueError(f"TreeEnsemble: unknown post_transform {post_transform}")
+
+def _walk(
+    x: np.ndarray,
+    start: np.ndarray,
+    start_done: np.ndarray,
+    feats: np.ndarray,
+    modes: np.ndarray,
+    splits: np.ndarray,
+    tnext: np.ndarray,
+    fnext: np.ndarray,
+    tleaf: np.ndarray,
+    fleaf: np.ndarray,
+    missing: np.ndarray,
+    members: np.ndarray,
+) -> np.ndarray:
+    """Follows every (row, tree) pair from ``start`` down to a leaf, one level per step.
+
+    Returns the [rows, trees] array of the index each walk ended on (a leaf index).
+    """
+    n, t = x.shape[0], start.size
+    cur = np.broadcast_to(start, (n, t)).copy()
+    done = np.broadcast_to(start_done, (n, t)).copy()
+    while not done.all():
+        r, c = np.nonzero(~done)
+        node = cur[r, c]
+        v = x[r, feats[node]].astype(np.float64)
+        s, m = splits[node], modes[node]
+        with np.errstate(invalid="ignore"):
+            cond = np.select(
+                [m == 0, m == 1, m == 2, m == 3, m == 4, m == 5],
+                [v <= s, v < s, v >= s, v > s, v == s, v != s],
+                default=(members[node] == v[:, None]).any(axis=1),
+            )
+        cond |= missing[node] & np.isnan(v)
+        cur[r, c] = np.where(cond, tnext[node], fnext[node])
+        done[r, c] = np.where(cond, tleaf[node], fleaf[node])
+    return cur
+
+
+def _aggregate(
+    leaf: np.ndarray,
+    entry_leaf: np.ndarray,
+    entry_target: np.ndarray,
+    entry_weight: np.ndarray,
+    n_leaves: int,
+    n_targets: int,
+    aggregate_function: int,
+    dtype: np.dtype,
+) -> np.ndarray:
+    """Combines, per row, the (target, weight) entries of the leaves each tree reached.
+
+    Returns the [rows, targets] scores and how many entries reached each of them.
+    """
+    n, t = leaf.shape
+    hits = np.zeros((n_leaves, n_targets), dtype=np.int64)
+    np.add.at(hits, (entry_leaf, entry_target), 1)
+    count = hits[leaf].sum(axis=1)
+    if aggregate_function in (0, 1):
+        table = np.zeros((n_leaves, n_targets))
+        np.add.at(table, (entry_leaf, entry_target), entry_weight)
+        out = table[leaf].sum(axis=1)
+        return (out / t if aggregate_function == 0 else out), count
+    if aggregate_function in (2, 3):
+        big = np.finfo(dtype).max if aggregate_function == 2 else np.finfo(dtype).min
+        table = np.full((n_leaves, n_targets), big, dtype=np.float64)
+        ufunc = np.minimum if aggregate_function == 2 else np.maximum
+        ufunc.at(table, (entry_leaf, entry_target), entry_weight)
+        return ufunc.reduce(table[leaf], axis=1), count
+    raise ValueError(f"unknown aggregate_function {aggregate_function}")
+
+
+def _float_input(x: np.ndarray) -> np.ndarray:
+    x2 = x.reshape(x.shape[0], -1) if x.ndim != 1 else x.reshape(1, -1)
+    return x2 if x2.dtype.kind == "f" else x2.astype(np.float32)
 
 
 @kernel("TreeEnsemble", domain=ML)
@@ -144,8 +244,7 @@ def tree_ensemble(
     Modes: 0 LEQ, 1 LT, 2 GTE, 3 GT, 4 EQ, 5 NEQ, 6 MEMBER. aggregate_function:
     0 AVERAGE, 1 SUM, 2 MIN, 3 MAX. Output [N, n_targets] in X's float type.
     """
-    x2 = x.reshape(x.shape[0], -1)
-    splits = np.asarray(nodes_splits).astype(np.float64).reshape(-1)
+    x2 = _float_input(x)
     feats = np.asarray(nodes_featureids, dtype=np.int64)
     modes = np.asarray(nodes_modes).astype(np.int64).reshape(-1)
     tnext = np.asarray(nodes_truenodeids, dtype=np.int64)
@@ -157,55 +256,227 @@ def tree_ensemble(
         if nodes_missing_value_tracks_true is None
         else np.asarray(nodes_missing_value_tracks_true, dtype=bool)
     )
-    # set members per MEMBER node as a NaN-padded matrix, in node order
+    # set members per MEMBER node as a NaN-padded matrix; groups are NaN-separated, in node order
     members = np.full((len(feats), 1), np.nan)
     if membership_values is not None:
-        mv = np.asarray(membership_values, dtype=np.float64).reshape(-1)
         groups: list[list[float]] = [[]]
-        for v in mv.tolist():
+        for v in np.asarray(membership_values, dtype=np.float64).reshape(-1).tolist():
             if np.isnan(v):
                 groups.append([])
             else:
                 groups[-1].append(v)
-        member_nodes = np.flatnonzero(modes == 6)
         width = max((len(g) for g in groups), default=1) or 1
         members = np.full((len(feats), width), np.nan)
-        for node, g in zip(member_nodes.tolist(), groups, strict=False):
+        for node, g in zip(np.flatnonzero(modes == 6).tolist(), groups, strict=False):
             members[node, : len(g)] = g
 
     roots = np.asarray(tree_roots, dtype=np.int64)
-    n, t = x2.shape[0], len(roots)
+    # a tree that is a single leaf: both branches of its root name the same leaf
     degenerate = tleaf[roots] & fleaf[roots] & (tnext[roots] == fnext[roots])
-    cur = np.broadcast_to(np.where(degenerate, tnext[roots], roots), (n, t)).copy()
-    done = np.broadcast_to(degenerate, (n, t)).copy()
-    rows = np.broadcast_to(np.arange(n)[:, None], (n, t))
-    while not done.all():
-        r, c = np.nonzero(~done)
-        node = cur[r, c]
-        v = x2[r, feats[node]].astype(np.float64)
-        s, m = splits[node], modes[node]
-        cond = np.select(
-            [m == 0, m == 1, m == 2, m == 3, m == 4, m == 5],
-            [v <= s, v < s, v >= s, v > s, v == s, v != s],
-            default=(members[node] == v[:, None]).any(axis=1),
-        )
-        cond |= missing[node] & np.isnan(v)
-        cur[r, c] = np.where(cond, tnext[node], fnext[node])
-        done[r, c] = np.where(cond, tleaf[node], fleaf[node])
+    start = np.where(degenerate, tnext[roots], roots)
+    splits = np.asarray(nodes_splits).astype(np.float64).reshape(-1)
+    leaf = _walk(x2, start, degenerate, feats, modes, splits, tnext, fnext, tleaf, fleaf, missing, members)
+    weights = np.asarray(leaf_weights).astype(np.float64).reshape(-1)
+    n_leaves = weights.size
+    out, _ = _aggregate(
+        leaf,
+        np.arange(n_leaves),
+        np.asarray(leaf_targetids, dtype=np.int64),
+        weights,
+        n_leaves,
+        n_targets,
+        aggregate_function,
+        x2.dtype,
+    )
+    return _post_transform(out, post_transform).astype(x2.dtype)
 
-    weights = np.asarray(leaf_weights).astype(np.float64).reshape(-1)[cur]
-    targets = np.asarray(leaf_targetids, dtype=np.int64)[cur]
-    if aggregate_function in (0, 1):
-        out = np.zeros((n, n_targets))
-        np.add.at(out, (rows, targets), weights)
-        if aggregate_function == 0:
-            out /= t
-    elif aggregate_function == 2:
-        out = np.full((n, n_targets), np.finfo(x.dtype).max, dtype=np.float64)
-        np.minimum.at(out, (rows, targets), weights)
-    elif aggregate_function == 3:
-        out = np.full((n, n_targets), np.finfo(x.dtype).min, dtype=np.float64)
-        np.maximum.at(out, (rows, targets), weights)
+
+def _legacy_trees(
+    x: np.ndarray,
+    nodes_treeids: list[int],
+    nodes_nodeids: list[int],
+    nodes_featureids: list[int],
+    nodes_modes: list[str],
+    nodes_values: Any,
+    nodes_truenodeids: list[int],
+    nodes_falsenodeids: list[int],
+    nodes_missing_value_tracks_true: list[int] | None,
+    entry_treeids: list[int],
+    entry_nodeids: list[int],
+    entry_ids: list[int],
+    entry_weights: Any,
+    n_targets: int,
+    aggregate_function: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores [N, n_targets] (and per-score entry counts) for the legacy tree encoding."""
+    tree_ids = np.asarray(nodes_treeids, dtype=np.int64)
+    key = {(t, nid): i for i, (t, nid) in enumerate(zip(nodes_treeids, nodes_nodeids, strict=True))}
+    modes = np.asarray([_LEGACY_MODES[m] for m in nodes_modes], dtype=np.int64)
+    is_leaf = modes == -1
+    tnext = np.asarray(
+        [key.get((t, nid), 0) for t, nid in zip(nodes_treeids, nodes_truenodeids, strict=True)], np.int64
+    )
+    fnext = np.asarray(
+        [key.get((t, nid), 0) for t, nid in zip(nodes_treeids, nodes_falsenodeids, strict=True)], np.int64
+    )
+    missing = (
+        np.zeros(len(modes), bool)
+        if not nodes_missing_value_tracks_true
+        else np.asarray(nodes_missing_value_tracks_true, dtype=bool)
+    )
+    # roots: the first node listed for each tree (the id-0 node when present)
+    uniq, first = np.unique(tree_ids, return_index=True)
+    roots = np.asarray([key.get((int(t), 0), int(f)) for t, f in zip(uniq, first, strict=True)], np.int64)
+    leaf = _walk(
+        _float_input(x),
+        roots,
+        is_leaf[roots],
+        np.asarray(nodes_featureids, dtype=np.int64),
+        modes,
+        np.asarray(nodes_values, dtype=np.float64).reshape(-1),
+        tnext,
+        fnext,
+        is_leaf[tnext],
+        is_leaf[fnext],
+        missing,
+        np.full((len(modes), 1), np.nan),
+    )
+    entry_leaf = np.asarray(
+        [key[(t, nid)] for t, nid in zip(entry_treeids, entry_nodeids, strict=True)], np.int64
+    )
+    return _aggregate(
+        leaf,
+        entry_leaf,
+        np.asarray(entry_ids, dtype=np.int64),
+        np.asarray(entry_weights, dtype=np.float64).reshape(-1),
+        len(modes),
+        n_targets,
+        _AGG[aggregate_function],
+        np.dtype(np.float32),
+    )
+
+
+@kernel("TreeEnsembleRegressor", domain=ML)
+def tree_ensemble_regressor(
+    x: np.ndarray,
+    *,
+    nodes_treeids: list[int],
+    nodes_nodeids: list[int],
+    nodes_featureids: list[int],
+    nodes_modes: list[str],
+    nodes_truenodeids: list[int],
+    nodes_falsenodeids: list[int],
+    target_treeids: list[int],
+    target_nodeids: list[int],
+    target_ids: list[int],
+    nodes_values: list[float] | None = None,
+    nodes_values_as_tensor: np.ndarray | None = None,
+    target_weights: list[float] | None = None,
+    target_weights_as_tensor: np.ndarray | None = None,
+    n_targets: int = 1,
+    aggregate_function: str = "SUM",
+    base_values: list[float] | None = None,
+    base_values_as_tensor: np.ndarray | None = None,
+    post_transform: str = "NONE",
+    nodes_hitrates: list[float] | None = None,
+    nodes_hitrates_as_tensor: np.ndarray | None = None,
+    nodes_missing_value_tracks_true: list[int] | None = None,
+) -> np.ndarray:
+    """ai.onnx.ml TreeEnsembleRegressor-3: [N, n_targets] float32 (base_values added last)."""
+    scores, count = _legacy_trees(
+        x,
+        nodes_treeids,
+        nodes_nodeids,
+        nodes_featureids,
+        nodes_modes,
+        nodes_values if nodes_values_as_tensor is None else nodes_values_as_tensor,
+        nodes_truenodeids,
+        nodes_falsenodeids,
+        nodes_missing_value_tracks_true,
+        target_treeids,
+        target_nodeids,
+        target_ids,
+        target_weights if target_weights_as_tensor is None else target_weights_as_tensor,
+        n_targets,
+        aggregate_function,
+    )
+    base = base_values if base_values_as_tensor is None else base_values_as_tensor
+    if base is not None:
+        scores = scores + np.asarray(base, dtype=np.float64).reshape(1, -1)
+    scores = np.where(count > 0, scores, 0.0)  # onnxruntime: a target no leaf voted for is 0
+    return _post_transform(scores, _POST[post_transform]).astype(np.float32)
+
+
+def _labels(best: np.ndarray, ints: list[int] | None, strings: list[str] | None) -> np.ndarray:
+    if strings is not None:
+        out = np.empty(best.size, dtype=object)
+        out[:] = [strings[i] for i in best.tolist()]
+        return out
+    return np.asarray(ints, dtype=np.int64)[best]
+
+
+@kernel("TreeEnsembleClassifier", domain=ML)
+def tree_ensemble_classifier(
+    x: np.ndarray,
+    *,
+    nodes_treeids: list[int],
+    nodes_nodeids: list[int],
+    nodes_featureids: list[int],
+    nodes_modes: list[str],
+    nodes_truenodeids: list[int],
+    nodes_falsenodeids: list[int],
+    class_treeids: list[int],
+    class_nodeids: list[int],
+    class_ids: list[int],
+    nodes_values: list[float] | None = None,
+    nodes_values_as_tensor: np.ndarray | None = None,
+    class_weights: list[float] | None = None,
+    class_weights_as_tensor: np.ndarray | None = None,
+    classlabels_int64s: list[int] | None = None,
+    classlabels_strings: list[str] | None = None,
+    base_values: list[float] | None = None,
+    base_values_as_tensor: np.ndarray | None = None,
+    post_transform: str = "NONE",
+    nodes_hitrates: list[float] | None = None,
+    nodes_hitrates_as_tensor: np.ndarray | None = None,
+    nodes_missing_value_tracks_true: list[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """ai.onnx.ml TreeEnsembleClassifier-3: (labels [N], scores [N, classes] float32).
+
+    Binary models that score only one class get the complementary column synthesised
+    (1 - p, or -p after a non-probit transform), as the ONNX reference does; their label
+    follows onnxruntime (positive when p > 0.5, or p > 0 if some weight is negative).
+    Otherwise the label is the arg-max of the untransformed scores.
+    """
+    n_classes = len(classlabels_strings if classlabels_strings is not None else classlabels_int64s or [])
+    weights = class_weights if class_weights_as_tensor is None else class_weights_as_tensor
+    scores, _ = _legacy_trees(
+        x,
+        nodes_treeids,
+        nodes_nodeids,
+        nodes_featureids,
+        nodes_modes,
+        nodes_values if nodes_values_as_tensor is None else nodes_values_as_tensor,
+        nodes_truenodeids,
+        nodes_falsenodeids,
+        nodes_missing_value_tracks_true,
+        class_treeids,
+        class_nodeids,
+        class_ids,
+        weights,
+        max(n_classes, max(class_ids) + 1),
+        "SUM",
+    )
+    base = base_values if base_values_as_tensor is None else base_values_as_tensor
+    if base is not None:
+        scores = scores + np.asarray(base, dtype=np.float64).reshape(1, -1)
+    if len(set(class_ids)) == 1 and n_classes <= 2:
+        p = scores[:, -1]
+        threshold = 0.5 if (np.asarray(weights) >= 0).all() else 0.0
+        best = (p > threshold).astype(np.int64)
+        other = 1.0 - p if post_transform in ("NONE", "PROBIT") else -p
+        scores = np.stack([other, p], axis=1)
     else:
-        raise ValueError(f"TreeEnsemble: unknown aggregate_function {aggregate_function}")
-    return _post_transform(out, post_transform).astype(x.dtype)
+        best = np.argmax(scores, axis=1)
+    scores = _post_transform(scores, _POST[post_transform]).astype(np.float32)
+    return _labels(best, classlabels_int64s, classlabels_strings), scores

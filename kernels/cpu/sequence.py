@@ -1,11 +1,10 @@
-"""Sequence and Optional kernels: sequences are Python lists of arrays, an empty optional is None."""
+"""Sequence and Optional kernels: sequences are lists of arrays, an empty optional is None."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-
 from modelloader.kernels.cpu._registry import kernel
 
 
@@ -50,7 +49,7 @@ def sequence_at(seq: list[np.ndarray], position: np.ndarray) -> np.ndarray:
 
 @kernel("SequenceErase")
 def sequence_erase(seq: list[np.ndarray], position: np.ndarray | None = None) -> list[np.ndarray]:
-    """ONNX SequenceErase-11: a new sequence without the element at ``position`` (last by default)."""
+    """ONNX SequenceErase-11: a new sequence without element ``position`` (default: last)."""
     out = list(seq)
     del out[_position(position, len(seq))]
     return out

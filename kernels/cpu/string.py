@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import numpy as np
-
 from modelloader.kernels.cpu._registry import kernel
 
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
-
 from modelloader.kernels.cpu._registry import kernel
 
 # ONNX TensorProto.DataType -> NumPy dtype, for ops with a ``dtype`` attribute.
@@ -223,7 +222,9 @@ _REDUCE = {
 }
 
 
-def _scatter(out: np.ndarray, index: tuple[np.ndarray, ...], updates: np.ndarray, reduction: str) -> None:
+def _scatter(
+    out: np.ndarray, index: tuple[np.ndarray, ...], updates: np.ndarray, reduction: str
+) -> None:
     if reduction == "none":
         out[index] = updates
     else:
@@ -249,7 +250,9 @@ def scatter_elements(
 
 
 @kernel("Scatter")
-def scatter(data: np.ndarray, indices: np.ndarray, updates: np.ndarray, *, axis: int = 0) -> np.ndarray:
+def scatter(
+    data: np.ndarray, indices: np.ndarray, updates: np.ndarray, *, axis: int = 0
+) -> np.ndarray:
     """ONNX Scatter-11 (deprecated): ScatterElements without reduction."""
     return scatter_elements(data, indices, updates, axis=axis)
 
@@ -275,7 +278,7 @@ def tensor_scatter(
     axis: int = -2,
     mode: str = "linear",
 ) -> np.ndarray:
-    """ONNX TensorScatter-24: write ``update`` into the cache at per-batch offsets along ``axis``."""
+    """ONNX TensorScatter-24: write ``update`` into the cache at per-batch offsets on ``axis``."""
     axis = _axis(axis, past_cache.ndim)
     if axis == 0:
         raise ValueError("TensorScatter axis must not be the batch axis")
@@ -419,7 +422,9 @@ def constant_of_shape(shape: np.ndarray, *, value: np.ndarray | None = None) -> 
 
 
 @kernel("Range")
-def range_(start: np.ndarray, limit: np.ndarray, delta: np.ndarray, *, stash_type: int = 1) -> np.ndarray:
+def range_(
+    start: np.ndarray, limit: np.ndarray, delta: np.ndarray, *, stash_type: int = 1
+) -> np.ndarray:
     """ONNX Range-27: start + i*delta for i < max(ceil((limit-start)/delta), 0).
 
     Floating types are computed in float64 and rounded once (at least as precise as
@@ -444,7 +449,9 @@ def eye_like(data: np.ndarray, *, dtype: int | None = None, k: int = 0) -> np.nd
 
 
 @kernel("OneHot")
-def one_hot(indices: np.ndarray, depth: np.ndarray, values: np.ndarray, *, axis: int = -1) -> np.ndarray:
+def one_hot(
+    indices: np.ndarray, depth: np.ndarray, values: np.ndarray, *, axis: int = -1
+) -> np.ndarray:
     """ONNX OneHot-11: values[1] where index==class (negative indices wrap), values[0] elsewhere."""
     d = int(np.asarray(depth).reshape(-1)[0])
     rank = indices.ndim + 1
@@ -483,7 +490,9 @@ def unique(
     """ONNX Unique-11: (Y, indices, inverse_indices, counts); unsorted = first-occurrence order."""
     if axis is None:
         flat = data.reshape(-1)
-        y, first, inverse, counts = np.unique(flat, return_index=True, return_inverse=True, return_counts=True)
+        y, first, inverse, counts = np.unique(
+            flat, return_index=True, return_inverse=True, return_counts=True
+        )
     else:
         axis = _axis(axis, data.ndim)
         y, first, inverse, counts = np.unique(

@@ -37,7 +37,11 @@ class Value:
     elem_kind: ValueKind | None = None  # kind of an optional's/sequence's element
 
     def describe(self) -> str:
-        dims = "?" if self.shape is None else "x".join("?" if d is None else str(d) for d in self.shape)
+        dims = (
+            "?"
+            if self.shape is None
+            else "x".join("?" if d is None else str(d) for d in self.shape)
+        )
         dt = "?" if self.dtype is None else str(self.dtype)
         prefix = "" if self.kind is ValueKind.TENSOR else f"{self.kind.value} of "
         return f"{self.name}: {prefix}{dt}[{dims}]"

@@ -45,15 +45,23 @@ def assert_close(actual: Any, expected: Any, rtol: float, atol: float, where: st
         assert actual is None, f"{where}: expected an empty optional, got {type(actual).__name__}"
         return
     if isinstance(expected, list):
-        assert isinstance(actual, list), f"{where}: expected a sequence, got {type(actual).__name__}"
-        assert len(actual) == len(expected), f"{where}: sequence length {len(actual)} != {len(expected)}"
+        assert isinstance(actual, list), (
+            f"{where}: expected a sequence, got {type(actual).__name__}"
+        )
+        assert len(actual) == len(expected), (
+            f"{where}: sequence length {len(actual)} != {len(expected)}"
+        )
         for k, (a, e) in enumerate(zip(actual, expected)):
             assert_close(a, e, rtol, atol, f"{where}[{k}]")
         return
     expected = np.asarray(expected)
     assert isinstance(actual, np.ndarray), f"{where}: expected ndarray, got {type(actual).__name__}"
-    assert actual.dtype == expected.dtype, f"{where}: dtype {actual.dtype} != expected {expected.dtype}"
-    assert actual.shape == expected.shape, f"{where}: shape {actual.shape} != expected {expected.shape}"
+    assert actual.dtype == expected.dtype, (
+        f"{where}: dtype {actual.dtype} != expected {expected.dtype}"
+    )
+    assert actual.shape == expected.shape, (
+        f"{where}: shape {actual.shape} != expected {expected.shape}"
+    )
     if expected.dtype == object:
         assert actual.tolist() == expected.tolist(), f"{where}: values differ"
     elif expected.dtype.kind in "fc" or expected.dtype.itemsize == 1 and expected.dtype.kind == "V":
@@ -62,7 +70,11 @@ def assert_close(actual: Any, expected: Any, rtol: float, atol: float, where: st
         np.testing.assert_array_equal(actual, expected, err_msg=where)
     else:  # ml_dtypes (bfloat16, float8, int4, ...): compare as float32
         np.testing.assert_allclose(
-            actual.astype(np.float32), expected.astype(np.float32), rtol=rtol, atol=atol, err_msg=where
+            actual.astype(np.float32),
+            expected.astype(np.float32),
+            rtol=rtol,
+            atol=atol,
+            err_msg=where,
         )
 
 

@@ -96,10 +96,6 @@ def align_at_axis(node: Node, ctx: ImportContext, axis: int) -> list[Node]:
             Node("Sub", [rank_a, ctx.constant(np.asarray(axis, i64))], [t1]),
             Node("Sub", [t1, rank_b], [pad]),
         ]
-    if axis >= 0:
-        pass
-    else:
-        nodes.insert(0, Node("Shape", [a], [shape_a]))
     nodes += [
         Node("Unsqueeze", [pad, ctx.constant(np.asarray([0], i64))], [t2]),
         Node(

@@ -2,4 +2,6 @@
 
 from modelloader.importers.onnx.table import passthrough
 
-passthrough("LabelEncoder", "ArrayFeatureExtractor", "Binarizer", "TreeEnsemble", domain="ai.onnx.ml")
+passthrough(
+    "LabelEncoder", "ArrayFeatureExtractor", "Binarizer", "TreeEnsemble", domain="ai.onnx.ml"
+)
