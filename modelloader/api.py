@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,12 @@ class TensorInfo:
 
 
 class Model:
-    """A loaded, planned model. ``predict`` is safe to call from several threads."""
+    """A loaded, planned model. ``predict`` is safe to call from several threads.
+
+    ``graph`` is the graph as planned (BatchNorm folded, activations fused);
+    ``op_histogram``, ``param_count`` and ``constant_count`` describe the model as
+    imported.
+    """
 
     def __init__(
         self,
@@ -65,7 +71,6 @@ class Model:
     ) -> None:
         from modelloader.kernels.cpu import registry
 
-        self.graph = graph
         self.format = format
         self.opsets = opsets or {}
         self.size_bytes = size_bytes
@@ -73,14 +78,11 @@ class Model:
         self.provider = provider
         self.inputs = [TensorInfo.of(v) for v in graph.inputs]
         self.outputs = [TensorInfo.of(v) for v in graph.outputs]
-        planned = optimize(graph, registry) if optimize_graph else graph
-        self._plan = Plan(planned, registry)
-
-    @property
-    def param_count(self) -> int:
-        return int(
-            sum(np.size(c) for c in self.graph.constants.values() if isinstance(c, np.ndarray))
-        )
+        self.op_histogram = op_histogram(graph)
+        self.param_count, self.constant_count = count_params(graph)
+        # Only the optimised graph is kept, so folded weights are not held twice.
+        self.graph = optimize(graph, registry) if optimize_graph else graph
+        self._plan = Plan(self.graph, registry)
 
     def __repr__(self) -> str:
         ins = ", ".join(map(str, self.inputs))
@@ -176,6 +178,21 @@ class Model:
                             "dimension must agree on its size"
                         )
         return x
+
+
+def op_histogram(graph: Graph) -> Counter[str]:
+    """Nodes per op type, subgraphs included; non-default domains prefix the op."""
+    counts: Counter[str] = Counter()
+    for node in graph.walk():
+        counts[f"{node.domain}:{node.op}" if node.domain else node.op] += 1
+    return counts
+
+
+def count_params(graph: Graph) -> tuple[int, int]:
+    """(total elements, number of constant tensors) over the graph and its subgraphs."""
+    graphs = [graph, *(g for n in graph.walk() for g in n.subgraphs())]
+    arrays = [v for g in graphs for v in g.constants.values() if isinstance(v, np.ndarray)]
+    return sum(int(a.size) for a in arrays), len(arrays)
 
 
 def _is_sequence_input(info: TensorInfo) -> bool:

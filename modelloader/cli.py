@@ -7,7 +7,6 @@ mistakes exit with click's status 2.
 
 from __future__ import annotations
 
-import collections
 import functools
 import io
 import os
@@ -24,7 +23,6 @@ from modelloader.errors import ModelLoaderError
 
 if TYPE_CHECKING:
     from modelloader.api import Model
-    from modelloader.ir import Graph
 
 __all__ = ["main"]
 
@@ -291,8 +289,7 @@ def info(model: str, sha256: str | None, timeout: float, cache_dir: pathlib.Path
     opsets = ", ".join(f"{dom} {ver}" for dom, ver in sorted(m.opsets.items())) or "(none)"
     click.echo(f"opsets: {opsets}")
     click.echo(f"size: {_human(m.size_bytes)} ({m.size_bytes:,} bytes)")
-    params, n_constants = _count_params(m.graph)
-    click.echo(f"parameters: {params:,} (in {n_constants} constant tensor(s))")
+    click.echo(f"parameters: {m.param_count:,} (in {m.constant_count} constant tensor(s))")
     for title, infos in (("inputs", m.inputs), ("outputs", m.outputs)):
         click.echo(f"{title}:")
         if not infos:
@@ -303,7 +300,7 @@ def info(model: str, sha256: str | None, timeout: float, cache_dir: pathlib.Path
             prefix = "" if kind == "tensor" else f"{kind} of "
             dtype = "?" if i.dtype is None else str(i.dtype)
             click.echo(f"  {i.name:<{width}}  {prefix}{dtype}  {_format_shape(i.shape)}")
-    hist = _op_histogram(m.graph)
+    hist = m.op_histogram
     click.echo(f"ops ({sum(hist.values())} nodes, {len(hist)} types):")
     width = max((len(op) for op in hist), default=0)
     for op, count in hist.most_common():
@@ -315,30 +312,6 @@ def _format_shape(shape: tuple[int | str | None, ...] | None) -> str:
     if shape is None:
         return "?"
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
-
-
-def _op_histogram(graph: Graph) -> collections.Counter[str]:
-    """Nodes per op type, subgraphs included; non-default domains prefix the op."""
-    counts: collections.Counter[str] = collections.Counter()
-    for node in graph.walk():
-        domain = node.domain if node.domain not in ("", "ai.onnx") else ""
-        counts[f"{domain}:{node.op}" if domain else node.op] += 1
-    return counts
-
-
-def _count_params(graph: Graph) -> tuple[int, int]:
-    """(total elements, number of constant tensors) over the graph and its subgraphs."""
-    total = count = 0
-    graphs = [graph]
-    while graphs:
-        g = graphs.pop()
-        for value in g.constants.values():
-            if isinstance(value, np.ndarray):
-                total += int(value.size)
-                count += 1
-        for node in g.nodes:
-            graphs.extend(node.subgraphs())
-    return total, count
 
 
 def _human(n: int) -> str:

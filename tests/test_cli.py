@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,7 @@ from click.testing import CliRunner, Result
 from onnx import TensorProto, helper, numpy_helper
 
 from modelloader import cli
+from modelloader.api import count_params, op_histogram
 from modelloader.ir import Graph, Node
 
 RNG = np.random.default_rng(0)
@@ -299,6 +301,18 @@ class FakeModel:
     opsets: dict[str, int] = field(default_factory=lambda: {"ai.onnx": 21})
     size_bytes: int = 3 * 1024 * 1024
     fed: dict[str, np.ndarray] | None = None
+
+    @property
+    def op_histogram(self) -> Counter[str]:
+        return op_histogram(self.graph)
+
+    @property
+    def param_count(self) -> int:
+        return count_params(self.graph)[0]
+
+    @property
+    def constant_count(self) -> int:
+        return count_params(self.graph)[1]
 
     def predict(self, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
         self.fed = feeds

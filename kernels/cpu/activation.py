@@ -39,7 +39,8 @@ def _half_via_f32(fn):
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """1/(1+exp(-x)) via tanh: one transcendental, no overflow, stays in x's dtype."""
     half = _s(x, 0.5)
-    y = np.tanh(x * half)
+    y = np.multiply(x, half)
+    np.tanh(y, out=y)
     y *= half
     y += half
     return y
@@ -105,7 +106,11 @@ def gelu(x: np.ndarray, *, approximate: str = "none") -> np.ndarray:
         return half * x * (_s(x, 1.0) + np.tanh(inner))
     if approximate != "none":
         raise ValueError(f"Gelu approximate must be 'none' or 'tanh', got {approximate!r}")
-    return _as(half * x * (_s(x, 1.0) + erf(x * _s(x, 0.7071067811865476))), x.dtype)
+    y = erf(x * _s(x, 0.7071067811865476))
+    y += _s(x, 1.0)
+    y *= x
+    y *= half
+    return y
 
 
 @kernel("HardSigmoid")
@@ -199,7 +204,8 @@ def shrink(x: np.ndarray, *, bias: float = 0.0, lambd: float = 0.5) -> np.ndarra
 @_half_via_f32
 def softmax(x: np.ndarray, *, axis: int = -1) -> np.ndarray:
     """ONNX Softmax-13: exp(x - max) / sum along ``axis``."""
-    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    e = np.subtract(x, np.max(x, axis=axis, keepdims=True))
+    np.exp(e, out=e)
     e /= np.sum(e, axis=axis, keepdims=True)
     return e
 

@@ -17,9 +17,6 @@ from onnx import TensorProto, helper
 
 from modelloader.kernels.cpu._registry import kernel
 
-_SQRT1_2 = 0.7071067811865476
-
-
 def _as(x: np.ndarray | np.generic, dtype: np.dtype) -> np.ndarray:
     """``x`` as an ndarray of ``dtype`` (no copy when it already is one)."""
     return np.asarray(x).astype(dtype, copy=False)
@@ -70,11 +67,29 @@ def logical_not(x: np.ndarray) -> np.ndarray:
     return np.logical_not(x)
 
 
+_ERF_P = [
+    -2.72614225801306e-10,
+    2.77068142495902e-08,
+    -2.10102402082508e-06,
+    -5.69250639462346e-05,
+    -7.34990630326855e-04,
+    -2.95459980854025e-03,
+    -1.60960333262415e-02,
+]
+_ERF_Q = [
+    -1.45660718464996e-05,
+    -2.13374055278905e-04,
+    -1.68282697438203e-03,
+    -7.37332916720468e-03,
+    -1.42647390514189e-02,
+]
+
+
 def erf(x: np.ndarray) -> np.ndarray:
     """The error function elementwise, in ``x``'s dtype.
 
-    float32/float16 use Abramowitz-Stegun 7.1.26 refined (|err| < 1.5e-7) computed in
-    float32; float64 uses SciPy when present, else ``math.erf`` elementwise.
+    16/32-bit floats use a float32 rational approximation on [-4, 4] (Eigen's; max
+    relative error ~4e-7); float64 uses SciPy when present, else ``math.erf``.
     """
     if x.dtype == np.float64:
         try:
@@ -82,19 +97,19 @@ def erf(x: np.ndarray) -> np.ndarray:
         except ImportError:  # pragma: no cover - scipy ships with the test extras
             return np.vectorize(math.erf, otypes=[np.float64])(x)
         return np.asarray(sp_erf(x))
-    xf = x.astype(np.float32, copy=False)
-    a = np.abs(xf)
-    t = np.float32(1.0) / (np.float32(1.0) + np.float32(0.3275911) * a)
-    poly = t * (
-        np.float32(0.254829592)
-        + t
-        * (
-            np.float32(-0.284496736)
-            + t * (np.float32(1.421413741) + t * (np.float32(-1.453152027) + t * np.float32(1.061405429)))
-        )
-    )
-    y = np.float32(1.0) - poly * np.exp(-a * a)
-    return _as(np.copysign(y, xf), x.dtype)
+    xf = np.clip(x.astype(np.float32, copy=False), np.float32(-4), np.float32(4))
+    x2 = xf * xf
+    p = np.full_like(x2, _ERF_P[0])
+    for c in _ERF_P[1:]:
+        p *= x2
+        p += np.float32(c)
+    p *= xf
+    q = np.full_like(x2, _ERF_Q[0])
+    for c in _ERF_Q[1:]:
+        q *= x2
+        q += np.float32(c)
+    p /= q
+    return _as(p, x.dtype)
 
 
 @kernel("Erf")
@@ -158,6 +173,14 @@ def div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def power(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """ONNX Pow-15: x ** y with the result in x's dtype (y may be another type)."""
     if x.dtype.kind == "f":
+        if y.size == 1 and y.ndim <= x.ndim:
+            e = float(y.reshape(-1)[0])
+            if e == 2.0:
+                return np.square(x).reshape(np.broadcast_shapes(x.shape, y.shape))
+            if e == 1.0:
+                return np.broadcast_to(x, np.broadcast_shapes(x.shape, y.shape))
+            if e == 0.5:
+                return np.sqrt(x).reshape(np.broadcast_shapes(x.shape, y.shape))
         if y.dtype.kind in "iub" or y.dtype.itemsize <= x.dtype.itemsize:
             # Exponents fit the base's float type; avoids a float64 round trip.
             return _as(np.power(x, y.astype(x.dtype, copy=False)), x.dtype)
@@ -245,12 +268,13 @@ def clip(
     x: np.ndarray, min: np.ndarray | None = None, max: np.ndarray | None = None
 ) -> np.ndarray:  # noqa: A002 - ONNX input names
     """ONNX Clip-13: clamp to [min, max] (omitted bounds are open); min > max gives max."""
-    out = x
+    if min is not None and max is not None:
+        return np.clip(x, _as(min, x.dtype), _as(max, x.dtype))
     if min is not None:
-        out = np.maximum(out, _as(min, x.dtype))
+        return np.maximum(x, _as(min, x.dtype))
     if max is not None:
-        out = np.minimum(out, _as(max, x.dtype))
-    return _as(out, x.dtype)
+        return np.minimum(x, _as(max, x.dtype))
+    return x
 
 
 # ----------------------------------------------------------------------------- casts

@@ -443,14 +443,12 @@ def tree_ensemble_classifier(
 ) -> tuple[np.ndarray, np.ndarray]:
     """ai.onnx.ml TreeEnsembleClassifier-3: (labels [N], scores [N, classes] float32).
 
-    Binary models that score only one class get the complementary column synthesised
-    (1 - p, or -p after a non-probit transform), as the ONNX reference does; their label
-    follows onnxruntime (positive when p > 0.5, or p > 0 if some weight is negative).
-    Otherwise the label is the arg-max of the untransformed scores.
+    Follows onnxruntime where the spec is silent: classes no leaf voted for are left
+    out of the arg-max, and two-class models use its binary rules (``_binary_scores``).
     """
     n_classes = len(classlabels_strings if classlabels_strings is not None else classlabels_int64s or [])
     weights = class_weights if class_weights_as_tensor is None else class_weights_as_tensor
-    scores, _ = _legacy_trees(
+    scores, count = _legacy_trees(
         x,
         nodes_treeids,
         nodes_nodeids,
@@ -468,15 +466,66 @@ def tree_ensemble_classifier(
         "SUM",
     )
     base = base_values if base_values_as_tensor is None else base_values_as_tensor
-    if base is not None:
-        scores = scores + np.asarray(base, dtype=np.float64).reshape(1, -1)
-    if len(set(class_ids)) == 1 and n_classes <= 2:
-        p = scores[:, -1]
-        threshold = 0.5 if (np.asarray(weights) >= 0).all() else 0.0
-        best = (p > threshold).astype(np.int64)
-        other = 1.0 - p if post_transform in ("NONE", "PROBIT") else -p
-        scores = np.stack([other, p], axis=1)
+    base_arr = np.zeros(0) if base is None else np.asarray(base, dtype=np.float64).reshape(-1)
+    post = _POST[post_transform]
+    if scores.shape[1] > 2:
+        if base_arr.size:
+            scores = scores + base_arr[None, :]
+            count = np.where(count > 0, count, 1)
+        best = np.argmax(np.where(count > 0, scores, -np.inf), axis=1)
+        probs = _post_transform(scores, post)
+        return _labels(best, classlabels_int64s, classlabels_strings), probs.astype(np.float32)
+    binary = len(set(class_ids)) == 1
+    all_positive = bool((np.asarray(weights) >= 0).all())
+    labels, probs = _binary_scores(scores, count > 0, base_arr, post, binary, all_positive)
+    if not binary and classlabels_strings is None:
+        return labels, probs  # onnxruntime yields the raw values 1/0 here
+    return _labels(labels, classlabels_int64s, classlabels_strings), probs
+
+
+def _binary_scores(
+    scores: np.ndarray,
+    has: np.ndarray,
+    base: np.ndarray,
+    post: int,
+    binary: bool,
+    all_positive: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """onnxruntime's two-class rules: (label index [N], scores [N, 2] float32)."""
+    s0, s1 = scores[:, 0].copy(), scores[:, 1].copy()
+    h0, h1 = has[:, 0], has[:, 1]
+    add = np.full(s0.shape, -1)
+    if base.size == 2:
+        s1, s0 = np.where(h1, base[1] + s0, s1 + base[1]), np.where(h1, -(base[1] + s0), s0 + base[0])
+    elif base.size == 1:
+        s0 = s0 + base[0]
     else:
-        best = np.argmax(scores, axis=1)
-    scores = _post_transform(scores, _POST[post_transform]).astype(np.float32)
-    return _labels(best, classlabels_int64s, classlabels_strings), scores
+        add[:] = 3
+    h0 = h0 | (base.size > 0)
+    pos = np.where(h1, s1, np.where(h0, s0, 0.0))
+    if binary:
+        label = (pos > 0.5) if all_positive else (pos > 0)
+        add = np.where(label, 0, 1) if all_positive else np.where(label, 2, 3)
+    else:
+        label = pos > 0
+    two = _post_transform(np.stack([s0, s1], axis=1), post)  # rows where class 1 scored
+    if post == 4:
+        one = np.stack([_post_transform(s0[:, None], 4)[:, 0], np.zeros_like(s0)], axis=1)
+    elif post == 2:
+        sig = 1.0 / (1.0 + np.exp(-s0))
+        one = np.where((add >= 2)[:, None], np.stack([1.0 - sig, sig], axis=1), 0.0)
+        one = np.where((add <= 1)[:, None] & (add >= 0)[:, None], np.stack([1.0 - s0, s0], axis=1), one)
+    else:
+        one = np.select(
+            [(add == 0) | (add == 1), add == 2, add == 3],
+            [np.stack([1.0 - s0, s0], 1), np.stack([-s0, s0], 1), np.stack([s0, -s0], 1)],
+            default=np.stack([s0, np.zeros_like(s0)], 1),
+        ) if False else None
+        cond = add[:, None]
+        one = np.where(
+            (cond == 0) | (cond == 1),
+            np.stack([1.0 - s0, s0], 1),
+            np.where(cond == 2, np.stack([-s0, s0], 1), np.where(cond == 3, np.stack([s0, -s0], 1), np.stack([s0, np.zeros_like(s0)], 1))),
+        )
+    probs = np.where(h1[:, None], two, one)
+    return label.astype(np.int64), probs.astype(np.float32)
