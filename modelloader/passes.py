@@ -116,7 +116,8 @@ def _same_shape(g: Graph, a: str, b: str) -> bool:
     va, vb = g.values.get(a), g.values.get(b)
     if va is None or vb is None or va.shape is None or vb.shape is None:
         return False
-    return va.shape == vb.shape and all(isinstance(d, int) for d in va.shape)
+    # equal symbolic names denote equal sizes; an unknown (None) dim proves nothing
+    return va.shape == vb.shape and None not in va.shape
 
 
 def _fuse(g: Graph, op: str, fused: str, residual: bool) -> None:

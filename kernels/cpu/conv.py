@@ -609,3 +609,35 @@ def deform_conv(
     if b is not None:
         y += b.astype(cd, copy=False).reshape(m, 1, 1)
     return y.astype(x.dtype, copy=False)
+
+
+@kernel("CausalConvWithState")
+def causal_conv_with_state(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None = None,
+    past_state: np.ndarray | None = None,
+    *,
+    activation: str = "none",
+) -> tuple[np.ndarray, np.ndarray]:
+    """ONNX CausalConvWithState-27: depthwise causal 1-D conv over [past_state, x] (+ bias,
+    optional SiLU); present_state is the last k-1 positions of that concatenation."""
+    cd = _compute_dtype(x)
+    n, c, length = x.shape
+    k = w.shape[-1]
+    if past_state is None:
+        past = np.zeros((n, c, k - 1), cd)
+    else:
+        past = past_state.astype(cd, copy=False)
+    full = np.concatenate([past, x.astype(cd, copy=False)], axis=2)
+    wf = w.astype(cd, copy=False).reshape(c, k)
+    y = full[:, :, 0:length] * wf[:, 0:1]
+    for j in range(1, k):
+        y += full[:, :, j : j + length] * wf[:, j : j + 1]
+    if b is not None:
+        y += b.astype(cd, copy=False).reshape(c, 1)
+    if activation in ("silu", "swish"):
+        with np.errstate(over="ignore"):
+            y *= 1 / (1 + np.exp(-y))
+    present = np.ascontiguousarray(full[:, :, full.shape[2] - (k - 1) :])
+    return y.astype(x.dtype, copy=False), present.astype(x.dtype, copy=False)

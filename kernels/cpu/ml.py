@@ -275,7 +275,9 @@ def tree_ensemble(
     degenerate = tleaf[roots] & fleaf[roots] & (tnext[roots] == fnext[roots])
     start = np.where(degenerate, tnext[roots], roots)
     splits = np.asarray(nodes_splits).astype(np.float64).reshape(-1)
-    leaf = _walk(x2, start, degenerate, feats, modes, splits, tnext, fnext, tleaf, fleaf, missing, members)
+    leaf = _walk(
+        x2, start, degenerate, feats, modes, splits, tnext, fnext, tleaf, fleaf, missing, members
+    )
     weights = np.asarray(leaf_weights).astype(np.float64).reshape(-1)
     n_leaves = weights.size
     out, _ = _aggregate(
@@ -314,10 +316,12 @@ def _legacy_trees(
     modes = np.asarray([_LEGACY_MODES[m] for m in nodes_modes], dtype=np.int64)
     is_leaf = modes == -1
     tnext = np.asarray(
-        [key.get((t, nid), 0) for t, nid in zip(nodes_treeids, nodes_truenodeids, strict=True)], np.int64
+        [key.get((t, nid), 0) for t, nid in zip(nodes_treeids, nodes_truenodeids, strict=True)],
+        np.int64,
     )
     fnext = np.asarray(
-        [key.get((t, nid), 0) for t, nid in zip(nodes_treeids, nodes_falsenodeids, strict=True)], np.int64
+        [key.get((t, nid), 0) for t, nid in zip(nodes_treeids, nodes_falsenodeids, strict=True)],
+        np.int64,
     )
     missing = (
         np.zeros(len(modes), bool)
@@ -326,7 +330,9 @@ def _legacy_trees(
     )
     # roots: the first node listed for each tree (the id-0 node when present)
     uniq, first = np.unique(tree_ids, return_index=True)
-    roots = np.asarray([key.get((int(t), 0), int(f)) for t, f in zip(uniq, first, strict=True)], np.int64)
+    roots = np.asarray(
+        [key.get((int(t), 0), int(f)) for t, f in zip(uniq, first, strict=True)], np.int64
+    )
     leaf = _walk(
         _float_input(x),
         roots,
@@ -446,7 +452,9 @@ def tree_ensemble_classifier(
     Follows onnxruntime where the spec is silent: classes no leaf voted for are left
     out of the arg-max, and two-class models use its binary rules (``_binary_scores``).
     """
-    n_classes = len(classlabels_strings if classlabels_strings is not None else classlabels_int64s or [])
+    n_classes = len(
+        classlabels_strings if classlabels_strings is not None else classlabels_int64s or []
+    )
     weights = class_weights if class_weights_as_tensor is None else class_weights_as_tensor
     scores, count = _legacy_trees(
         x,
@@ -496,7 +504,10 @@ def _binary_scores(
     h0, h1 = has[:, 0], has[:, 1]
     add = np.full(s0.shape, -1)
     if base.size == 2:
-        s1, s0 = np.where(h1, base[1] + s0, s1 + base[1]), np.where(h1, -(base[1] + s0), s0 + base[0])
+        s1, s0 = (
+            np.where(h1, base[1] + s0, s1 + base[1]),
+            np.where(h1, -(base[1] + s0), s0 + base[0]),
+        )
     elif base.size == 1:
         s0 = s0 + base[0]
     else:
@@ -513,19 +524,16 @@ def _binary_scores(
         one = np.stack([_post_transform(s0[:, None], 4)[:, 0], np.zeros_like(s0)], axis=1)
     elif post == 2:
         sig = 1.0 / (1.0 + np.exp(-s0))
-        one = np.where((add >= 2)[:, None], np.stack([1.0 - sig, sig], axis=1), 0.0)
-        one = np.where((add <= 1)[:, None] & (add >= 0)[:, None], np.stack([1.0 - s0, s0], axis=1), one)
-    else:
-        one = np.select(
-            [(add == 0) | (add == 1), add == 2, add == 3],
-            [np.stack([1.0 - s0, s0], 1), np.stack([-s0, s0], 1), np.stack([s0, -s0], 1)],
-            default=np.stack([s0, np.zeros_like(s0)], 1),
-        ) if False else None
         cond = add[:, None]
         one = np.where(
-            (cond == 0) | (cond == 1),
-            np.stack([1.0 - s0, s0], 1),
-            np.where(cond == 2, np.stack([-s0, s0], 1), np.where(cond == 3, np.stack([s0, -s0], 1), np.stack([s0, np.zeros_like(s0)], 1))),
+            cond >= 2, np.stack([1.0 - sig, sig], axis=1), np.stack([1.0 - s0, s0], axis=1)
+        )
+    else:
+        cond = add[:, None]
+        one = np.where(
+            cond >= 2,
+            np.stack([-s0, s0], 1),
+            np.where(cond >= 0, np.stack([1.0 - s0, s0], 1), np.stack([s0, np.zeros_like(s0)], 1)),
         )
     probs = np.where(h1[:, None], two, one)
     return label.astype(np.int64), probs.astype(np.float32)

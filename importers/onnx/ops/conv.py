@@ -4,4 +4,5 @@ from __future__ import annotations
 
 from modelloader.importers.onnx.table import passthrough
 
-passthrough("Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "DeformConv", "Col2Im")
+passthrough("Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "DeformConv", "Col2Im",
+            "CausalConvWithState")

@@ -3,5 +3,11 @@
 from modelloader.importers.onnx.table import passthrough
 
 passthrough(
-    "LabelEncoder", "ArrayFeatureExtractor", "Binarizer", "TreeEnsemble", domain="ai.onnx.ml"
+    "LabelEncoder",
+    "ArrayFeatureExtractor",
+    "Binarizer",
+    "TreeEnsemble",
+    "TreeEnsembleRegressor",
+    "TreeEnsembleClassifier",
+    domain="ai.onnx.ml",
 )
