@@ -5,7 +5,7 @@ Built models are cached in ``.cache/bench_models/<key>/`` (gitignored), keyed by
 source and the onnx version, so only the first run pays for building them (~1.3 GB for all nine).
 
 Which models run: all nine by default. Measured on two cores with ``pytest -n 2``, the module
-takes about 3 minutes with an empty cache (building dominates) and ~X with a warm one, so the
+takes about 2.5 minutes with an empty cache (building dominates) and ~45 s with a warm one, so the
 big ones stay in the full suite (``make test``, hence CI); they are marked ``slow`` so that
 ``-m "not slow"`` leaves just squeezenet and shufflenet for quick local runs.
 ``MODELLOADER_CNN_MODELS=squeezenet,resnet50`` restricts the run to the named models.

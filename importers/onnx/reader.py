@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from modelloader.importers.onnx import ops as _ops  # noqa: F401  (registers the table rows)
-from modelloader.importers.onnx.table import TABLE, ImportContext
-from modelloader.kernels.registry import Registry
 from onnx import numpy_helper
 
 from modelloader.errors import ModelFormatError, UnsupportedOpError
+from modelloader.importers.onnx import ops as _ops  # noqa: F401  (registers the table rows)
+from modelloader.importers.onnx.table import TABLE, ImportContext
 from modelloader.ir import Graph, Node, Value, ValueKind
+from modelloader.kernels.registry import Registry
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 

@@ -11,7 +11,7 @@ import functools
 import numpy as np
 
 from modelloader.kernels.cpu._registry import kernel
-from modelloader.kernels.cpu.elementwise import erf
+from modelloader.kernels.cpu.elementwise import blockwise, erf
 
 
 def _s(x: np.ndarray, v: float) -> np.generic:
@@ -36,14 +36,18 @@ def _half_via_f32(fn):
     return run
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """1/(1+exp(-x)) via tanh: one transcendental, no overflow, stays in x's dtype."""
-    half = _s(x, 0.5)
-    y = np.multiply(x, half)
-    np.tanh(y, out=y)
-    y *= half
-    y += half
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    y = np.negative(x)
+    with np.errstate(over="ignore"):  # exp(-x) -> inf gives the correct 0
+        np.exp(y, out=y)
+    y += _s(x, 1)
+    np.reciprocal(y, out=y)
     return y
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-x)) in x's dtype, computed in cache-sized blocks."""
+    return blockwise(_sigmoid, x)
 
 
 @kernel("Relu")
@@ -100,17 +104,21 @@ def celu(x: np.ndarray, *, alpha: float = 1.0) -> np.ndarray:
 @_half_via_f32
 def gelu(x: np.ndarray, *, approximate: str = "none") -> np.ndarray:
     """ONNX Gelu-20: x * Phi(x); approximate="tanh" uses the tanh formula."""
-    half = _s(x, 0.5)
-    if approximate == "tanh":
-        inner = _s(x, np.sqrt(2.0 / np.pi)) * (x + _s(x, 0.044715) * x * x * x)
-        return half * x * (_s(x, 1.0) + np.tanh(inner))
-    if approximate != "none":
+    if approximate not in ("none", "tanh"):
         raise ValueError(f"Gelu approximate must be 'none' or 'tanh', got {approximate!r}")
-    y = erf(x * _s(x, 0.7071067811865476))
-    y += _s(x, 1.0)
-    y *= x
-    y *= half
-    return y
+    half = _s(x, 0.5)
+
+    def run(v: np.ndarray) -> np.ndarray:
+        if approximate == "tanh":
+            y = np.tanh(_s(v, np.sqrt(2.0 / np.pi)) * (v + _s(v, 0.044715) * v * v * v))
+        else:
+            y = erf(v * _s(v, 0.7071067811865476))
+        y += _s(v, 1.0)
+        y *= v
+        y *= half
+        return y
+
+    return blockwise(run, x)
 
 
 @kernel("HardSigmoid")
@@ -128,8 +136,17 @@ def hard_swish(x: np.ndarray) -> np.ndarray:
 
 
 def softplus(x: np.ndarray) -> np.ndarray:
-    """log(1 + exp(x)), overflow-free, in x's dtype."""
-    return np.logaddexp(_s(x, 0), x)
+    """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)): overflow-free, in x's dtype."""
+
+    def run(v: np.ndarray) -> np.ndarray:
+        y = np.abs(v)
+        np.negative(y, out=y)
+        np.exp(y, out=y)
+        np.log1p(y, out=y)
+        y += np.maximum(v, _s(v, 0))
+        return y
+
+    return blockwise(run, x)
 
 
 @kernel("Softplus")
@@ -143,7 +160,18 @@ def softplus_kernel(x: np.ndarray) -> np.ndarray:
 @_half_via_f32
 def mish(x: np.ndarray) -> np.ndarray:
     """ONNX Mish-22: x * tanh(softplus(x))."""
-    return x * np.tanh(softplus(x))
+
+    def run(v: np.ndarray) -> np.ndarray:
+        # tanh(log(1 + e^v)) = n / (n + 2) with n = e^v (e^v + 2); it is 1 past v = 20.
+        e = np.exp(np.minimum(v, _s(v, 20)))
+        n = e + _s(v, 2)
+        n *= e
+        e = n + _s(v, 2)
+        n /= e
+        n *= v
+        return n
+
+    return blockwise(run, x)
 
 
 @kernel("Softsign")
@@ -171,7 +199,8 @@ def tanh(x: np.ndarray) -> np.ndarray:
 @_half_via_f32
 def swish(x: np.ndarray, *, alpha: float = 1.0) -> np.ndarray:
     """ONNX Swish-24: x * sigmoid(alpha * x)."""
-    return x * sigmoid(x * _s(x, alpha) if alpha != 1.0 else x)
+    a = _s(x, alpha)
+    return blockwise(lambda v: v * _sigmoid(v * a if alpha != 1.0 else v), x)
 
 
 @kernel("SwiGLU")
@@ -201,7 +230,6 @@ def shrink(x: np.ndarray, *, bias: float = 0.0, lambd: float = 0.5) -> np.ndarra
 
 
 @kernel("Softmax")
-@_half_via_f32
 def softmax(x: np.ndarray, *, axis: int = -1) -> np.ndarray:
     """ONNX Softmax-13: exp(x - max) / sum along ``axis``."""
     e = np.subtract(x, np.max(x, axis=axis, keepdims=True))
@@ -211,7 +239,6 @@ def softmax(x: np.ndarray, *, axis: int = -1) -> np.ndarray:
 
 
 @kernel("LogSoftmax")
-@_half_via_f32
 def log_softmax(x: np.ndarray, *, axis: int = -1) -> np.ndarray:
     """ONNX LogSoftmax-13: x - max - log(sum(exp(x - max))) along ``axis``."""
     shifted = x - np.max(x, axis=axis, keepdims=True)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
 from modelloader.kernels.cpu._registry import kernel
 
 Body = Callable[..., list[Any]]

@@ -9,6 +9,7 @@ Integer convolutions run the same engine in float64, which is exact for 8/16-bit
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,6 +18,25 @@ from numpy.lib.stride_tricks import as_strided
 from modelloader.kernels.cpu._registry import kernel
 
 _FLOATS = (np.float32, np.float64)
+
+_scratch = threading.local()
+
+
+def scratch(slot: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A reusable per-thread work buffer (never returned to callers).
+
+    Fresh multi-megabyte allocations are served by mmap and page-faulted on every call;
+    reusing im2col/padding buffers avoids that. Contents are uninitialised.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    bufs = getattr(_scratch, "bufs", None)
+    if bufs is None:
+        bufs = _scratch.bufs = {}
+    buf = bufs.get(slot)
+    if buf is None or buf.size < nbytes:
+        buf = bufs[slot] = np.empty(max(nbytes, 64), np.uint8)
+    return buf[:nbytes].view(dtype).reshape(shape)
 
 
 # --------------------------------------------------------------------------- geometry
@@ -128,14 +148,15 @@ def _phase_taps(
             taps.append((a, b, qa, qb))
     wq = -(-(w + p[1] + p[3]) // s[1])
     hq = max(-(-(h + p[0] + p[2]) // s[0]), oh + max(t[2] for t in taps)) + 1
-    xp = np.zeros((n, c, hq * s[0], wq * s[1]), x.dtype)
+    xp = scratch("pad", (n, c, hq * s[0], wq * s[1]), x.dtype)
+    xp.fill(0)
     xp[:, :, p[0] : p[0] + h, p[1] : p[1] + w] = x
     if s[0] == 1 and s[1] == 1:
         src = xp.reshape(n, c, 1, 1, hq * wq)
     else:
-        src = np.ascontiguousarray(
-            xp.reshape(n, c, hq, s[0], wq, s[1]).transpose(0, 1, 3, 5, 2, 4)
-        ).reshape(n, c, s[0], s[1], hq * wq)
+        src = scratch("phases", (n, c, s[0], s[1], hq, wq), x.dtype)
+        np.copyto(src, xp.reshape(n, c, hq, s[0], wq, s[1]).transpose(0, 1, 3, 5, 2, 4))
+        src = src.reshape(n, c, s[0], s[1], hq * wq)
     return src, wq, [(a, b, qa * wq + qb) for a, b, qa, qb in taps]
 
 
@@ -169,8 +190,8 @@ def _conv_float(
         if depthwise or wq <= 1.1 * out_sp[1]:
             if depthwise:
                 wk = w.reshape(m, kk, 1)
-                acc = np.empty((n, m, ext), x.dtype)
-                tmp = np.empty_like(acc)
+                acc = scratch("acc", (n, m, ext), x.dtype)
+                tmp = scratch("tmp", (n, m, ext), x.dtype)
                 for t, (a, bb, off) in enumerate(taps):
                     tap = src[:, :, a, bb, off : off + ext]
                     if t == 0:
@@ -179,11 +200,11 @@ def _conv_float(
                         np.multiply(tap, wk[:, t], out=tmp)
                         acc += tmp
             else:
-                cols = np.empty((n, c, kk, ext), x.dtype)
+                cols = scratch("cols", (n, c, kk, ext), x.dtype)
                 for t, (a, bb, off) in enumerate(taps):
                     cols[:, :, t] = src[:, :, a, bb, off : off + ext]
                 cols = cols.reshape(n, group, cg * kk, ext)
-                acc = np.empty((n, group, mg, ext), x.dtype)
+                acc = scratch("acc", (n, group, mg, ext), x.dtype)
                 wg = w.reshape(group, mg, cg * kk)
                 if n == 1 and group == 1:
                     np.matmul(wg[0], cols[0, 0], out=acc[0, 0])
@@ -224,7 +245,7 @@ def _conv_float(
     else:
         xp = pad_input(x, p)
         view = window_view(xp, k, s, d, out_sp)
-        cols = np.empty((n, c) + tuple(k) + tuple(out_sp), x.dtype)
+        cols = scratch("cols", (n, c) + tuple(k) + tuple(out_sp), x.dtype)
         np.copyto(cols, view)
         cols = cols.reshape(n, group, cg * kk, hw)
         wg = w.reshape(group, mg, cg * kk)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import ml_dtypes
 import numpy as np
@@ -17,9 +18,28 @@ from onnx import TensorProto, helper
 
 from modelloader.kernels.cpu._registry import kernel
 
+
 def _as(x: np.ndarray | np.generic, dtype: np.dtype) -> np.ndarray:
     """``x`` as an ndarray of ``dtype`` (no copy when it already is one)."""
     return np.asarray(x).astype(dtype, copy=False)
+
+
+_BLOCK = 1 << 16
+
+
+def blockwise(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Applies the elementwise, dtype-preserving ``fn`` to cache-sized blocks of ``x``.
+
+    Multi-pass formulas (erf, gelu, ...) then keep their temporaries in cache instead
+    of streaming several full-size arrays through memory.
+    """
+    if x.size <= 2 * _BLOCK:
+        return fn(x)
+    flat = np.ascontiguousarray(x).reshape(-1)
+    out = np.empty(flat.shape, x.dtype)
+    for i in range(0, flat.size, _BLOCK):
+        out[i : i + _BLOCK] = fn(flat[i : i + _BLOCK])
+    return out.reshape(x.shape)
 
 
 def _unary(fn: np.ufunc):
@@ -86,6 +106,13 @@ _ERF_Q = [
 
 
 def erf(x: np.ndarray) -> np.ndarray:
+    """The error function elementwise, in ``x``'s dtype (blockwise for large inputs)."""
+    if x.dtype == np.float64:
+        return _erf(x)
+    return blockwise(_erf, x)
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
     """The error function elementwise, in ``x``'s dtype.
 
     16/32-bit floats use a float32 rational approximation on [-4, 4] (Eigen's; max
@@ -264,9 +291,7 @@ def where(cond: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 @kernel("Clip")
-def clip(
-    x: np.ndarray, min: np.ndarray | None = None, max: np.ndarray | None = None
-) -> np.ndarray:  # noqa: A002 - ONNX input names
+def clip(x: np.ndarray, min: np.ndarray | None = None, max: np.ndarray | None = None) -> np.ndarray:  # noqa: A002 - ONNX input names
     """ONNX Clip-13: clamp to [min, max] (omitted bounds are open); min > max gives max."""
     if min is not None and max is not None:
         return np.clip(x, _as(min, x.dtype), _as(max, x.dtype))
@@ -299,7 +324,7 @@ def cast_array(x: np.ndarray, to: int, saturate: int = 1, round_mode: str = "up"
     dtype = onnx_dtype(to)
     if x.dtype == dtype:
         return x
-    if dtype == object:
+    if dtype.kind == "O":
         return x.astype(np.str_).astype(object)
     if x.dtype == object:
         # String -> number: parse as float first (handles "1e-5", "INF", "NaN").
@@ -346,7 +371,7 @@ def cast_like(
 def bit_cast(x: np.ndarray, *, to: int) -> np.ndarray:
     """ONNX BitCast-26: reinterprets the bits as type ``to`` (same bit width)."""
     dtype = onnx_dtype(to)
-    if dtype == object or x.dtype == object:
+    if dtype.kind == "O" or x.dtype.kind == "O":
         raise TypeError("BitCast does not support string tensors")
     if dtype.itemsize != x.dtype.itemsize:
         raise ValueError(f"BitCast needs equal bit widths, got {x.dtype} -> {dtype}")

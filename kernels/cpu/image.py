@@ -196,7 +196,10 @@ def resize(
         if (
             math.isclose(scl[i], 1.0)
             and sz[i] == x.shape[a]
-            and (axis_roi is None or (math.isclose(axis_roi[0], 0.0) and math.isclose(axis_roi[1], 1.0)))
+            and (
+                axis_roi is None
+                or (math.isclose(axis_roi[0], 0.0) and math.isclose(axis_roi[1], 1.0))
+            )
         ):
             continue
         work = _resize_axis(
@@ -223,7 +226,6 @@ def resize(
 
 def _float_work(dt: np.dtype) -> type:
     return np.float64 if dt == np.float64 else np.float32
-
 
 
 # --------------------------------------------------------------------------- GridSample
@@ -266,7 +268,9 @@ def grid_sample(
     k = len(spatial)
     out_sp = grid.shape[1:-1]
     mode = {"bilinear": "linear", "bicubic": "cubic"}.get(mode, mode)
-    g = grid.astype(np.float64).reshape(n, -1, k)[..., ::-1]  # last grid coord indexes the last axis
+    g = grid.astype(np.float64).reshape(n, -1, k)[
+        ..., ::-1
+    ]  # last grid coord indexes the last axis
     p = g.shape[1]
     taps_per_dim: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for d in range(k):
@@ -306,7 +310,9 @@ def grid_sample(
         elif padding_mode == "border":
             idx = np.clip(idx, 0, size - 1)
         else:
-            idx = np.clip(np.trunc(_reflect(idx.astype(np.float64), lo, hi)).astype(np.int64), 0, size - 1)
+            idx = np.clip(
+                np.trunc(_reflect(idx.astype(np.float64), lo, hi)).astype(np.int64), 0, size - 1
+            )
         taps_per_dim.append((idx, w, np.arange(idx.shape[-1])))
     xf = x.reshape(n, c, -1).astype(np.float64)
     strides = [int(np.prod(spatial[d + 1 :])) for d in range(k)]
@@ -421,7 +427,11 @@ def non_max_suppression(
 ) -> np.ndarray:
     """ONNX NonMaxSuppression-11: greedy per (batch, class) selection by descending score,
     dropping boxes whose IoU with a kept box exceeds the threshold; returns [k, 3] int64 indices."""
-    max_out = 0 if max_output_boxes_per_class is None else int(np.asarray(max_output_boxes_per_class).ravel()[0])
+    max_out = (
+        0
+        if max_output_boxes_per_class is None
+        else int(np.asarray(max_output_boxes_per_class).ravel()[0])
+    )
     iou_t = 0.0 if iou_threshold is None else float(np.asarray(iou_threshold).ravel()[0])
     score_t = None if score_threshold is None else float(np.asarray(score_threshold).ravel()[0])
     b = boxes.astype(np.float64)

@@ -80,7 +80,9 @@ def attention(
         pad = kl - attn_mask.shape[-1]
         if pad > 0:
             fill = False if attn_mask.dtype == np.bool_ else -np.inf
-            attn_mask = np.pad(attn_mask, [(0, 0)] * (attn_mask.ndim - 1) + [(0, pad)], constant_values=fill)
+            attn_mask = np.pad(
+                attn_mask, [(0, 0)] * (attn_mask.ndim - 1) + [(0, pad)], constant_values=fill
+            )
         if attn_mask.dtype == np.bool_:
             attn_mask = np.where(attn_mask, dt.type(0), dt.type(-np.inf))
         bias = bias + attn_mask.astype(dt, copy=False)
@@ -130,7 +132,12 @@ def attention(
     y = _matmul(probs, v)
     if rank3:
         y = y.transpose(0, 2, 1, 3).reshape(y.shape[0], y.shape[2], -1)
-    return y.astype(out_dt, copy=False), present_key, present_value, qk_out.astype(out_dt, copy=False)
+    return (
+        y.astype(out_dt, copy=False),
+        present_key,
+        present_value,
+        qk_out.astype(out_dt, copy=False),
+    )
 
 
 @kernel("RotaryEmbedding")
@@ -188,7 +195,9 @@ def _nll(
 ) -> np.ndarray:
     """Shared NLL over log-probabilities (N, C, d...) and class targets (N, d...)."""
     dt = logp.dtype
-    ignored = (target == ignore_index) if ignore_index is not None else np.zeros(target.shape, dtype=bool)
+    ignored = (
+        (target == ignore_index) if ignore_index is not None else np.zeros(target.shape, dtype=bool)
+    )
     safe = np.where(ignored, 0, target).astype(np.int64)
     picked = np.take_along_axis(logp, safe[:, None, ...], axis=1)[:, 0, ...]
     loss = np.where(ignored, dt.type(0), -picked)
@@ -322,3 +331,64 @@ def adam(
         vs.append(v_new.astype(v.dtype))
         hs.append(h_new.astype(h.dtype))
     return (*xs, *vs, *hs)
+
+
+# --------------------------------------------------------------------------- TfIdfVectorizer
+
+
+@kernel("TfIdfVectorizer")
+def tfidf_vectorizer(
+    x: np.ndarray,
+    *,
+    max_gram_length: int,
+    max_skip_count: int,
+    min_gram_length: int,
+    mode: str,
+    ngram_counts: list[int],
+    ngram_indexes: list[int],
+    pool_int64s: list[int] | None = None,
+    pool_strings: list[str] | None = None,
+    weights: list[float] | None = None,
+) -> np.ndarray:
+    """ONNX TfIdfVectorizer-9: counts pool n-grams (with skips) per row of a [C] or [B, C] input
+    and emits TF, IDF (presence * weight) or TFIDF (count * weight) as float32."""
+    pool = list(pool_int64s) if pool_int64s is not None else list(pool_strings or [])
+    lookup: dict[tuple, int] = {}
+    k = 0
+    bounds = [*ngram_counts, len(pool)]
+    for size_idx in range(len(ngram_counts)):
+        n = size_idx + 1
+        for s in range(bounds[size_idx], bounds[size_idx + 1], n):
+            lookup[tuple(pool[s : s + n])] = ngram_indexes[k]
+            k += 1
+    out_size = max(ngram_indexes) + 1 if len(ngram_indexes) else 0
+    rows = x.reshape(1, -1) if x.ndim < 2 else x
+    counts = np.zeros((rows.shape[0], out_size), dtype=np.int64)
+    for r, row in enumerate(rows):
+        vals = row.tolist()
+        c = len(vals)
+        min_n = min_gram_length
+        for skip in range(1, max_skip_count + 2):
+            for start in range(c):
+                for n in range(min_n, max_gram_length + 1):
+                    last = start + (n - 1) * skip
+                    if last >= c:
+                        break
+                    hit = lookup.get(tuple(vals[start : last + 1 : skip]))
+                    if hit is not None:
+                        counts[r, hit] += 1
+            # Unigrams are counted once, not once per skip distance.
+            min_n = max(min_n, 2)
+            if min_n > max_gram_length:
+                break
+    w = np.asarray(weights, dtype=np.float32) if weights else None
+    if mode == "TF":
+        y = counts.astype(np.float32)
+    elif mode == "IDF":
+        y = (counts > 0).astype(np.float32) * (w if w is not None else 1)
+    elif mode == "TFIDF":
+        y = counts.astype(np.float32) * (w if w is not None else 1)
+    else:
+        raise ValueError(f"TfIdfVectorizer: unknown mode {mode!r}")
+    y = y.astype(np.float32, copy=False)
+    return y[0] if x.ndim < 2 else y

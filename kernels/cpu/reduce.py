@@ -85,7 +85,11 @@ def _reducer(name: str):
         raise AssertionError(name)
 
     def run(
-        data: np.ndarray, axes: np.ndarray | None = None, *, keepdims: int = 1, noop_with_empty_axes: int = 0
+        data: np.ndarray,
+        axes: np.ndarray | None = None,
+        *,
+        keepdims: int = 1,
+        noop_with_empty_axes: int = 0,
     ) -> np.ndarray:
         ax = _axes(data, axes, noop_with_empty_axes)
         if ax is None:
@@ -135,9 +139,7 @@ kernel("ArgMin")(_arg(np.argmin))
 
 
 def _cumulative(fn, identity: int):
-    def run(
-        x: np.ndarray, axis: np.ndarray, *, exclusive: int = 0, reverse: int = 0
-    ) -> np.ndarray:
+    def run(x: np.ndarray, axis: np.ndarray, *, exclusive: int = 0, reverse: int = 0) -> np.ndarray:
         ax = int(np.asarray(axis).reshape(-1)[0]) % max(x.ndim, 1)
         if x.ndim == 0:
             return x.copy()
@@ -145,7 +147,9 @@ def _cumulative(fn, identity: int):
         out = fn(src, axis=ax, dtype=x.dtype)
         if exclusive:
             pad = np.full_like(np.take(out, [0], axis=ax), identity)
-            out = np.concatenate([pad, np.take(out, np.arange(out.shape[ax] - 1), axis=ax)], axis=ax)
+            out = np.concatenate(
+                [pad, np.take(out, np.arange(out.shape[ax] - 1), axis=ax)], axis=ax
+            )
         if reverse:
             out = np.flip(out, axis=ax)
         return out

@@ -90,7 +90,11 @@ class _Setup:
         self.t, self.b = self.x.shape[:2]
         self.dirs = 2 if direction == "bidirectional" else 1
         self.reverse = [direction == "reverse"] if self.dirs == 1 else [False, True]
-        lens = np.full(self.b, self.t, dtype=np.int64) if sequence_lens is None else sequence_lens.astype(np.int64)
+        lens = (
+            np.full(self.b, self.t, dtype=np.int64)
+            if sequence_lens is None
+            else sequence_lens.astype(np.int64)
+        )
         self.lens = lens
         steps = np.arange(self.t)[:, None]
         self.valid = steps < lens[None, :]  # (T, B)
@@ -104,7 +108,9 @@ class _Setup:
             return arr
         if self.full:
             return arr[::-1]
-        return np.take_along_axis(arr, self.rev_idx.reshape(self.t, self.b, *([1] * (arr.ndim - 2))), axis=0)
+        return np.take_along_axis(
+            arr, self.rev_idx.reshape(self.t, self.b, *([1] * (arr.ndim - 2))), axis=0
+        )
 
     def state(self, init: np.ndarray | None, hidden: int, dtype: np.dtype) -> np.ndarray:
         """Initial state as (dirs, B, H)."""
@@ -126,7 +132,9 @@ def _clip(x: np.ndarray, clip: float | None) -> np.ndarray:
     return x if clip is None else np.clip(x, -clip, clip)
 
 
-def _bias(b: np.ndarray | None, d: int, gates: int, hidden: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+def _bias(
+    b: np.ndarray | None, d: int, gates: int, hidden: int, dtype: np.dtype
+) -> tuple[np.ndarray, np.ndarray]:
     if b is None:
         z = np.zeros(gates * hidden, dtype=dtype)
         return z, z
@@ -195,7 +203,9 @@ def gru(
     """ONNX GRU-22 (gate order z, r, h): H_t = (1 - z) * h~ + z * H_{t-1}; outputs Y and Y_h."""
     st = _Setup(x, sequence_lens, layout, direction)
     hid = r.shape[-1]
-    acts = _activations(activations, activation_alpha, activation_beta, ["Sigmoid", "Tanh"], st.dirs)
+    acts = _activations(
+        activations, activation_alpha, activation_beta, ["Sigmoid", "Tanh"], st.dirs
+    )
     h0 = st.state(initial_h, hid, x.dtype)
     ys, hs = [], []
     for d in range(st.dirs):
@@ -247,14 +257,18 @@ def lstm(
     """ONNX LSTM-22 (gate order i, o, f, c; peepholes i, o, f); outputs Y, Y_h and Y_c."""
     st = _Setup(x, sequence_lens, layout, direction)
     hid = r.shape[-1]
-    acts = _activations(activations, activation_alpha, activation_beta, ["Sigmoid", "Tanh", "Tanh"], st.dirs)
+    acts = _activations(
+        activations, activation_alpha, activation_beta, ["Sigmoid", "Tanh", "Tanh"], st.dirs
+    )
     h0 = st.state(initial_h, hid, x.dtype)
     c0 = st.state(initial_c, hid, x.dtype)
     ys, hs, cs = [], [], []
     for d in range(st.dirs):
         f, g, hact = acts[d]
         wb, rb = _bias(b, d, 4, hid, x.dtype)
-        pi, po, pf = (p[d, :hid], p[d, hid : 2 * hid], p[d, 2 * hid :]) if p is not None else (0, 0, 0)
+        pi, po, pf = (
+            (p[d, :hid], p[d, hid : 2 * hid], p[d, 2 * hid :]) if p is not None else (0, 0, 0)
+        )
         xs = st.order(st.x, st.reverse[d])
         xw = xs @ w[d].T + (wb + rb)  # (T, B, 4H)
         h, c = h0[d], c0[d]

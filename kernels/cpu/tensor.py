@@ -7,6 +7,7 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
+
 from modelloader.kernels.cpu._registry import kernel
 
 # ONNX TensorProto.DataType -> NumPy dtype, for ops with a ``dtype`` attribute.

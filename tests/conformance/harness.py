@@ -78,6 +78,14 @@ def assert_close(actual: Any, expected: Any, rtol: float, atol: float, where: st
         )
 
 
+def _array(x: Any) -> Any:
+    """Cases give some tensors as TensorProto (Cast to float8, int4, ...)."""
+    import onnx
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(x) if isinstance(x, onnx.TensorProto) else x
+
+
 def run_case(name: str) -> None:
     """Loads and runs one case; raises AssertionError or a modelloader error on failure."""
     import modelloader
@@ -85,6 +93,7 @@ def run_case(name: str) -> None:
     case = cases()[name]
     model = modelloader.load(case.model.SerializeToString())
     for inputs, outputs in case.data_sets:
+        inputs, outputs = [_array(x) for x in inputs], [_array(x) for x in outputs]
         with np.errstate(all="ignore"):
             got = model.predict({i.name: x for i, x in zip(model.inputs, inputs)})
         names = [o.name for o in case.model.graph.output]

@@ -17,7 +17,10 @@ def _run(node: onnx.NodeProto, opset: int, feeds: dict[str, np.ndarray], domain_
     ]
     outputs = [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in node.output]
     graph = helper.make_graph([node], "g", inputs, outputs)
-    opsets = [helper.make_opsetid("", opset), *(helper.make_opsetid(d, v) for d, v in domain_opsets)]
+    opsets = [
+        helper.make_opsetid("", opset),
+        *(helper.make_opsetid(d, v) for d, v in domain_opsets),
+    ]
     model = helper.make_model(graph, opset_imports=opsets)
     got = modelloader.load(model.SerializeToString()).predict(feeds)
     return [got[o] for o in node.output]
@@ -43,7 +46,7 @@ def test_slice_and_pad_attributes_before_inputs() -> None:
 def test_range_accepts_one_element_vectors() -> None:
     start, limit, delta = (np.array([v], dtype=np.int64) for v in (1, 10, 3))
     node = helper.make_node("Range", ["s", "l", "d"], ["y"])
-    (y,) = _run(node, 11, {"s": start.reshape(()), "l": limit.reshape(()), "d": delta.reshape(())})
+    (y,) = _run(node, 11, {"s": start, "l": limit, "d": delta})
     np.testing.assert_array_equal(y, np.array([1, 4, 7], dtype=np.int64))
 
 

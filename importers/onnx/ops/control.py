@@ -1,7 +1,6 @@
 """Control-flow rows. Loop/If/Scan subgraphs are imported by the reader."""
 
 from modelloader.importers.onnx.table import ImportContext, onnx_op, passthrough
-
 from modelloader.ir import Node
 
 passthrough("If", "Loop", "SequenceMap")

@@ -78,7 +78,12 @@ def align_at_axis(node: Node, ctx: ImportContext, axis: int) -> list[Node]:
     i64 = np.int64
     shape_a, shape_b = ctx.fresh("shape_a"), ctx.fresh("shape_b")
     rank_a, rank_b = ctx.fresh("rank_a"), ctx.fresh("rank_b")
-    pad, ones, new_shape, b2 = ctx.fresh("pad"), ctx.fresh("ones"), ctx.fresh("shape"), ctx.fresh("b")
+    pad, ones, new_shape, b2 = (
+        ctx.fresh("pad"),
+        ctx.fresh("ones"),
+        ctx.fresh("shape"),
+        ctx.fresh("b"),
+    )
     t1, t2 = ctx.fresh("t"), ctx.fresh("t")
     if axis < 0:
         # Negative axis counts from the end of A: trailing ones = -axis - rank(B).

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from modelloader.importers.onnx.table import ImportContext, attr_to_input, onnx_op, passthrough
 
+from modelloader.importers.onnx.table import ImportContext, attr_to_input, onnx_op, passthrough
 from modelloader.ir import Node
 
 passthrough(
