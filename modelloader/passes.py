@@ -134,7 +134,7 @@ def _fuse(g: Graph, op: str, fused: str, residual: bool) -> None:
             while len(inputs) < 3:
                 inputs.append("")
             nxt = cons.get(out, [])
-            if uses[out] == 1 and len(nxt) == 1 and _is_add(g.nodes[nxt[0]]):
+            if uses[out] == 1 and len(nxt) == 1 and nxt[0] not in dead and _is_add(g.nodes[nxt[0]]):
                 add = g.nodes[nxt[0]]
                 other = add.inputs[1] if add.inputs[0] == out else add.inputs[0]
                 if (
@@ -146,7 +146,7 @@ def _fuse(g: Graph, op: str, fused: str, residual: bool) -> None:
                     out = add.outputs[0]
                     dead.add(nxt[0])
         nxt = cons.get(out, [])
-        if uses[out] == 1 and len(nxt) == 1:
+        if uses[out] == 1 and len(nxt) == 1 and nxt[0] not in dead:
             act = g.nodes[nxt[0]]
             params = _activation(act, g)
             if params is not None:

@@ -20,6 +20,7 @@ from modelloader.kernels.cpu._registry import kernel
 _FLOATS = (np.float32, np.float64)
 
 _scratch = threading.local()
+_SCRATCH_MAX = 64 << 20  # larger buffers are not kept alive between calls
 
 
 def scratch(slot: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -30,6 +31,8 @@ def scratch(slot: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > _SCRATCH_MAX:
+        return np.empty(shape, dtype)
     bufs = getattr(_scratch, "bufs", None)
     if bufs is None:
         bufs = _scratch.bufs = {}
@@ -90,9 +93,10 @@ def pad_input(x: np.ndarray, pads: Sequence[int], value: float = 0.0) -> np.ndar
     shape = x.shape[:2] + tuple(x.shape[2 + i] + lo[i] + hi[i] for i in range(r))
     buf = np.zeros(shape, x.dtype) if value == 0 else np.full(shape, value, x.dtype)
     # negative pads crop the input
-    src = x[(slice(None), slice(None)) + tuple(
-        slice(max(0, -pads[i]), x.shape[2 + i] - max(0, -pads[i + r])) for i in range(r)
-    )]
+    src = x[
+        (slice(None), slice(None))
+        + tuple(slice(max(0, -pads[i]), x.shape[2 + i] - max(0, -pads[i + r])) for i in range(r))
+    ]
     dst = (slice(None), slice(None)) + tuple(
         slice(lo[i], lo[i] + src.shape[2 + i]) for i in range(r)
     )
@@ -101,7 +105,10 @@ def pad_input(x: np.ndarray, pads: Sequence[int], value: float = 0.0) -> np.ndar
 
 
 def window_view(
-    xp: np.ndarray, k: Sequence[int], strides: Sequence[int], dilations: Sequence[int],
+    xp: np.ndarray,
+    k: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
     out_sp: Sequence[int],
 ) -> np.ndarray:
     """Read-only strided view (N, C, *k, *out) of the padded input: element [n,c,*t,*o] is
@@ -109,8 +116,10 @@ def window_view(
     st = xp.strides
     r = len(k)
     shape = xp.shape[:2] + tuple(k) + tuple(out_sp)
-    strides_ = st[:2] + tuple(st[2 + i] * dilations[i] for i in range(r)) + tuple(
-        st[2 + i] * strides[i] for i in range(r)
+    strides_ = (
+        st[:2]
+        + tuple(st[2 + i] * dilations[i] for i in range(r))
+        + tuple(st[2 + i] * strides[i] for i in range(r))
     )
     return as_strided(xp, shape=shape, strides=strides_, writeable=False)
 
@@ -128,9 +137,14 @@ def _defaults(
 # --------------------------------------------------------------------------- engine
 
 
-def _phase_taps(
-    x: np.ndarray, p: Sequence[int], k: Sequence[int], s: Sequence[int], d: Sequence[int],
+def phase_taps(
+    x: np.ndarray,
+    p: Sequence[int],
+    k: Sequence[int],
+    s: Sequence[int],
+    d: Sequence[int],
     out_sp: Sequence[int],
+    fill: float = 0.0,
 ) -> tuple[np.ndarray, int, list[tuple[int, int, int]]]:
     """2-D taps as contiguous flat slices (the "extended row" trick).
 
@@ -149,7 +163,7 @@ def _phase_taps(
     wq = -(-(w + p[1] + p[3]) // s[1])
     hq = max(-(-(h + p[0] + p[2]) // s[0]), oh + max(t[2] for t in taps)) + 1
     xp = scratch("pad", (n, c, hq * s[0], wq * s[1]), x.dtype)
-    xp.fill(0)
+    xp.fill(fill)
     xp[:, :, p[0] : p[0] + h, p[1] : p[1] + w] = x
     if s[0] == 1 and s[1] == 1:
         src = xp.reshape(n, c, 1, 1, hq * wq)
@@ -184,45 +198,37 @@ def _conv_float(
     bias = None if b is None else b.astype(x.dtype, copy=False).reshape((m,) + (1,) * r)
     depthwise = group == c and mg == 1 and group > 1
 
-    if r == 2 and kk > 1 and min(p) >= 0:
-        src, wq, taps = _phase_taps(x, p, k, s, d, out_sp)
+    # flat taps pay for Wq - ow junk columns per row: worth it for depthwise and wide outputs
+    wq = -(-(x.shape[3] + p[1] + p[3]) // s[1]) if r == 2 else 0
+    if r == 2 and kk > 1 and min(p) >= 0 and (depthwise or wq <= 1.1 * out_sp[1]):
+        src, wq, taps = phase_taps(x, p, k, s, d, out_sp)
         ext = out_sp[0] * wq
-        if depthwise or wq <= 1.1 * out_sp[1]:
-            if depthwise:
-                wk = w.reshape(m, kk, 1)
-                acc = scratch("acc", (n, m, ext), x.dtype)
-                tmp = scratch("tmp", (n, m, ext), x.dtype)
-                for t, (a, bb, off) in enumerate(taps):
-                    tap = src[:, :, a, bb, off : off + ext]
-                    if t == 0:
-                        np.multiply(tap, wk[:, 0], out=acc)
-                    else:
-                        np.multiply(tap, wk[:, t], out=tmp)
-                        acc += tmp
-            else:
-                cols = scratch("cols", (n, c, kk, ext), x.dtype)
-                for t, (a, bb, off) in enumerate(taps):
-                    cols[:, :, t] = src[:, :, a, bb, off : off + ext]
-                cols = cols.reshape(n, group, cg * kk, ext)
-                acc = scratch("acc", (n, group, mg, ext), x.dtype)
-                wg = w.reshape(group, mg, cg * kk)
-                if n == 1 and group == 1:
-                    np.matmul(wg[0], cols[0, 0], out=acc[0, 0])
-                else:
-                    np.matmul(wg, cols, out=acc)
-            acc = acc.reshape(n, m, out_sp[0], wq)[..., : out_sp[1]]
-            out = np.empty((n, m) + tuple(out_sp), x.dtype)
-            if bias is not None:
-                np.add(acc, bias, out=out)
-            else:
-                np.copyto(out, acc)
-            return out
+        # depthwise convs are the cg == 1 case: a batch of (1, k*k) @ (k*k, ext) products
+        cols = scratch("cols", (n, c, kk, ext), x.dtype)
+        for t, (a, bb, off) in enumerate(taps):
+            cols[:, :, t] = src[:, :, a, bb, off : off + ext]
+        cols = cols.reshape(n, group, cg * kk, ext)
+        acc = scratch("acc", (n, group, mg, ext), x.dtype)
+        wg = w.reshape(group, mg, cg * kk)
+        if n == 1 and group == 1:
+            np.matmul(wg[0], cols[0, 0], out=acc[0, 0])
+        else:
+            np.matmul(wg, cols, out=acc)
+        acc = acc.reshape(n, m, out_sp[0], wq)[..., : out_sp[1]]
+        out = np.empty((n, m) + tuple(out_sp), x.dtype)
+        if bias is not None:
+            np.add(acc, bias, out=out)
+        else:
+            np.copyto(out, acc)
+        return out
 
     out = np.empty((n, m) + tuple(out_sp), x.dtype)
     o3 = out.reshape(n, group, mg, hw)
     if kk == 1 and not any(p):
         # pointwise: strided subsampling (if any) then a plain matmul
-        xs = x if all(v == 1 for v in s) else x[(Ellipsis,) + tuple(slice(None, None, v) for v in s)]
+        xs = (
+            x if all(v == 1 for v in s) else x[(Ellipsis,) + tuple(slice(None, None, v) for v in s)]
+        )
         xs = np.ascontiguousarray(xs).reshape(n, group, cg, hw)
         wg = w.reshape(group, mg, cg)
         if n == 1 and group == 1:
@@ -314,9 +320,15 @@ def conv(
     """ONNX Conv-22: N-d grouped, strided, dilated, padded cross-correlation plus bias."""
     cd = _compute_dtype(x)
     y = _conv_float(
-        x.astype(cd, copy=False), w.astype(cd, copy=False), b,
-        auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape,
-        pads=pads, strides=strides,
+        x.astype(cd, copy=False),
+        w.astype(cd, copy=False),
+        b,
+        auto_pad=auto_pad,
+        dilations=dilations,
+        group=group,
+        kernel_shape=kernel_shape,
+        pads=pads,
+        strides=strides,
     )
     return y.astype(x.dtype, copy=False)
 
@@ -340,9 +352,15 @@ def fused_conv(
     """modelloader FusedConv: act(Conv(X, W, B) + Z); Z is an optional residual of output shape."""
     cd = _compute_dtype(x)
     y = _conv_float(
-        x.astype(cd, copy=False), w.astype(cd, copy=False), b,
-        auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape,
-        pads=pads, strides=strides,
+        x.astype(cd, copy=False),
+        w.astype(cd, copy=False),
+        b,
+        auto_pad=auto_pad,
+        dilations=dilations,
+        group=group,
+        kernel_shape=kernel_shape,
+        pads=pads,
+        strides=strides,
     )
     if z is not None:
         np.add(y, z, out=y, casting="unsafe")
@@ -368,14 +386,18 @@ def col2im_add(
     r = len(k)
     off = [max(0, -pb) for pb in pads_b]
     full = [
-        off[i] + max((in_sp[i] - 1) * strides[i] + (k[i] - 1) * dilations[i] + 1, pads_b[i] + out_sp[i])
+        off[i]
+        + max((in_sp[i] - 1) * strides[i] + (k[i] - 1) * dilations[i] + 1, pads_b[i] + out_sp[i])
         for i in range(r)
     ]
     buf = np.zeros((n, c) + tuple(full), cols.dtype)
     for idx in np.ndindex(*k):
         dst = (slice(None), slice(None)) + tuple(
-            slice(off[i] + idx[i] * dilations[i],
-                  off[i] + idx[i] * dilations[i] + (in_sp[i] - 1) * strides[i] + 1, strides[i])
+            slice(
+                off[i] + idx[i] * dilations[i],
+                off[i] + idx[i] * dilations[i] + (in_sp[i] - 1) * strides[i] + 1,
+                strides[i],
+            )
             for i in range(r)
         )
         buf[dst] += cols[(slice(None), slice(None)) + idx]
@@ -476,8 +498,15 @@ def _conv_exact(
 ) -> np.ndarray:
     """Integer conv of zero-point-shifted operands, accumulated exactly (float64 BLAS) -> int32."""
     y = _conv_float(
-        x.astype(np.float64), w.astype(np.float64), None, auto_pad=auto_pad,
-        dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads, strides=strides,
+        x.astype(np.float64),
+        w.astype(np.float64),
+        None,
+        auto_pad=auto_pad,
+        dilations=dilations,
+        group=group,
+        kernel_shape=kernel_shape,
+        pads=pads,
+        strides=strides,
     )
     return y.astype(np.int32)
 
@@ -511,8 +540,14 @@ def conv_integer(
     if x_zero_point is not None:
         xi -= np.asarray(x_zero_point).astype(np.int32)
     return _conv_exact(
-        xi, _shift_w(w, w_zero_point), auto_pad=auto_pad, dilations=dilations, group=group,
-        kernel_shape=kernel_shape, pads=pads, strides=strides,
+        xi,
+        _shift_w(w, w_zero_point),
+        auto_pad=auto_pad,
+        dilations=dilations,
+        group=group,
+        kernel_shape=kernel_shape,
+        pads=pads,
+        strides=strides,
     )
 
 
@@ -553,8 +588,14 @@ def qlinear_conv(
     if x_zero_point is not None:
         xi -= np.asarray(x_zero_point).astype(np.int32)
     acc = _conv_exact(
-        xi, _shift_w(w, w_zero_point), auto_pad=auto_pad, dilations=dilations, group=group,
-        kernel_shape=kernel_shape, pads=pads, strides=strides,
+        xi,
+        _shift_w(w, w_zero_point),
+        auto_pad=auto_pad,
+        dilations=dilations,
+        group=group,
+        kernel_shape=kernel_shape,
+        pads=pads,
+        strides=strides,
     )
     if b is not None:
         acc += b.astype(np.int32).reshape((-1,) + (1,) * (x.ndim - 2))
@@ -614,7 +655,10 @@ def deform_conv(
     gi = np.arange(og)[None, :, None, None, None]
     samples = np.zeros((n, og, kk, oh, ow, cpg), cd)
     for dh, dw, wt in (
-        (0, 0, (1 - lh) * (1 - lw)), (0, 1, (1 - lh) * lw), (1, 0, lh * (1 - lw)), (1, 1, lh * lw)
+        (0, 0, (1 - lh) * (1 - lw)),
+        (0, 1, (1 - lh) * lw),
+        (1, 0, lh * (1 - lw)),
+        (1, 1, lh * lw),
     ):
         hh = h0 + dh
         ww = w0 + dw

@@ -22,7 +22,12 @@ def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.matmul(a, b)
     if a.dtype == np.float16 and b.dtype == np.float16:
         return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(np.float16)
-    if a.dtype.kind in "iu" and b.dtype.kind in "iu" and a.dtype.itemsize <= 2 and b.dtype.itemsize <= 2:
+    if (
+        a.dtype.kind in "iu"
+        and b.dtype.kind in "iu"
+        and a.dtype.itemsize <= 2
+        and b.dtype.itemsize <= 2
+    ):
         out_dt = np.result_type(a.dtype, b.dtype)
         y = np.matmul(a.astype(np.float64), b.astype(np.float64))
         return y.astype(np.int64).astype(out_dt)
@@ -39,8 +44,13 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _gemm(
-    a: np.ndarray, b: np.ndarray, c: np.ndarray | None, alpha: float, beta: float,
-    trans_a: int, trans_b: int,
+    a: np.ndarray,
+    b: np.ndarray,
+    c: np.ndarray | None,
+    alpha: float,
+    beta: float,
+    trans_a: int,
+    trans_b: int,
 ) -> np.ndarray:
     dt = a.dtype
     cd = dt if dt in _BLAS else np.dtype(np.float32) if dt.kind == "f" else dt

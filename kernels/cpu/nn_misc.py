@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from onnx.helper import tensor_dtype_to_np_dtype
 
@@ -181,6 +183,100 @@ def rotary_embedding(
     if x.ndim == 4:
         return out.transpose(0, 2, 1, 3)
     return out.reshape(shape)
+
+
+def _heads(x: np.ndarray, n: int) -> np.ndarray:
+    """(B, T, H*D) -> float32 (B, H, T, D)."""
+    b, t, hd = x.shape
+    return x.reshape(b, t, n, hd // n).transpose(0, 2, 1, 3).astype(np.float32)
+
+
+@kernel("LinearAttention")
+def linear_attention(
+    query: np.ndarray,
+    key: np.ndarray,
+    value: np.ndarray,
+    past_state: np.ndarray | None = None,
+    decay: np.ndarray | None = None,
+    beta: np.ndarray | None = None,
+    *,
+    chunk_size: int | None = None,
+    kv_num_heads: int,
+    q_num_heads: int,
+    scale: float | None = None,
+    update_rule: str = "gated_delta",
+) -> tuple[np.ndarray, np.ndarray]:
+    """ONNX LinearAttention: recurrent state S (B, H_kv, d_k, d_v) updated per step by the
+    linear/gated/delta/gated_delta rule; output_t = scale * q_t S_t. Computed in float32."""
+    gating = update_rule in ("gated", "gated_delta")
+    delta = update_rule in ("delta", "gated_delta")
+    b, t, _ = query.shape
+    q4, k4, v4 = _heads(query, q_num_heads), _heads(key, kv_num_heads), _heads(value, kv_num_heads)
+    d_k, d_v = q4.shape[-1], v4.shape[-1]
+    group = q_num_heads // kv_num_heads
+    g4 = bt4 = None
+    if gating and decay is not None:
+        if decay.shape[-1] == kv_num_heads:
+            g4 = np.exp(
+                decay.reshape(b, t, kv_num_heads, 1).transpose(0, 2, 1, 3).astype(np.float32)
+            )
+        else:
+            g4 = np.exp(_heads(decay, kv_num_heads))
+    if delta and beta is not None:
+        bt4 = beta.reshape(b, t, beta.shape[-1], 1).transpose(0, 2, 1, 3).astype(np.float32)
+    if past_state is not None:
+        state_dtype = past_state.dtype
+        state = past_state.astype(np.float32)
+    else:
+        state_dtype = query.dtype
+        state = np.zeros((b, kv_num_heads, d_k, d_v), dtype=np.float32)
+    sc = np.float32(1.0 / np.sqrt(d_k) if not scale else scale)
+    out = np.zeros((b, q_num_heads, t, d_v), dtype=np.float32)
+    for i in range(t):
+        k_t, v_t = k4[:, :, i], v4[:, :, i]
+        if g4 is not None:
+            state = state * g4[:, :, i][..., None]
+        if bt4 is not None:
+            retrieved = np.einsum("bhdm,bhd->bhm", state, k_t)
+            v_t = bt4[:, :, i] * (v_t - retrieved)
+        state = state + k_t[..., :, None] * v_t[..., None, :]
+        read = state if group == 1 else np.repeat(state, group, axis=1)
+        out[:, :, i] = sc * np.einsum("bhd,bhdm->bhm", q4[:, :, i], read)
+    y = out.transpose(0, 2, 1, 3).reshape(b, t, q_num_heads * d_v).astype(query.dtype)
+    return y, state.astype(state_dtype)
+
+
+@kernel("FlexAttention", domain="ai.onnx.preview")
+def flex_attention(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    *,
+    scale: float | None = None,
+    score_mod: Callable[..., list] | None = None,
+    prob_mod: Callable[..., list] | None = None,
+    softmax_precision: int | None = None,
+) -> np.ndarray:
+    """ONNX FlexAttention (preview): softmax(score_mod(Q K^T * scale)) -> prob_mod -> @ V, with
+    grouped-query heads; score_mod/prob_mod are subgraph callables over the full score tensor."""
+    if scale is None:
+        scale = 1.0 / np.sqrt(q.shape[-1])
+    if q.shape[1] != k.shape[1]:
+        rep = q.shape[1] // k.shape[1]
+        k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
+    s = np.asarray(np.sqrt(np.float32(scale)), dtype=q.dtype)
+    if softmax_precision is not None:
+        ct = np.dtype(tensor_dtype_to_np_dtype(softmax_precision))
+    else:
+        ct = np.dtype(np.float32) if q.dtype.itemsize < 4 else q.dtype
+    scores = np.matmul(q * s, np.swapaxes(k * s, -1, -2)).astype(ct)
+    if score_mod is not None:
+        scores = np.asarray(score_mod(scores)[0], dtype=ct)
+    e = np.exp(scores - np.max(scores, axis=-1, keepdims=True))
+    probs = e / np.sum(e, axis=-1, keepdims=True)
+    if prob_mod is not None:
+        probs = np.asarray(prob_mod(probs)[0], dtype=ct)
+    return np.matmul(probs, v.astype(ct)).astype(v.dtype)
 
 
 # --------------------------------------------------------------------------- losses

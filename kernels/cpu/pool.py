@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from modelloader.kernels.cpu._registry import kernel
-from modelloader.kernels.cpu.conv import pad_input, resolve_pads, window_view
+from modelloader.kernels.cpu.conv import pad_input, resolve_pads, scratch, window_view
 
 
 def _geometry(
@@ -34,9 +34,7 @@ def _geometry(
     return k, s, d, p, out
 
 
-def _padded_windows(
-    x: np.ndarray, k, s, d, p, out, fill: float
-) -> tuple[np.ndarray, list[int]]:
+def _padded_windows(x: np.ndarray, k, s, d, p, out, fill: float) -> tuple[np.ndarray, list[int]]:
     """Strided (N, C, *k, *out) view over x padded with ``fill``, large enough for every window."""
     r = x.ndim - 2
     extra = [
@@ -52,6 +50,44 @@ def _taps(view: np.ndarray, k: Sequence[int]):
         yield t, idx, view[(slice(None), slice(None)) + idx]
 
 
+def _fold(x: np.ndarray, k, s, d, p, out_sp, fill: float, combine: np.ufunc) -> np.ndarray:
+    """Folds every window tap into a fresh (N, C, *out) array with ``combine`` (max/add).
+
+    Max and sum windows are separable, so the padded input is reduced one spatial axis at a
+    time (rows first: those passes run over whole contiguous rows), k_i folds per axis.
+    """
+    r = x.ndim - 2
+    extra = [
+        max(0, (out_sp[i] - 1) * s[i] + (k[i] - 1) * d[i] + 1 - (x.shape[2 + i] + p[i] + p[i + r]))
+        for i in range(r)
+    ]
+    shape = x.shape[:2] + tuple(x.shape[2 + i] + p[i] + p[r + i] + extra[i] for i in range(r))
+    if any(p) or any(extra):
+        cur = scratch("pool_pad", shape, x.dtype)
+        cur.fill(fill)
+        inner = tuple(slice(p[i], p[i] + x.shape[2 + i]) for i in range(r))
+        cur[(slice(None), slice(None)) + inner] = x
+    else:
+        cur = x
+    for i in range(r):
+        ax = 2 + i
+        shape = shape[:ax] + (out_sp[i],) + shape[ax + 1 :]
+        nxt = np.empty(shape, x.dtype) if i == r - 1 else scratch(f"pool_{i % 2}", shape, x.dtype)
+        for t in range(k[i]):
+            lo = t * d[i]
+            tap = cur[(slice(None),) * ax + (slice(lo, lo + (out_sp[i] - 1) * s[i] + 1, s[i]),)]
+            if t == 0:
+                np.copyto(nxt, tap)
+            else:
+                combine(nxt, tap, out=nxt)
+        cur = nxt
+    return cur
+
+
+def _fill_min(dtype: np.dtype) -> float:
+    return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
+
+
 @kernel("MaxPool")
 def max_pool(
     x: np.ndarray,
@@ -63,12 +99,29 @@ def max_pool(
     pads: Sequence[int] | None = None,
     storage_order: int = 0,
     strides: Sequence[int] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """ONNX MaxPool-22: windowed max; Indices are flat input offsets (row-major, or
-    column-major over the spatial axes when storage_order=1)."""
+) -> np.ndarray:
+    """ONNX MaxPool-22 without the Indices output (the importer sends nodes that use
+    Indices to ``modelloader.MaxPoolWithIndices``)."""
     k, s, d, p, out_sp = _geometry(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
-    fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
-    view, _ = _padded_windows(x, k, s, d, p, out_sp, fill)
+    return _fold(x, k, s, d, p, out_sp, _fill_min(x.dtype), np.maximum)
+
+
+@kernel("MaxPoolWithIndices", domain="modelloader")
+def max_pool_with_indices(
+    x: np.ndarray,
+    *,
+    auto_pad: str = "NOTSET",
+    ceil_mode: int = 0,
+    dilations: Sequence[int] | None = None,
+    kernel_shape: Sequence[int],
+    pads: Sequence[int] | None = None,
+    storage_order: int = 0,
+    strides: Sequence[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """ONNX MaxPool-22 with Indices: flat input offsets of each max (first on ties), row-major,
+    or column-major over the spatial axes when storage_order=1."""
+    k, s, d, p, out_sp = _geometry(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
+    view, _ = _padded_windows(x, k, s, d, p, out_sp, _fill_min(x.dtype))
     y = np.empty(x.shape[:2] + tuple(out_sp), x.dtype)
     best = np.zeros(y.shape, np.int64)
     for t, _idx, tap in _taps(view, k):
@@ -77,7 +130,7 @@ def max_pool(
         else:
             gt = tap > y
             np.copyto(y, tap, where=gt)
-            best[gt] = t
+            np.copyto(best, t, where=gt)
     return y, _indices(x.shape, best, k, s, d, p, out_sp, storage_order)
 
 
@@ -130,13 +183,7 @@ def average_pool(
     k, s, d, p, out_sp = _geometry(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
     cd = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float32)
     xf = x.astype(cd, copy=False)
-    view, _ = _padded_windows(xf, k, s, d, p, out_sp, 0.0)
-    y = np.empty(x.shape[:2] + tuple(out_sp), cd)
-    for t, _idx, tap in _taps(view, k):
-        if t == 0:
-            np.copyto(y, tap)
-        else:
-            y += tap
+    y = _fold(xf, k, s, d, p, out_sp, 0.0, np.add)
     r = x.ndim - 2
     div = np.ones((1, 1) + (1,) * r, cd)
     for i in range(r):
@@ -166,13 +213,7 @@ def lp_pool(
     xa = np.abs(x.astype(cd, copy=False))
     if p != 1:
         xa = xa**p if p != 2 else np.square(xa, out=xa if xa is not x else None)
-    view, _ = _padded_windows(xa, k, s, d, pd, out_sp, 0.0)
-    y = np.empty(x.shape[:2] + tuple(out_sp), cd)
-    for t, _idx, tap in _taps(view, k):
-        if t == 0:
-            np.copyto(y, tap)
-        else:
-            y += tap
+    y = _fold(xa, k, s, d, pd, out_sp, 0.0, np.add)
     if p == 2:
         np.sqrt(y, out=y)
     elif p != 1:

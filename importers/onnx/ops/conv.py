@@ -4,5 +4,12 @@ from __future__ import annotations
 
 from modelloader.importers.onnx.table import passthrough
 
-passthrough("Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "DeformConv", "Col2Im",
-            "CausalConvWithState")
+passthrough(
+    "Conv",
+    "ConvTranspose",
+    "ConvInteger",
+    "QLinearConv",
+    "DeformConv",
+    "Col2Im",
+    "CausalConvWithState",
+)

@@ -10,5 +10,7 @@ passthrough(
     "NegativeLogLikelihoodLoss",
     "SoftmaxCrossEntropyLoss",
     "TfIdfVectorizer",
+    "LinearAttention",
 )
+passthrough("FlexAttention", domain="ai.onnx.preview")
 passthrough("Adagrad", "Adam", "Momentum", domain="ai.onnx.preview.training")
