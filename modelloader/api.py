@@ -228,6 +228,7 @@ def load(
 
 def load_source(source: ModelSource, *, optimize: bool = True) -> Model:
     from modelloader.importers.onnx import import_model, parse_model
+    from modelloader.importers.onnx.reader import release_pages
     from modelloader.kernels.cpu import registry
 
     fmt = detect_format(source.data)
@@ -240,7 +241,7 @@ def load_source(source: ModelSource, *, optimize: bool = True) -> Model:
     size = len(source.data)
     if source.path is not None:
         size += _external_bytes(graph, source.path)
-    return Model(
+    model = Model(
         graph,
         format=fmt,
         opsets=opsets,
@@ -248,6 +249,8 @@ def load_source(source: ModelSource, *, optimize: bool = True) -> Model:
         source=source.name,
         optimize_graph=optimize,
     )
+    release_pages(source.data)  # pages the plan reads fault back in on first use
+    return model
 
 
 def _external_bytes(graph: Graph, path: Path) -> int:

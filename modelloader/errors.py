@@ -16,13 +16,36 @@ class ModelFormatError(ModelLoaderError, ValueError):
     """The bytes are not a model of any supported format, or the model is malformed."""
 
 
+class TruncatedModelError(ModelFormatError):
+    """The file ends, or an internal offset points, before the structure it describes."""
+
+
+class FileIdentifierError(ModelFormatError):
+    """A FlatBuffer's file identifier is not the one the format requires (TFLite: ``TFL3``)."""
+
+
+class BufferRangeError(ModelFormatError):
+    """A weight buffer's offset/size (or index) lies outside the model file."""
+
+
+class TensorShapeError(ModelFormatError):
+    """A constant tensor's declared shape and dtype disagree with the size of its data."""
+
+
+class SparsityError(ModelFormatError):
+    """A sparse tensor's metadata (traversal order, block map, segments, indices) is invalid."""
+
+
 class UnsupportedOpError(ModelLoaderError, NotImplementedError):
     """The model uses ops this runtime does not implement; lists every one of them."""
 
     def __init__(self, ops: list[tuple[str, str, int]]) -> None:
         self.ops = sorted(set(ops))
         listed = ", ".join(
-            f"{op} (domain {dom or 'ai.onnx'}, opset {ver})" for op, dom, ver in self.ops
+            f"{op} ({dom}, version {ver})"
+            if dom.startswith("tflite")
+            else f"{op} (domain {dom or 'ai.onnx'}, opset {ver})"
+            for op, dom, ver in self.ops
         )
         super().__init__(
             f"model uses {len(self.ops)} unsupported op(s): {listed}. "

@@ -1,7 +1,6 @@
 """Graph rewrites run once at plan time: BatchNorm folding and activation fusion.
 
-Each pass rewrites a copy of the graph's node list; the input graph is not changed
-(``Model.graph`` keeps the model as imported). Fused ops live in the ``modelloader``
+Fused ops live in the ``modelloader``
 domain: ``FusedConv(X, W, B, Z)`` computes ``act(Conv(X, W, B) + Z)`` and
 ``FusedGemm(A, B, C)`` computes ``act(Gemm(A, B, C))``.
 """
@@ -22,11 +21,11 @@ FUSED = "modelloader"
 _ACTIVATIONS = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid")
 
 
-def optimize(graph: Graph, registry: Registry) -> Graph:
-    """Returns a graph with BatchNorm folded into Conv and activations fused."""
-    nodes = list(graph.nodes)
-    constants = dict(graph.constants)
-    g = replace(graph, nodes=nodes, constants=constants)
+def optimize(g: Graph, registry: Registry) -> Graph:
+    """Folds BatchNorm into Conv and fuses activations, rewriting ``g`` in place.
+
+    In place, so replaced weights are freed as soon as their folded versions exist.
+    """
     _fold_batchnorm(g)
     if registry.supports("FusedConv", FUSED):
         _fuse(g, "Conv", "FusedConv", residual=True)
@@ -84,6 +83,9 @@ def _fold_batchnorm(g: Graph) -> None:
         new_b = ((old_b - mean) * s + bias).astype(w.dtype)
         wname, bname = f"{conv.outputs[0]}__w_bn", f"{conv.outputs[0]}__b_bn"
         g.constants[wname], g.constants[bname] = new_w, new_b
+        for old in conv.inputs[1:] + bn.inputs[1:]:
+            if old and uses[old] == 1:  # read by this pair alone: free it now
+                g.constants.pop(old, None)
         g.nodes[i] = replace(conv, inputs=[conv.inputs[0], wname, bname], outputs=[bn.outputs[0]])
         dead.add(j)
     g.nodes[:] = [n for k, n in enumerate(g.nodes) if k not in dead]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import mmap
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +21,51 @@ from onnx import numpy_helper
 from modelloader.errors import ModelFormatError, UnsupportedOpError
 from modelloader.importers.onnx import ops as _ops  # noqa: F401  (registers the table rows)
 from modelloader.importers.onnx.table import TABLE, ImportContext
+from modelloader.importers.onnx.wire import Span, strip_weights
 from modelloader.ir import Graph, Node, Value, ValueKind
 from modelloader.kernels.registry import Registry
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
-def parse_model(data: bytes | memoryview | mmap.mmap, name: str = "<bytes>") -> onnx.ModelProto:
-    """Decodes the protobuf; raises ModelFormatError for anything that is not a model."""
+def release_pages(buffer: Any, offset: int = 0, length: int | None = None) -> None:
+    """Drops a read-only file mapping's resident pages (they fault back in on use).
+
+    Keeps peak memory near one copy of the weights: bytes already copied out, or
+    no longer referenced after graph rewrites, stop counting against the process.
+    """
+    if not isinstance(buffer, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    page = mmap.PAGESIZE
+    start = -(-offset // page) * page
+    end = len(buffer) if length is None else offset + length
+    end = end // page * page if length is not None else end
+    if end > start:
+        buffer.madvise(mmap.MADV_DONTNEED, start, end - start)
+
+
+@dataclass
+class ParsedModel:
+    """A decoded ModelProto whose large initializers carry no data, plus where that
+    data lies in ``buffer`` (the model file's bytes, usually a read-only mmap)."""
+
+    proto: onnx.ModelProto
+    buffer: Any
+    spans: dict[str, Span]
+
+
+def parse_model(data: bytes | memoryview | mmap.mmap, name: str = "<bytes>") -> ParsedModel:
+    """Decodes the protobuf; raises ModelFormatError for anything that is not a model.
+
+    Initializer bytes are not copied into the protobuf arena: ``strip_weights``
+    removes them first, and the importer views them in ``data`` directly.
+    """
     if len(data) == 0:
         raise ModelFormatError(f"{name}: file is empty; expected an ONNX model")
     proto = onnx.ModelProto()
     try:
-        proto.ParseFromString(memoryview(data) if isinstance(data, mmap.mmap) else data)
+        light, spans = strip_weights(memoryview(data))
+        proto.ParseFromString(light)
     except (DecodeError, RuntimeError, ValueError) as e:
         raise ModelFormatError(
             f"{name}: not a valid ONNX model (protobuf decode failed: {e}); "
@@ -43,7 +76,7 @@ def parse_model(data: bytes | memoryview | mmap.mmap, name: str = "<bytes>") -> 
             f"{name}: parsed as protobuf but holds no ONNX graph (ir_version "
             f"{proto.ir_version}); is this really an .onnx file?"
         )
-    return proto
+    return ParsedModel(proto, data, spans)
 
 
 def np_dtype(elem_type: int) -> np.dtype:
@@ -101,12 +134,15 @@ class _Importer:
         self.ctx = ImportContext(self.opsets)
         self.missing: list[tuple[str, str, int]] = []
         self._inline_counter = 0
-        self.big: dict[str, onnx.TensorProto] = {}
+        self.spans: dict[str, Span] = {}
+        self.buffer: Any = b""
         self.external_files: set[str] = set()
 
     # -- tensors ---------------------------------------------------------------------
     def tensor(self, t: onnx.TensorProto) -> np.ndarray:
-        t = self.big.get(t.name, t) if self.big else t
+        span = self.spans.get(t.name)
+        if span is not None and not t.raw_data and t.data_location != onnx.TensorProto.EXTERNAL:
+            return self._file_tensor(t, span)
         if t.data_location == onnx.TensorProto.EXTERNAL:
             return self._external_tensor(t)
         if t.raw_data and t.data_type not in (onnx.TensorProto.STRING,):
@@ -126,6 +162,28 @@ class _Importer:
                 if arr.size
                 else arr
             )
+        return arr
+
+    def _file_tensor(self, t: onnx.TensorProto, span: Span) -> np.ndarray:
+        """A view of an initializer's raw_data in the model file (copied if misaligned)."""
+        dtype = np_dtype(t.data_type)
+        if t.data_type in _PACKED_4BIT or dtype.kind == "O":
+            full = onnx.TensorProto()
+            full.CopyFrom(t)
+            full.raw_data = bytes(self.buffer[span.offset : span.offset + span.length])
+            return numpy_helper.to_array(full)
+        shape = tuple(t.dims)
+        count = int(np.prod(shape, dtype=np.int64))
+        if count * dtype.itemsize != span.length:
+            raise ModelFormatError(
+                f"initializer '{t.name}' declares shape {shape} ({count * dtype.itemsize} bytes) "
+                f"but holds {span.length} bytes; the model is corrupt"
+            )
+        arr = np.frombuffer(self.buffer, dtype=dtype, count=count, offset=span.offset).reshape(shape)
+        if arr.flags.aligned:
+            return arr
+        arr = arr.copy()
+        release_pages(self.buffer, span.offset, span.length)
         return arr
 
     def _external_tensor(self, t: onnx.TensorProto) -> np.ndarray:
@@ -334,12 +392,12 @@ def _constant_value(node: Node) -> Any:
 
 
 def import_model(
-    proto: onnx.ModelProto, base_dir: Path | None, registry: Registry
+    parsed: ParsedModel, base_dir: Path | None, registry: Registry
 ) -> tuple[Graph, dict[str, int]]:
-    """Builds the IR graph of ``proto``; raises UnsupportedOpError listing every missing op."""
-    proto, big = _infer_shapes(proto)
+    """Builds the IR graph; raises UnsupportedOpError listing every missing op."""
+    proto = _infer_shapes(parsed.proto)
     imp = _Importer(proto, base_dir, registry)
-    imp.big = big
+    imp.spans, imp.buffer = parsed.spans, parsed.buffer
     graph = imp.graph(proto.graph)
     if imp.missing or imp.ctx.missing:
         raise UnsupportedOpError(imp.missing + imp.ctx.missing)
@@ -353,51 +411,16 @@ def import_model(
     return graph, dict(imp.opsets)
 
 
-def _infer_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, onnx.TensorProto]]:
-    """Runs onnx's shape inference on a copy whose large initializers carry no data.
+def _infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Adds value_info from onnx's shape inference (cheap: large weights were stripped).
 
-    Returns the inferred model and the original large initializers by name, so the
-    weights are never serialised or copied for inference. A model inference cannot
-    handle is kept as is (inference only adds value_info; nothing depends on it).
+    A model inference cannot handle is kept as is; nothing depends on the result
+    except fusion decisions, which then stay conservative.
     """
-    big = {t.name: t for t in proto.graph.initializer if t.ByteSize() > _STRIP_BYTES}
-    light = onnx.ModelProto()
-    light.CopyFrom(proto) if not big else _copy_without(proto, light, big)
     try:
-        inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False)
+        return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False)
     except Exception:  # noqa: BLE001  best-effort, see above
-        inferred = light
-    return inferred, big
-
-
-_STRIP_BYTES = 4096
-
-
-def _copy_without(
-    proto: onnx.ModelProto, light: onnx.ModelProto, big: dict[str, onnx.TensorProto]
-) -> None:
-    graph = proto.graph
-    light.CopyFrom(
-        onnx.ModelProto(
-            ir_version=proto.ir_version,
-            opset_import=proto.opset_import,
-            functions=proto.functions,
-            metadata_props=proto.metadata_props,
-            producer_name=proto.producer_name,
-        )
-    )
-    g = light.graph
-    g.name = graph.name
-    g.node.extend(graph.node)
-    g.input.extend(graph.input)
-    g.output.extend(graph.output)
-    g.value_info.extend(graph.value_info)
-    g.sparse_initializer.extend(graph.sparse_initializer)
-    for t in graph.initializer:
-        if t.name in big:
-            g.initializer.append(onnx.TensorProto(name=t.name, dims=t.dims, data_type=t.data_type))
-        else:
-            g.initializer.append(t)
+        return proto
 
 
 def used_ops(graph: Graph) -> Iterable[tuple[str, str]]:

@@ -163,7 +163,11 @@ def phase_taps(
     wq = -(-(w + p[1] + p[3]) // s[1])
     hq = max(-(-(h + p[0] + p[2]) // s[0]), oh + max(t[2] for t in taps)) + 1
     xp = scratch("pad", (n, c, hq * s[0], wq * s[1]), x.dtype)
-    xp.fill(fill)
+    # fill only the border, then copy the interior
+    xp[:, :, : p[0]] = fill
+    xp[:, :, p[0] + h :] = fill
+    xp[:, :, p[0] : p[0] + h, : p[1]] = fill
+    xp[:, :, p[0] : p[0] + h, p[1] + w :] = fill
     xp[:, :, p[0] : p[0] + h, p[1] : p[1] + w] = x
     if s[0] == 1 and s[1] == 1:
         src = xp.reshape(n, c, 1, 1, hq * wq)
