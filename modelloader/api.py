@@ -12,16 +12,38 @@ from typing import Any
 import numpy as np
 
 from modelloader.errors import (
+    FileIdentifierError,
     InputDTypeError,
     InputError,
     InputNameError,
     InputShapeError,
     ModelFormatError,
 )
-from modelloader.executor import Plan
+from modelloader.executor import Plan, RunState
 from modelloader.fetch import ModelSource, open_source
 from modelloader.ir import Dim, Graph, Value
 from modelloader.passes import optimize
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """Affine quantization of an integer tensor: ``real = scale * (q - zero_point)``.
+
+    ``scale``/``zero_point`` have one entry (per tensor) or one per index of ``axis``.
+    """
+
+    scale: np.ndarray
+    zero_point: np.ndarray
+    axis: int = 0
+
+    @property
+    def per_axis(self) -> bool:
+        return self.scale.size > 1
+
+    def __str__(self) -> str:
+        if self.per_axis:
+            return f"scale[{self.scale.size}] zero_point[{self.zero_point.size}] axis={self.axis}"
+        return f"scale={float(self.scale[0]):.6g} zero_point={int(self.zero_point[0])}"
 
 
 @dataclass(frozen=True)
@@ -29,16 +51,25 @@ class TensorInfo:
     """A model input or output: name, element dtype (None if unknown) and shape.
 
     Dimensions are ints, symbolic names (``"batch"``) or None (unknown).
+    ``quantization`` is set for quantized integer tensors (TFLite int8/uint8/int16).
     """
 
     name: str
     dtype: np.dtype | None
     shape: tuple[Dim, ...] | None
     kind: str = "tensor"
+    quantization: Quantization | None = None
 
     @classmethod
-    def of(cls, v: Value) -> TensorInfo:
-        return cls(v.name, v.dtype, v.shape, v.kind.value)
+    def of(cls, v: Value, quant: Any = None) -> TensorInfo:
+        q = None
+        if quant is not None:
+            q = Quantization(
+                np.asarray(quant.scale, np.float32),
+                np.asarray(quant.zero_point, np.int64),
+                int(quant.axis),
+            )
+        return cls(v.name, v.dtype, v.shape, v.kind.value, q)
 
     def __str__(self) -> str:
         dims = (
@@ -47,7 +78,8 @@ class TensorInfo:
             else ", ".join("?" if d is None else str(d) for d in self.shape)
         )
         kind = "" if self.kind == "tensor" else f"{self.kind} of "
-        return f"{self.name}: {kind}{self.dtype}[{dims}]"
+        q = f" ({self.quantization})" if self.quantization is not None else ""
+        return f"{self.name}: {kind}{self.dtype}[{dims}]{q}"
 
 
 class Model:
@@ -55,7 +87,9 @@ class Model:
 
     ``graph`` is the graph as planned (BatchNorm folded, activations fused);
     ``op_histogram``, ``param_count`` and ``constant_count`` describe the model as
-    imported.
+    imported. ``metadata`` holds the model's metadata strings (TFLite metadata
+    buffers, ONNX ``metadata_props``). Models with resource variables keep them
+    across ``predict`` calls (runs are then serialised); ``reset_state`` clears them.
     """
 
     def __init__(
@@ -76,13 +110,27 @@ class Model:
         self.size_bytes = size_bytes
         self.source = source
         self.provider = provider
-        self.inputs = [TensorInfo.of(v) for v in graph.inputs]
-        self.outputs = [TensorInfo.of(v) for v in graph.outputs]
+        quant = graph.metadata.get("quantization") or {}
+        self.inputs = [TensorInfo.of(v, quant.get(v.name)) for v in graph.inputs]
+        self.outputs = [TensorInfo.of(v, quant.get(v.name)) for v in graph.outputs]
+        if format == "onnx":
+            self.metadata: dict[str, str] = {
+                k: v
+                for k, v in graph.metadata.items()
+                if isinstance(v, str) and k not in ("producer", "producer_version")
+            }
+        else:
+            self.metadata = dict(graph.metadata.get("metadata") or {})
         self.op_histogram = op_histogram(graph)
         self.param_count, self.constant_count = count_params(graph)
         # Only the optimised graph is kept, so folded weights are not held twice.
         self.graph = optimize(graph, registry) if optimize_graph else graph
         self._plan = Plan(self.graph, registry)
+        self._state = RunState()
+
+    def reset_state(self) -> None:
+        """Forgets resource variables and CALL_ONCE initialisation (next run re-initialises)."""
+        self._state.clear()
 
     def __repr__(self) -> str:
         ins = ", ".join(map(str, self.inputs))
@@ -102,7 +150,11 @@ class Model:
         bound: dict[str, tuple[int, str]] = {}
         for info in self.inputs:
             named[info.name] = self._check(info, named[info.name], bound)
-        results = self._plan.run(named)
+        if self._plan.stateful:
+            with self._state.lock:
+                results = self._plan.run(named, state=self._state)
+        else:
+            results = self._plan.run(named)
         return dict(zip(self._plan.output_names, results))
 
     __call__ = predict
@@ -152,6 +204,21 @@ class Model:
         if info.dtype is not None and x.dtype != info.dtype:
             if info.dtype == object and x.dtype.kind == "U":
                 x = x.astype(object)
+            elif info.quantization is not None and x.dtype.kind == "f":
+                q = info.quantization
+                if q.per_axis:
+                    how = f"scale/zero_point per axis {q.axis} (see model.inputs)"
+                    formula = "q = np.round(x / scale + zero_point)"
+                else:
+                    sc, zp = float(q.scale[0]), int(q.zero_point[0])
+                    how = f"scale {sc:.9g}, zero_point {zp}"
+                    formula = f"q = np.round(x / {sc:.9g} {'-' if zp < 0 else '+'} {abs(zp)})"
+                info_ = np.iinfo(info.dtype)
+                raise InputDTypeError(
+                    f"input '{info.name}' is quantized {info.dtype} ({how}), got a {x.dtype} "
+                    f"array; quantize it first: {formula}.clip({info_.min}, {info_.max})"
+                    f".astype(np.{info.dtype})"
+                )
             else:
                 raise InputDTypeError(
                     f"input '{info.name}' expects dtype {info.dtype}, got {x.dtype}; "
@@ -232,9 +299,19 @@ def load_source(source: ModelSource, *, optimize: bool = True) -> Model:
     from modelloader.kernels.cpu import registry
 
     fmt = detect_format(source.data)
-    if fmt != "onnx":
-        raise ModelFormatError(f"{source.name}: {fmt} models are not supported yet")
-    proto = parse_model(source.data, source.name)
+    if fmt == "tflite":
+        return _load_tflite(source, optimize=optimize)
+    try:
+        proto = parse_model(source.data, source.name)
+    except ModelFormatError:
+        ident = _flatbuffer_identifier(source.data)
+        if ident is not None:
+            raise FileIdentifierError(
+                f"{source.name}: looks like a FlatBuffer with file identifier {ident!r}, "
+                "not an ONNX model; TFLite models carry the identifier b'TFL3' at bytes 4..8 "
+                "(the file may be corrupt)"
+            ) from None
+        raise
     base_dir = source.path.parent if source.path is not None else None
     graph, opsets = import_model(proto, base_dir, registry)
     del proto
@@ -251,6 +328,34 @@ def load_source(source: ModelSource, *, optimize: bool = True) -> Model:
     )
     release_pages(source.data)  # pages the plan reads fault back in on first use
     return model
+
+
+def _load_tflite(source: ModelSource, *, optimize: bool = True) -> Model:
+    from modelloader.importers.tflite import import_model, parse
+    from modelloader.kernels.cpu import registry
+
+    model = parse(source.data, source.name)
+    graph = import_model(model, registry, source.name)
+    return Model(
+        graph,
+        format="tflite",
+        opsets={"tflite": model.version},
+        size_bytes=len(source.data),
+        source=source.name,
+        optimize_graph=optimize,
+    )
+
+
+def _flatbuffer_identifier(data: Any) -> bytes | None:
+    """The 4-byte identifier when ``data`` is shaped like a FlatBuffer with one."""
+    if len(data) < 16:
+        return None
+    head = bytes(data[:8])
+    root = int.from_bytes(head[:4], "little")
+    ident = head[4:8]
+    if 8 <= root < len(data) and all(32 <= c < 127 for c in ident):
+        return ident
+    return None
 
 
 def _external_bytes(graph: Graph, path: Path) -> int:

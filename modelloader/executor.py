@@ -8,8 +8,9 @@ is immutable, so one plan serves many threads at once.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,30 @@ NONDETERMINISTIC = frozenset(
 )
 
 
+@dataclass
+class RunState:
+    """Mutable state that persists across runs of one Model (never part of a Plan).
+
+    ``variables`` holds resource variables by key, ``once`` the init subgraphs
+    already run (TFLite CALL_ONCE). ``lock`` serialises runs that use the state.
+    Kernels marked ``stateful`` receive it as ``state=``.
+    """
+
+    variables: dict[str, Any] = field(default_factory=dict)
+    once: set[str] = field(default_factory=set)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.variables.clear()
+            self.once.clear()
+
+
+def is_stateful(fn: KernelFn) -> bool:
+    """Whether a kernel takes the run state (``fn.stateful``); such nodes are never folded."""
+    return bool(getattr(fn, "stateful", False))
+
+
 @dataclass(frozen=True)
 class Step:
     node: Node
@@ -40,6 +65,7 @@ class Step:
     attrs: dict[str, Any]
     subplans: dict[str, Plan | list[Plan]]
     release: tuple[str, ...]  # values dead after this step
+    stateful: bool = False  # kernel takes ``state=``
 
 
 def topological_order(graph: Graph, known: set[str]) -> list[Node]:
@@ -101,6 +127,16 @@ class Plan:
         if missing:
             raise ModelFormatError(f"graph '{graph.name}' outputs {missing} are never produced")
         self.steps = self._schedule(nodes, outer)
+        #: whether a run reads or writes RunState (here or in a subgraph)
+        self.stateful = any(
+            st.stateful
+            or any(
+                p.stateful
+                for sp in st.subplans.values()
+                for p in (sp if isinstance(sp, list) else [sp])
+            )
+            for st in self.steps
+        )
 
     def _bind(self, node: Node) -> KernelFn:
         specs = self.registry._specs.get((node.domain, node.op))
@@ -121,6 +157,10 @@ class Plan:
 
         return dispatch
 
+    def _is_stateful(self, node: Node) -> bool:
+        specs = self.registry._specs.get((node.domain, node.op)) or []
+        return any(is_stateful(sp.fn) for sp in specs)
+
     def _subplans(self, node: Node, outer: set[str]) -> dict[str, Plan | list[Plan]]:
         subs: dict[str, Plan | list[Plan]] = {}
         for k, v in node.attrs.items():
@@ -139,6 +179,7 @@ class Plan:
                 and not any(True for _ in n.subgraphs())
                 and all(i == "" or i in self.constants for i in n.inputs)
                 and n.inputs
+                and not self._is_stateful(n)
             )
             if foldable:
                 try:
@@ -180,15 +221,17 @@ class Plan:
         for i, n in enumerate(nodes):
             # outputs nobody reads are dead at once (e.g. unused optional outputs)
             unused = [o for o in n.outputs if o and o not in last_use and o not in keep]
+            fn = self._bind(n)
             steps.append(
                 Step(
                     node=n,
-                    fn=self._bind(n),
+                    fn=fn,
                     inputs=tuple(n.inputs),
                     outputs=tuple(n.outputs),
                     attrs={k: v for k, v in n.attrs.items() if not _is_graph_attr(v)},
                     subplans=self._subplans(n, visible),
                     release=tuple(dead_at.get(i, [])) + tuple(unused),
+                    stateful=self._is_stateful(n),
                 )
             )
         return steps
@@ -202,16 +245,26 @@ class Plan:
             return list(out)
         return [out]
 
-    def run(self, feeds: dict[str, Any], outer: dict[str, Any] | None = None) -> list[Any]:
+    def run(
+        self,
+        feeds: dict[str, Any],
+        outer: dict[str, Any] | None = None,
+        state: RunState | None = None,
+    ) -> list[Any]:
         """Runs the plan; ``feeds`` maps every graph input name to its value.
 
-        Floating-point exceptions are not errors: non-finite inputs compute IEEE
-        results silently (and numpy's error state is per thread).
+        ``state`` is the caller's persistent state (resource variables), handed to
+        stateful kernels and to subgraphs; the plan itself stays immutable, so the
+        caller serialises runs sharing one state. Floating-point exceptions are not
+        errors: non-finite inputs compute IEEE results silently (and numpy's error
+        state is per thread).
         """
         with np.errstate(all="ignore"):
-            return self._run(feeds, outer)
+            return self._run(feeds, outer, state)
 
-    def _run(self, feeds: dict[str, Any], outer: dict[str, Any] | None) -> list[Any]:
+    def _run(
+        self, feeds: dict[str, Any], outer: dict[str, Any] | None, state: RunState | None = None
+    ) -> list[Any]:
         env: dict[str, Any] = dict(self.constants)
         if outer:
             for r in self.outer_refs:
@@ -225,8 +278,12 @@ class Plan:
                 attrs = dict(attrs)
                 for k, sp in step.subplans.items():
                     attrs[k] = (
-                        [_bound(p, env) for p in sp] if isinstance(sp, list) else _bound(sp, env)
+                        [_bound(p, env, state) for p in sp]
+                        if isinstance(sp, list)
+                        else _bound(sp, env, state)
                     )
+            if step.stateful:
+                attrs = dict(attrs, state=state)
             try:
                 results = self._call(step.node, step.fn, args, attrs)
             except ExecutionError:
@@ -242,16 +299,20 @@ class Plan:
                 env.pop(name, None)
         return [env[o] for o in self.output_names]
 
-    def run_positional(self, args: Sequence[Any], outer: dict[str, Any]) -> list[Any]:
+    def run_positional(
+        self, args: Sequence[Any], outer: dict[str, Any], state: RunState | None = None
+    ) -> list[Any]:
         """Runs as a subgraph body: positional inputs, enclosing scope ``outer``."""
-        return self.run(dict(zip(self.input_names, args)), outer)
+        return self.run(dict(zip(self.input_names, args)), outer, state)
 
 
-def _bound(plan: Plan, env: dict[str, Any]) -> Callable[..., list[Any]]:
+def _bound(
+    plan: Plan, env: dict[str, Any], state: RunState | None = None
+) -> Callable[..., list[Any]]:
     scope = {r: env[r] for r in plan.outer_refs if r in env}
 
     def body(*args: Any) -> list[Any]:
-        return plan.run_positional(args, scope)
+        return plan.run_positional(args, scope, state)
 
     body.plan = plan  # type: ignore[attr-defined]  # lets kernels inspect input/output names
     return body

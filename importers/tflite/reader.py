@@ -164,7 +164,14 @@ def parse(data: Any, name: str = "<bytes>") -> TFLModel:
         return _Reader(buf, size, name).model()
     except ModelFormatError:
         raise
-    except (IndexError, struct.error, ValueError, TypeError, UnicodeDecodeError, OverflowError) as e:
+    except (
+        IndexError,
+        struct.error,
+        ValueError,
+        TypeError,
+        UnicodeDecodeError,
+        OverflowError,
+    ) as e:
         raise TruncatedModelError(
             f"{name}: the FlatBuffer is corrupt or truncated ({type(e).__name__}: {e}); "
             "re-export or re-download the model"
@@ -190,9 +197,7 @@ class _Reader:
 
     def model(self) -> TFLModel:
         m = self.m
-        self.buffers = [
-            self.buffer(i) for i in range(self._count(m.BuffersLength(), "buffers"))
-        ]
+        self.buffers = [self.buffer(i) for i in range(self._count(m.BuffersLength(), "buffers"))]
         codes = [
             m.OperatorCodes(i)
             for i in range(self._count(m.OperatorCodesLength(), "operator_codes"))
@@ -202,9 +207,13 @@ class _Reader:
             code = max(int(c.BuiltinCode()), int(c.DeprecatedBuiltinCode()))
             if code == 32:
                 custom = c.CustomCode()
-                opcodes.append((code, custom.decode("utf-8", "replace") if custom else "?", c.Version(), True))
+                opcodes.append(
+                    (code, custom.decode("utf-8", "replace") if custom else "?", c.Version(), True)
+                )
             else:
-                opcodes.append((code, BUILTIN_OPCODE2NAME.get(code, f"BUILTIN_{code}"), c.Version(), False))
+                opcodes.append(
+                    (code, BUILTIN_OPCODE2NAME.get(code, f"BUILTIN_{code}"), c.Version(), False)
+                )
         subgraphs = [
             self.subgraph(i, m.Subgraphs(i), opcodes)
             for i in range(self._count(m.SubgraphsLength(), "subgraphs"))
@@ -217,13 +226,17 @@ class _Reader:
             key = (md.Name() or b"").decode("utf-8", "replace")
             b = self._buffer_index(md.Buffer(), f"metadata '{key}'")
             raw = bytes(self.buffers[b])
+            if _is_text(raw.rstrip(b"\0")):
+                raw = raw.rstrip(b"\0")
             metadata[key] = raw.decode("utf-8", "replace") if _is_text(raw) else raw.hex()
         sigs = []
         for i in range(self._count(m.SignatureDefsLength(), "signature_defs")):
             s = m.SignatureDefs(i)
             sg = s.SubgraphIndex()
             if not 0 <= sg < len(subgraphs):
-                raise ModelFormatError(f"{self.name}: signature {i} names subgraph {sg}, which does not exist")
+                raise ModelFormatError(
+                    f"{self.name}: signature {i} names subgraph {sg}, which does not exist"
+                )
             ntens = len(subgraphs[sg].tensors)
             maps = []
             for length, get in ((s.InputsLength, s.Inputs), (s.OutputsLength, s.Outputs)):
@@ -275,7 +288,10 @@ class _Reader:
         return b
 
     def subgraph(self, si: int, sg: Any, opcodes: list[tuple[int, str, int, bool]]) -> TFLSubgraph:
-        tensors = [self.tensor(sg.Tensors(i), i, si) for i in range(self._count(sg.TensorsLength(), "tensors"))]
+        tensors = [
+            self.tensor(sg.Tensors(i), i, si)
+            for i in range(self._count(sg.TensorsLength(), "tensors"))
+        ]
         n = len(tensors)
 
         def idx(arr: Any, what: str, allow_neg: bool = False) -> list[int]:
@@ -324,7 +340,11 @@ class _Reader:
         raw_name = t.Name()
         name = raw_name.decode("utf-8", "replace") if raw_name else f"tensor{i}"
         shape = tuple(int(x) for x in _np(t.ShapeAsNumpy()))
-        sig = None if t.ShapeSignatureIsNone() else tuple(int(x) for x in _np(t.ShapeSignatureAsNumpy()))
+        sig = (
+            None
+            if t.ShapeSignatureIsNone()
+            else tuple(int(x) for x in _np(t.ShapeSignatureAsNumpy()))
+        )
         q = t.Quantization()
         quant = None
         if q is not None and q.ScaleLength() > 0:
@@ -346,7 +366,9 @@ class _Reader:
         sp = t.Sparsity()
         sparsity = self.sparsity(sp, name) if sp is not None else None
         b = self._buffer_index(int(t.Buffer()), f"tensor '{name}'")
-        rec = TFLTensor(i, name, shape, sig, int(t.Type()), b, quant, sparsity, bool(t.IsVariable()))
+        rec = TFLTensor(
+            i, name, shape, sig, int(t.Type()), b, quant, sparsity, bool(t.IsVariable())
+        )
         data = self.buffers[b] if b > 0 else None
         if data is not None and data.size:
             rec.data = self._check_data(rec, data)
@@ -356,7 +378,7 @@ class _Reader:
         dt = t.dtype
         if t.type == 17:  # INT4: packed two per byte
             return data
-        if dt is None or dt == object:
+        if dt is None or dt.kind == "O":
             return data
         if t.sparsity is not None:
             if data.size % dt.itemsize:

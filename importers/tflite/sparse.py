@@ -48,7 +48,9 @@ def densify(values: np.ndarray, shape: tuple[int, ...], sp: Sparsity, name: str)
         meta = sp.dim_metadata[level_of[n + j]]
         bs = meta.dense_size
         if meta.format != DENSE or bs <= 0 or shape[d] % bs:
-            raise bad(f"block {j} of dimension {d} has size {bs}, which must be dense and divide {shape[d]}")
+            raise bad(
+                f"block {j} of dimension {d} has size {bs}, which must be dense and divide {shape[d]}"
+            )
         expanded[n + j] = bs
         expanded[d] = shape[d] // bs
 
@@ -75,9 +77,13 @@ def densify(values: np.ndarray, shape: tuple[int, ...], sp: Sparsity, name: str)
             if seg.size and (seg[0] != 0 or np.any(np.diff(seg) < 0)):
                 raise bad(f"level {i} array_segments are not monotone from 0")
             if seg.size and seg[-1] > idx.size:
-                raise bad(f"level {i} segments end at {int(seg[-1])} but there are {idx.size} indices")
+                raise bad(
+                    f"level {i} segments end at {int(seg[-1])} but there are {idx.size} indices"
+                )
             if idx.size and (idx.min() < 0 or idx.max() >= size):
-                raise bad(f"level {i} index {int(idx.max())} out of range for dimension size {size}")
+                raise bad(
+                    f"level {i} index {int(idx.max())} out of range for dimension size {size}"
+                )
             starts, counts = seg[pos], seg[pos + 1] - seg[pos]
             total = int(counts.sum())
             rep = np.repeat(np.arange(pos.size), counts)
@@ -92,7 +98,9 @@ def densify(values: np.ndarray, shape: tuple[int, ...], sp: Sparsity, name: str)
     full = [np.zeros(pos.size, np.int64) for _ in range(n)]
     for level, e in enumerate(sp.traversal_order):
         if e < n:
-            full[e] = full[e] + coords[level] * (expanded[n + sp.block_map.index(e)] if e in sp.block_map else 1)
+            full[e] = full[e] + coords[level] * (
+                expanded[n + sp.block_map.index(e)] if e in sp.block_map else 1
+            )
         else:
             full[sp.block_map[e - n]] = full[sp.block_map[e - n]] + coords[level]
     dense = np.zeros(shape, values.dtype)

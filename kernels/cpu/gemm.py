@@ -17,23 +17,21 @@ from modelloader.kernels.cpu.conv import apply_activation, requantize
 _BLAS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def _is_float(dt: np.dtype) -> bool:
+    """True for numpy floats and ml_dtypes floats (bfloat16, float8...), whose kind is 'V'."""
+    return dt.kind == "f" or (dt.kind == "V" and "float" in dt.name)
+
+
 def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if a.dtype == b.dtype and a.dtype in _BLAS:
         return np.matmul(a, b)
-    if a.dtype == np.float16 and b.dtype == np.float16:
-        return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(np.float16)
-    if (
-        a.dtype.kind in "iu"
-        and b.dtype.kind in "iu"
-        and a.dtype.itemsize <= 2
-        and b.dtype.itemsize <= 2
-    ):
+    if _is_float(a.dtype) and _is_float(b.dtype):
+        # float16/bfloat16: accumulate in float32 BLAS, round once to the input type
+        return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(a.dtype)
+    if a.dtype.kind in "iu" and b.dtype.kind in "iu" and max(a.itemsize, b.itemsize) <= 2:
         out_dt = np.result_type(a.dtype, b.dtype)
         y = np.matmul(a.astype(np.float64), b.astype(np.float64))
         return y.astype(np.int64).astype(out_dt)
-    if a.dtype.kind == "f" and a.dtype == b.dtype and a.dtype.itemsize == 2:
-        # bfloat16: accumulate in float32
-        return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(a.dtype)
     return np.matmul(a, b)
 
 
@@ -53,10 +51,10 @@ def _gemm(
     trans_b: int,
 ) -> np.ndarray:
     dt = a.dtype
-    cd = dt if dt in _BLAS else np.dtype(np.float32) if dt.kind == "f" else dt
+    cd = dt if dt in _BLAS else np.dtype(np.float32) if _is_float(dt) else dt
     aa = a.T if trans_a else a
     bb = b.T if trans_b else b
-    if cd.kind == "f":
+    if _is_float(cd):
         y = np.matmul(aa.astype(cd, copy=False), bb.astype(cd, copy=False))
     else:
         y = _matmul(aa, bb).astype(cd)

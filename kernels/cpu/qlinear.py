@@ -1,0 +1,833 @@
+"""Quantized-operator kernels.
+
+* onnxruntime ``com.microsoft`` QOperator contrib ops (QLinearAdd, QLinearMul, QLinearAveragePool,
+  QLinearGlobalAveragePool, QLinearConcat, QLinearSigmoid, QLinearLeakyRelu, QLinearSoftmax, QGemm,
+  QLinearReduceMean, QLinearConv with ``channels_last``). Arithmetic follows onnxruntime's CPU
+  kernels: integer accumulation, float32 requantization with round-half-to-even, and 256-entry
+  lookup tables for the nonlinear ops.
+* ``modelloader``-domain TFLite kernels (TFLiteConv, TFLiteFullyConnected, TFLiteAdd, TFLiteSub,
+  TFLiteMul) reproducing the TFLite reference integer kernels bit for bit: int32 accumulation,
+  fixed-point requantization (QuantizeMultiplier + MultiplyByQuantizedMultiplier, i.e.
+  SaturatingRoundingDoublingHighMul then RoundingDivideByPOT) and the activation clamp.
+* Helpers for other kernels/importers: ``requantize`` (float, half-to-even), ``tflite_requantize``,
+  ``tflite_quantize_multiplier``, ``tflite_multiply_by_quantized_multiplier``,
+  ``tflite_activation_range`` and ``int_matmul`` (exact integer matmul on float BLAS).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from modelloader.kernels.cpu._registry import kernel, registry
+
+MS = "com.microsoft"
+ML = "modelloader"
+
+_F32_EXACT = 1 << 24  # float32 holds every integer of magnitude <= 2**24
+_INT32_MIN = -(1 << 31)
+_INT32_MAX = (1 << 31) - 1
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _irange(dtype: np.dtype) -> tuple[int, int]:
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max)
+
+
+def _f32(v: np.ndarray | float | None, default: float = 0.0) -> np.float32:
+    """A per-tensor scale as float32 (first element of a scalar / 1-element tensor)."""
+    if v is None:
+        return np.float32(default)
+    return np.float32(np.asarray(v).reshape(-1)[0])
+
+
+def _zp(v: np.ndarray | int | None) -> int:
+    """A per-tensor zero point as Python int (0 when omitted)."""
+    if v is None:
+        return 0
+    return int(np.asarray(v).reshape(-1)[0])
+
+
+def _along(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    """Reshapes a per-tensor or 1-D per-axis parameter to broadcast against rank ``ndim``."""
+    v = np.asarray(v)
+    if v.size == 1:
+        return v.reshape(())
+    shape = [1] * ndim
+    shape[axis % ndim] = v.size
+    return v.reshape(shape)
+
+
+def int_matmul(
+    a: np.ndarray, b: np.ndarray, bound_a: int | None = None, bound_b: int | None = None
+) -> np.ndarray:
+    """Exact integer ``a @ b`` (any integer-valued arrays, batched like np.matmul) -> int64.
+
+    NumPy's integer matmul does not use BLAS; instead the product runs as a float32 sgemm when
+    every partial sum is below 2**24 (K * max|a| * max|b| < 2**24, e.g. K <= 1040 for int8 x int8)
+    and as a float64 dgemm otherwise (exact below 2**53). ``bound_a``/``bound_b`` are upper bounds
+    of |a| and |b|; they are measured when omitted.
+    """
+    k = a.shape[-1]
+    if bound_a is None:
+        bound_a = int(np.abs(a).max(initial=0))
+    if bound_b is None:
+        bound_b = int(np.abs(b).max(initial=0))
+    ft = np.float32 if k * bound_a * bound_b < _F32_EXACT else np.float64
+    y = np.matmul(a.astype(ft, copy=False), b.astype(ft, copy=False))
+    return y.astype(np.int64)
+
+
+def requantize(
+    acc: np.ndarray,
+    multiplier: np.ndarray | float,
+    out_zp: np.ndarray | int | None,
+    out_dtype: np.dtype,
+    axis: int | None = None,
+) -> np.ndarray:
+    """int accumulator -> saturate(round_half_even(acc * multiplier) + out_zp) in ``out_dtype``.
+
+    ``multiplier`` (float64 product, e.g. in_scale * w_scale / out_scale) and ``out_zp`` are
+    per-tensor, or 1-D per-channel along ``axis`` (default: as given, numpy broadcasting).
+    """
+    acc = np.asarray(acc)
+    m = np.asarray(multiplier, np.float64)
+    zp = np.asarray(0 if out_zp is None else out_zp).astype(np.float64)
+    if axis is not None:
+        m = _along(m, acc.ndim, axis)
+        zp = _along(zp, acc.ndim, axis)
+    y = acc.astype(np.float64) * m
+    np.rint(y, out=y)
+    y += zp
+    lo, hi = _irange(np.dtype(out_dtype))
+    np.clip(y, lo, hi, out=y)
+    return y.astype(out_dtype)
+
+
+def _lut(x: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Applies a 256-entry table indexed by the raw byte of each 8-bit element."""
+    return table[x.view(np.uint8)]
+
+
+def _byte_values(dtype: np.dtype) -> np.ndarray:
+    """The value of each raw byte 0..255 read as ``dtype`` (int8 or uint8), as int32."""
+    return np.arange(256, dtype=np.uint8).view(dtype).astype(np.int32)
+
+
+def _quantize_f32(v: np.ndarray, scale: np.float32, zp: int, dtype: np.dtype) -> np.ndarray:
+    """MlasQuantizeLinear: saturate(nearbyint(v / scale) + zp) in float32."""
+    lo, hi = _irange(dtype)
+    q = np.rint(v.astype(np.float32) / scale) + np.float32(zp)
+    return np.clip(q, lo, hi).astype(dtype)
+
+
+def _lookup_table(x_dtype, x_scale, x_zp, y_scale, y_zp, y_dtype, fn) -> np.ndarray:
+    """onnxruntime QlinearBuildLookupTable: dequantize all 256 inputs, apply fn, quantize."""
+    xs = _f32(x_scale) * (_byte_values(x_dtype) - _zp(x_zp)).astype(np.float32)
+    return _quantize_f32(fn(xs), _f32(y_scale), _zp(y_zp), y_dtype)
+
+
+def _out_dtype(zp: np.ndarray | None, fallback: np.dtype) -> np.dtype:
+    return np.asarray(zp).dtype if zp is not None else np.dtype(fallback)
+
+
+# --------------------------------------------------------------------------- elementwise
+
+
+@kernel("QLinearAdd", domain=MS)
+def qlinear_add(
+    a: np.ndarray,
+    a_scale: np.ndarray,
+    a_zero_point: np.ndarray | None,
+    b: np.ndarray,
+    b_scale: np.ndarray,
+    b_zero_point: np.ndarray | None,
+    c_scale: np.ndarray,
+    c_zero_point: np.ndarray | None = None,
+) -> np.ndarray:
+    """com.microsoft QLinearAdd-1: C = quant(deq(A) + deq(B)) with numpy broadcasting.
+
+    As MlasQLinearAdd: (a_s/c_s)*(A-a_zp) + (b_s/c_s)*(B-b_zp) in float, rounded half to even.
+    """
+    cs = _f32(c_scale)
+    ra, rb = _f32(a_scale) / cs, _f32(b_scale) / cs
+    va = (a.astype(np.int32) - _zp(a_zero_point)).astype(np.float32) * ra
+    vb = (b.astype(np.int32) - _zp(b_zero_point)).astype(np.float32) * rb
+    dt = _out_dtype(c_zero_point, a.dtype)
+    lo, hi = _irange(dt)
+    y = np.rint(va + vb) + np.float32(_zp(c_zero_point))
+    return np.clip(y, lo, hi).astype(dt)
+
+
+@kernel("QLinearMul", domain=MS)
+def qlinear_mul(
+    a: np.ndarray,
+    a_scale: np.ndarray,
+    a_zero_point: np.ndarray | None,
+    b: np.ndarray,
+    b_scale: np.ndarray,
+    b_zero_point: np.ndarray | None,
+    c_scale: np.ndarray,
+    c_zero_point: np.ndarray | None = None,
+) -> np.ndarray:
+    """com.microsoft QLinearMul-1: C = quant(deq(A) * deq(B)) with numpy broadcasting.
+
+    As MlasQLinearMul: exact int product (A-a_zp)*(B-b_zp) times float32(a_s*b_s/c_s), half-even.
+    """
+    mult = _f32(a_scale) * _f32(b_scale) / _f32(c_scale)
+    prod = (a.astype(np.int32) - _zp(a_zero_point)) * (b.astype(np.int32) - _zp(b_zero_point))
+    dt = _out_dtype(c_zero_point, a.dtype)
+    lo, hi = _irange(dt)
+    y = np.rint(prod.astype(np.float32) * mult) + np.float32(_zp(c_zero_point))
+    return np.clip(y, lo, hi).astype(dt)
+
+
+@kernel("QLinearLeakyRelu", domain=MS)
+def qlinear_leaky_relu(
+    x: np.ndarray,
+    x_scale: np.ndarray,
+    x_zero_point: np.ndarray | None,
+    y_scale: np.ndarray,
+    y_zero_point: np.ndarray | None = None,
+    *,
+    alpha: float = 0.01,
+) -> np.ndarray:
+    """com.microsoft QLinearLeakyRelu-1: 256-entry table of quant(LeakyRelu(deq(x)))."""
+    a = np.float32(alpha)
+    table = _lookup_table(
+        x.dtype, x_scale, x_zero_point, y_scale, y_zero_point, _out_dtype(y_zero_point, x.dtype),
+        lambda v: np.where(v >= 0, v, v * a),
+    )  # fmt: skip
+    return _lut(x, table)
+
+
+def _sigmoid(v: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-v.astype(np.float64)))).astype(np.float32)
+
+
+@kernel("QLinearSigmoid", domain=MS)
+def qlinear_sigmoid(
+    x: np.ndarray,
+    x_scale: np.ndarray,
+    x_zero_point: np.ndarray | None,
+    y_scale: np.ndarray,
+    y_zero_point: np.ndarray | None = None,
+) -> np.ndarray:
+    """com.microsoft QLinearSigmoid-1: 256-entry table of quant(Sigmoid(deq(x)))."""
+    table = _lookup_table(
+        x.dtype, x_scale, x_zero_point, y_scale, y_zero_point, _out_dtype(y_zero_point, x.dtype),
+        _sigmoid,
+    )  # fmt: skip
+    return _lut(x, table)
+
+
+@kernel("QLinearSoftmax", domain=MS)
+def qlinear_softmax(
+    x: np.ndarray,
+    x_scale: np.ndarray,
+    x_zero_point: np.ndarray | None,
+    y_scale: np.ndarray,
+    y_zero_point: np.ndarray | None = None,
+    *,
+    opset: int,
+    axis: int | None = None,
+) -> np.ndarray:
+    """com.microsoft QLinearSoftmax-1: quantized Softmax; ``opset`` < 13 flattens from ``axis``
+    (default 1) into one reduction, >= 13 reduces the single ``axis`` (default -1).
+
+    As onnxruntime: exp values come from a 256-entry table of exp((x - x_max) * x_scale) (scaled
+    up to keep precision), y = nearbyint(e * floor(1/y_scale) / sum(e)) + y_zp. The input zero
+    point cancels out.
+    """
+    if axis is None:
+        axis = 1 if opset < 13 else -1
+    axis %= max(x.ndim, 1)
+    if opset < 13:
+        lead = math.prod(x.shape[:axis])
+        xr = x.reshape(lead, -1)
+        red = -1
+    else:
+        xr, red = x, axis
+    d = xr.shape[red] if xr.ndim else 1
+    xs = float(_f32(x_scale))
+    # table entry for distance t = x_max - x (0..255), as QlinearBuildLookupTableUint32 (float)
+    bit_shift = math.log(float(np.float32(np.finfo(np.float32).max) / np.float32(max(d, 1))))
+    bit_shift = max(0.0, bit_shift - 5.0) / xs
+    t = np.arange(256, dtype=np.float64)
+    table = np.exp((bit_shift - t) * xs).astype(np.float32)
+    xi = xr.astype(np.int32)
+    dist = xi.max(axis=red, keepdims=True) - xi
+    e = table[dist]
+    vsum = e.sum(axis=red, keepdims=True, dtype=np.float64).astype(np.float32)
+    yscale = np.float32(math.floor(np.float32(1.0) / _f32(y_scale)))
+    dt = _out_dtype(y_zero_point, x.dtype)
+    lo, hi = _irange(dt)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.rint((e * yscale) / vsum) + np.float32(_zp(y_zero_point))
+    y = np.clip(np.nan_to_num(q), lo, hi).astype(dt)
+    return y.reshape(x.shape)
+
+
+# --------------------------------------------------------------------------- pooling / concat
+
+
+def _nchw(x: np.ndarray, channels_last: int) -> np.ndarray:
+    return np.moveaxis(x, -1, 1) if channels_last else x
+
+
+def _nhwc(y: np.ndarray, channels_last: int) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(y, 1, -1)) if channels_last else y
+
+
+@kernel("QLinearGlobalAveragePool", domain=MS)
+def qlinear_global_average_pool(
+    x: np.ndarray,
+    x_scale: np.ndarray,
+    x_zero_point: np.ndarray | None,
+    y_scale: np.ndarray,
+    y_zero_point: np.ndarray | None = None,
+    *,
+    channels_last: int = 0,
+) -> np.ndarray:
+    """com.microsoft QLinearGlobalAveragePool-1: mean over all spatial axes (NCHW..., or
+    N...C with channels_last=1), spatial dims kept as 1.
+
+    As MlasQLinearGlobalAveragePool: exact int32 sum of (x - x_zp), times float32
+    x_scale / (y_scale * image_size), rounded half to even, plus y_zp.
+    """
+    sp = tuple(range(1, x.ndim - 1)) if channels_last else tuple(range(2, x.ndim))
+    size = math.prod(x.shape[i] for i in sp)
+    acc = x.sum(axis=sp, keepdims=True, dtype=np.int64) - _zp(x_zero_point) * size
+    scale = _f32(x_scale) / (_f32(y_scale) * np.float32(size))
+    dt = _out_dtype(y_zero_point, x.dtype)
+    lo, hi = _irange(dt)
+    y = np.rint(acc.astype(np.float32) * scale) + np.float32(_zp(y_zero_point))
+    return np.clip(y, lo, hi).astype(dt)
+
+
+def _pool_geometry(
+    in_sp: Sequence[int],
+    k: Sequence[int],
+    s: Sequence[int],
+    pads: Sequence[int] | None,
+    auto_pad: str,
+    ceil_mode: int,
+) -> tuple[list[int], list[int]]:
+    """Begin/end pads and output size (onnxruntime PoolAttributes, no dilation)."""
+    r = len(in_sp)
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        out = [-(-in_sp[i] // s[i]) for i in range(r)]
+        tot = [max(0, (out[i] - 1) * s[i] + k[i] - in_sp[i]) for i in range(r)]
+        lo = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in tot]
+        return lo + [tot[i] - lo[i] for i in range(r)], out
+    p = [0] * (2 * r) if auto_pad == "VALID" or not pads else list(pads)
+    out = []
+    for i in range(r):
+        span = in_sp[i] + p[i] + p[i + r] - k[i]
+        out.append((-(-span // s[i]) if ceil_mode else span // s[i]) + 1)
+    return p, out
+
+
+@kernel("QLinearAveragePool", domain=MS)
+def qlinear_average_pool(
+    x: np.ndarray,
+    x_scale: np.ndarray,
+    x_zero_point: np.ndarray | None,
+    y_scale: np.ndarray,
+    y_zero_point: np.ndarray | None = None,
+    *,
+    kernel_shape: Sequence[int],
+    auto_pad: str = "NOTSET",
+    ceil_mode: int = 0,
+    channels_last: int = 0,
+    count_include_pad: int = 0,
+    pads: Sequence[int] | None = None,
+    strides: Sequence[int] | None = None,
+) -> np.ndarray:
+    """com.microsoft QLinearAveragePool-1: AveragePool on dequantized x, requantized to y.
+
+    As onnxruntime: float32 sum of x_scale * (x - x_zp) over the window, divided by count (the
+    kernel size with count_include_pad, else the in-image elements), then
+    y = nearbyint(mean / y_scale + y_zp). channels_last=1 takes and returns N, *spatial, C.
+    """
+    xc = _nchw(x, channels_last)
+    r = xc.ndim - 2
+    k = list(kernel_shape)
+    s = list(strides) if strides else [1] * r
+    in_sp = xc.shape[2:]
+    p, out_sp = _pool_geometry(in_sp, k, s, pads, auto_pad, ceil_mode)
+    # pad far enough that every (possibly ceil-mode) window lies inside the buffer
+    hi = [max(0, (out_sp[i] - 1) * s[i] + k[i] - in_sp[i] - p[i]) for i in range(r)]
+    # dequantized float32 values summed tap by tap in row-major window order: the same float32
+    # additions as onnxruntime's pool tasks (padding adds exact zeros), so ties round alike
+    xf = (xc.astype(np.int32) - _zp(x_zero_point)).astype(np.float32) * _f32(x_scale)
+    buf = np.zeros(xc.shape[:2] + tuple(in_sp[i] + p[i] + hi[i] for i in range(r)), np.float32)
+    buf[(slice(None), slice(None)) + tuple(slice(p[i], p[i] + in_sp[i]) for i in range(r))] = xf
+    acc = np.zeros(xc.shape[:2] + tuple(out_sp), np.float32)
+    for tap in np.ndindex(*k):
+        acc += buf[
+            (slice(None), slice(None))
+            + tuple(slice(tap[i], tap[i] + (out_sp[i] - 1) * s[i] + 1, s[i]) for i in range(r))
+        ]
+    if count_include_pad:
+        count = np.full(out_sp, float(math.prod(k)))
+    else:
+        count = np.ones(out_sp)
+        for i in range(r):
+            start = np.arange(out_sp[i]) * s[i] - p[i]
+            n = np.minimum(start + k[i], in_sp[i]) - np.maximum(start, 0)
+            shape = [1] * r
+            shape[i] = out_sp[i]
+            count = count * n.reshape(shape)
+    mean = acc / count.astype(np.float32)
+    dt = _out_dtype(y_zero_point, x.dtype)
+    lo, hi_ = _irange(dt)
+    y = np.rint(mean / _f32(y_scale) + np.float32(_zp(y_zero_point)))
+    return _nhwc(np.clip(y, lo, hi_).astype(dt), channels_last)
+
+
+@kernel("QLinearConcat", domain=MS)
+def qlinear_concat(y_scale: np.ndarray, y_zero_point: np.ndarray, *inputs, axis: int) -> np.ndarray:
+    """com.microsoft QLinearConcat-1: inputs are (X, X_scale, X_zero_point) triples; each X is
+    requantized to (y_scale, y_zero_point) through a 256-entry table (copied when its
+    parameters already match), then concatenated along ``axis``."""
+    dt = np.asarray(y_zero_point).dtype
+    ys, yz = _f32(y_scale), _zp(y_zero_point)
+    parts = []
+    for i in range(0, len(inputs), 3):
+        x, xs, xz = inputs[i], inputs[i + 1], inputs[i + 2]
+        if _f32(xs) == ys and _zp(xz) == yz:
+            parts.append(x)
+        else:
+            parts.append(_lut(x, _lookup_table(x.dtype, xs, xz, ys, yz, dt, lambda v: v)))
+    return np.concatenate(parts, axis=axis)
+
+
+@kernel("QLinearReduceMean", domain=MS)
+def qlinear_reduce_mean(
+    data: np.ndarray,
+    data_scale: np.ndarray,
+    data_zero_point: np.ndarray | None,
+    reduced_scale: np.ndarray,
+    reduced_zero_point: np.ndarray | None = None,
+    *,
+    axes: Sequence[int],
+    keepdims: int,
+) -> np.ndarray:
+    """com.microsoft QLinearReduceMean-1: mean of (data - zp) over ``axes`` (exact int sum),
+    requantized by data_scale / reduced_scale with round-half-to-even."""
+    ax = tuple(a % data.ndim for a in axes) if len(axes) else tuple(range(data.ndim))
+    n = math.prod(data.shape[a] for a in ax)
+    acc = data.sum(axis=ax, keepdims=bool(keepdims), dtype=np.int64) - _zp(data_zero_point) * n
+    mult = float(_f32(data_scale)) / (float(_f32(reduced_scale)) * n)
+    dt = _out_dtype(reduced_zero_point, data.dtype)
+    return requantize(acc, mult, reduced_zero_point, dt)
+
+
+# --------------------------------------------------------------------------- QGemm / QLinearConv
+
+
+@kernel("QGemm", domain=MS)
+def qgemm(
+    a: np.ndarray,
+    a_scale: np.ndarray,
+    a_zero_point: np.ndarray,
+    b: np.ndarray,
+    b_scale: np.ndarray,
+    b_zero_point: np.ndarray,
+    c: np.ndarray | None = None,
+    y_scale: np.ndarray | None = None,
+    y_zero_point: np.ndarray | None = None,
+    *,
+    alpha: float = 1.0,
+    transA: int = 0,
+    transB: int = 0,
+) -> np.ndarray:
+    """com.microsoft QGemm-1: acc = (A' - a_zp) @ (B' - b_zp) + C (int32 bias, scale a_s*b_s);
+    b_scale/b_zero_point per tensor or per column (N). With y_scale: y = saturate(
+    round_half_even(acc * alpha*a_s*b_s/y_s) + y_zp) (y_zp's type, uint8 if omitted); without:
+    float32 y = acc * alpha*a_s*b_s."""
+    am = a.T if transA else a
+    bm = b.T if transB else b
+    ai = am.astype(np.int32) - _zp(a_zero_point)
+    bz = np.asarray(b_zero_point).astype(np.int32).reshape(-1)
+    bi = bm.astype(np.int32) - (bz if bz.size > 1 else bz[0])
+    lo_a, hi_a = _irange(a.dtype)
+    za = _zp(a_zero_point)
+    acc = int_matmul(ai, bi, max(abs(lo_a - za), abs(hi_a - za)))
+    if c is not None:
+        acc = acc + np.asarray(c).astype(np.int64)
+    bs = np.asarray(b_scale, np.float32).reshape(-1)
+    scale = np.float32(alpha) * _f32(a_scale) * bs
+    if y_scale is None:
+        return (acc.astype(np.float32) * scale).astype(np.float32)
+    scale = scale / _f32(y_scale)
+    dt = _out_dtype(y_zero_point, np.uint8)
+    lo, hi = _irange(dt)
+    y = np.rint(acc.astype(np.float32) * scale) + np.float32(_zp(y_zero_point))
+    return np.clip(y, lo, hi).astype(dt)
+
+
+@kernel("QLinearConv", domain=MS)
+def qlinear_conv_ms(
+    x: np.ndarray,
+    x_scale: np.ndarray,
+    x_zero_point: np.ndarray,
+    w: np.ndarray,
+    w_scale: np.ndarray,
+    w_zero_point: np.ndarray,
+    y_scale: np.ndarray,
+    y_zero_point: np.ndarray,
+    b: np.ndarray | None = None,
+    *,
+    channels_last: int = 0,
+    auto_pad: str = "NOTSET",
+    dilations: Sequence[int] | None = None,
+    group: int = 1,
+    kernel_shape: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    strides: Sequence[int] | None = None,
+) -> np.ndarray:
+    """com.microsoft QLinearConv-1: ONNX QLinearConv, with x and y in N, *spatial, C layout when
+    channels_last=1 (w stays M, C/group, *k)."""
+    # the ONNX-domain QLinearConv kernel (kernels/cpu/conv.py) does the NCHW work
+    y = registry.lookup("QLinearConv")(
+        _nchw(x, channels_last), x_scale, x_zero_point, w, w_scale, w_zero_point,
+        y_scale, y_zero_point, b, auto_pad=auto_pad, dilations=dilations, group=group,
+        kernel_shape=kernel_shape, pads=pads, strides=strides,
+    )  # fmt: skip
+    return _nhwc(y, channels_last)
+
+
+# --------------------------------------------------------------------------- TFLite arithmetic
+
+
+def tflite_quantize_multiplier(
+    real_multiplier: np.ndarray | float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """TFLite QuantizeMultiplier, vectorised: real = q * 2**shift with q a Q31 int32 in
+    [2**30, 2**31), rounded half away from zero. Returns (int64 multiplier, int64 shift)."""
+    real = np.asarray(real_multiplier, np.float64)
+    frac, shift = np.frexp(real)
+    shift = shift.astype(np.int64)
+    v = frac * float(1 << 31)  # exact: frac has 53 bits
+    q = (np.sign(v) * np.floor(np.abs(v) + 0.5)).astype(np.int64)  # TfLiteRound
+    carry = q == (1 << 31)
+    q = np.where(carry, q // 2, q)
+    shift = np.where(carry, shift + 1, shift)
+    tiny = shift < -31
+    q = np.where(tiny, 0, q)
+    shift = np.where(tiny, 0, shift)
+    huge = shift > 30
+    q = np.where(huge, _INT32_MAX, q)
+    shift = np.where(huge, 30, shift)
+    shift = np.where(real == 0, 0, shift)
+    return q, shift
+
+
+def _wrap32(v: np.ndarray) -> np.ndarray:
+    """Two's-complement wrap of int64 values to int32 range (C int32 arithmetic)."""
+    return ((v + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+
+
+def _srdhm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """gemmlowp SaturatingRoundingDoublingHighMul on int32 values held in int64."""
+    t = np.multiply(a, b, dtype=np.int64)
+    neg = t >> 63  # -1 where the product is negative, else 0
+    # nudge: +2**30 for ab >= 0, 1 - 2**30 = 2**30 - (2**31 - 1) for ab < 0
+    t += (1 << 30) - (neg & _INT32_MAX)
+    # C++ division by 2**31 truncates toward zero: bias negatives by 2**31 - 1, then shift
+    t += (t >> 63) & _INT32_MAX
+    t >>= 31
+    if np.any(np.asarray(b) == _INT32_MIN):
+        t = np.where((a == _INT32_MIN) & (b == _INT32_MIN), _INT32_MAX, t)
+    return t
+
+
+def _rdbpot(x: np.ndarray, exponent: np.ndarray) -> np.ndarray:
+    """gemmlowp RoundingDivideByPOT: x / 2**exponent rounded half away from zero."""
+    exponent = np.asarray(exponent, np.int64)
+    mask = (np.int64(1) << exponent) - 1
+    rem = x & mask
+    thr = (mask >> 1) + (x < 0)
+    return (x >> exponent) + (rem > thr)
+
+
+def tflite_multiply_by_quantized_multiplier(
+    x: np.ndarray, multiplier: np.ndarray, shift: np.ndarray
+) -> np.ndarray:
+    """TFLite MultiplyByQuantizedMultiplier (int32 x, double rounding), vectorised; int64 result.
+
+    ``multiplier``/``shift`` broadcast against x (per-channel arrays already shaped)."""
+    x = np.asarray(x, np.int64)
+    shift = np.asarray(shift, np.int64)
+    left = np.maximum(shift, 0)
+    right = np.maximum(-shift, 0)
+    xs = _wrap32(x << left) if np.any(left) else x
+    return _rdbpot(_srdhm(xs, np.asarray(multiplier, np.int64)), right)
+
+
+def tflite_multiply_by_quantized_multiplier_int64(
+    x: np.ndarray, multiplier: np.ndarray, shift: np.ndarray
+) -> np.ndarray:
+    """TFLite MultiplyByQuantizedMultiplier for int64 accumulators (16x8 conv / FC): the Q31
+    multiplier is reduced to Q15 (rounded), then (x * m15 + 2**(14 - shift)) >> (15 - shift)."""
+    m = np.asarray(multiplier, np.int64)
+    m15 = np.where(m < 0x7FFF0000, (m + (1 << 15)) >> 16, 0x7FFF)
+    total = 15 - np.asarray(shift, np.int64)
+    return (np.asarray(x, np.int64) * m15 + (np.int64(1) << (total - 1))) >> total
+
+
+def tflite_requantize(
+    acc_int32: np.ndarray,
+    real_multiplier: np.ndarray | float,
+    out_zp: int | np.ndarray,
+    out_dtype: np.dtype,
+    axis: int | None = None,
+) -> np.ndarray:
+    """TFLite requantization: saturate(MultiplyByQuantizedMultiplier(acc, QuantizeMultiplier(
+    real_multiplier)) + out_zp) in ``out_dtype``. ``real_multiplier`` (float64, e.g.
+    in_scale * w_scale / out_scale) and ``out_zp`` may be per-channel along ``axis``."""
+    acc = np.asarray(acc_int32, np.int64)
+    q, sh = tflite_quantize_multiplier(real_multiplier)
+    zp = np.asarray(out_zp, np.int64)
+    if axis is not None:
+        q, sh, zp = (_along(v, acc.ndim, axis) for v in (q, sh, zp))
+    y = tflite_multiply_by_quantized_multiplier(acc, q, sh) + zp
+    lo, hi = _irange(np.dtype(out_dtype))
+    return np.clip(y, lo, hi).astype(out_dtype)
+
+
+def tflite_activation_range(
+    activation: str, y_scale: float, y_zp: int, dtype: np.dtype
+) -> tuple[int, int]:
+    """TFLite CalculateActivationRangeQuantized: (act_min, act_max) for a fused activation
+    "NONE", "RELU", "RELU6", "RELU_N1_TO_1" (zp + round_half_away(f / scale), float32)."""
+    lo, hi = _irange(np.dtype(dtype))
+    s = np.float32(y_scale)
+
+    def q(f: float) -> int:
+        v = float(np.float32(f) / s)
+        return int(y_zp) + int(math.copysign(math.floor(abs(v) + 0.5), v))
+
+    act = activation.upper()
+    if act == "RELU":
+        return max(lo, q(0.0)), hi
+    if act == "RELU6":
+        return max(lo, q(0.0)), min(hi, q(6.0))
+    if act == "RELU_N1_TO_1":
+        return max(lo, q(-1.0)), min(hi, q(1.0))
+    if act == "NONE":
+        return lo, hi
+    raise ValueError(f"unsupported fused activation {activation!r}")
+
+
+def _list(v: float | int | Sequence, dtype) -> np.ndarray:
+    return np.asarray(v if isinstance(v, (list, tuple, np.ndarray)) else [v], dtype).reshape(-1)
+
+
+def _finish(acc, mult, y_zp, act_min, act_max, dtype, axis, wide: bool = False) -> np.ndarray:
+    """acc -> MultiplyByQuantizedMultiplier + y_zp, clamped to [act_min, act_max] (or dtype);
+    ``wide``: the int64-accumulator variant used by 16x8 (int16 activation) kernels."""
+    q, sh = tflite_quantize_multiplier(mult)
+    if axis is not None:
+        q, sh = _along(q, acc.ndim, axis), _along(sh, acc.ndim, axis)
+    if wide:
+        y = tflite_multiply_by_quantized_multiplier_int64(acc, q, sh) + int(y_zp)
+    else:
+        y = tflite_multiply_by_quantized_multiplier(acc, q, sh) + int(y_zp)
+    lo, hi = _irange(dtype)
+    lo = lo if act_min is None else max(lo, int(act_min))
+    hi = hi if act_max is None else min(hi, int(act_max))
+    return np.clip(y, lo, hi).astype(dtype)
+
+
+def _im2col(xp: np.ndarray, k, s, d, out_sp, group: int) -> np.ndarray:
+    """(N, C, H, W) padded -> (N, G, C/G*kh*kw, oh*ow) columns (one copy)."""
+    n, c = xp.shape[:2]
+    st = xp.strides
+    view = as_strided(
+        xp,
+        shape=(n, c, k[0], k[1], out_sp[0], out_sp[1]),
+        strides=(st[0], st[1], st[2] * d[0], st[3] * d[1], st[2] * s[0], st[3] * s[1]),
+        writeable=False,
+    )
+    return view.reshape(n, group, (c // group) * k[0] * k[1], out_sp[0] * out_sp[1])
+
+
+@kernel("TFLiteConv", domain=ML)
+def tflite_conv(
+    x: np.ndarray,
+    w: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    x_scale: float,
+    w_scale: float | Sequence[float],
+    y_scale: float,
+    x_zp: int = 0,
+    w_zp: int | Sequence[int] = 0,
+    y_zp: int = 0,
+    strides: Sequence[int] = (1, 1),
+    pads: Sequence[int] = (0, 0, 0, 0),
+    dilations: Sequence[int] = (1, 1),
+    group: int = 1,
+    act_min: int | None = None,
+    act_max: int | None = None,
+) -> np.ndarray:
+    """modelloader TFLiteConv: TFLite int8/uint8 CONV_2D / DEPTHWISE_CONV_2D, bit-exact with the
+    reference kernels (reference_ops::Conv, reference_integer_ops::ConvPerChannel / DepthwiseConv).
+
+    x: (N, C, H, W) int8|uint8 (or int16 with int8 w and int64 bias: the 16x8 kernels, which
+    requantize through the int64 MultiplyByQuantizedMultiplier); w: (M, C/group, kh, kw)
+    int8|uint8 (depthwise: group=C, M = C*depth_multiplier); bias: (M,) int32 or omitted.
+    Output (N, M, oh, ow) in x's dtype.
+    acc = sum (x - x_zp) * (w - w_zp[m]) + bias[m] (padding contributes 0, i.e. x_zp);
+    y = clamp(MultiplyByQuantizedMultiplier(acc, QuantizeMultiplier(x_scale*w_scale[m]/y_scale))
+    + y_zp, act_min, act_max). w_scale/w_zp: scalar or per-output-channel list. pads:
+    [top, left, bottom, right]; act_min/act_max default to the dtype range.
+    """
+    n, c, h, wd = x.shape
+    m, cg, kh, kw = w.shape
+    k, s, d = (kh, kw), list(strides), list(dilations)
+    p = list(pads)
+    oh = (h + p[0] + p[2] - ((kh - 1) * d[0] + 1)) // s[0] + 1
+    ow = (wd + p[1] + p[3] - ((kw - 1) * d[1] + 1)) // s[1] + 1
+    wz = _list(w_zp, np.int32)
+    wi = w.astype(np.int32) - (wz.reshape(-1, 1, 1, 1) if wz.size > 1 else wz[0])
+    lo_x, hi_x = _irange(x.dtype)
+    bound_x = max(abs(lo_x - x_zp), abs(hi_x - x_zp))
+    bound_w = int(np.abs(wi).max(initial=0))
+    # exact float BLAS: float32 while every partial sum stays below 2**24, else float64
+    ft = np.float32 if cg * kh * kw * bound_x * bound_w < _F32_EXACT else np.float64
+    if kh == kw == 1 and s == [1, 1] and not any(p):
+        cols = (x.astype(ft) - ft(x_zp)).reshape(n, group, cg, h * wd)
+    else:
+        xp = np.zeros((n, c, h + p[0] + p[2], wd + p[1] + p[3]), ft)
+        xp[:, :, p[0] : p[0] + h, p[1] : p[1] + wd] = x.astype(np.int32) - x_zp
+        cols = _im2col(xp, k, s, d, (oh, ow), group)
+    wmat = wi.astype(ft).reshape(group, m // group, cg * kh * kw)
+    acc = np.matmul(wmat, cols).reshape(n, m, oh, ow).astype(np.int64)
+    if bias is not None:
+        acc += np.asarray(bias).astype(np.int64).reshape(1, m, 1, 1)
+    mult = float(x_scale) * _list(w_scale, np.float64) / float(y_scale)
+    return _finish(acc, mult, y_zp, act_min, act_max, x.dtype, 1, x.dtype == np.int16)
+
+
+@kernel("TFLiteFullyConnected", domain=ML)
+def tflite_fully_connected(
+    x: np.ndarray,
+    w: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    x_scale: float,
+    w_scale: float | Sequence[float],
+    y_scale: float,
+    x_zp: int = 0,
+    w_zp: int | Sequence[int] = 0,
+    y_zp: int = 0,
+    act_min: int | None = None,
+    act_max: int | None = None,
+    keep_num_dims: int = 0,
+) -> np.ndarray:
+    """modelloader TFLiteFullyConnected: TFLite int8/uint8 FULLY_CONNECTED, bit-exact with
+    reference_integer_ops::FullyConnected(PerChannel) / reference_ops::FullyConnected.
+
+    x: any shape with size divisible by K, flattened to (B, K); w: (N, K); bias: (N,) int32
+    (int16 x: 16x8 kernel, int64 bias and the int64 requantization, as TFLiteConv).
+    acc = (x - x_zp) @ (w - w_zp).T + bias; requantized like TFLiteConv with per-tensor or
+    per-output-channel w_scale/w_zp. Output (B, N), or x.shape[:-1] + (N,) with keep_num_dims=1.
+    """
+    nout, kdim = w.shape
+    xi = x.reshape(-1, kdim).astype(np.int32) - x_zp
+    wz = _list(w_zp, np.int32)
+    wi = w.astype(np.int32) - (wz.reshape(-1, 1) if wz.size > 1 else wz[0])
+    lo_x, hi_x = _irange(x.dtype)
+    acc = int_matmul(xi, wi.T, max(abs(lo_x - x_zp), abs(hi_x - x_zp)))
+    if bias is not None:
+        acc += np.asarray(bias).astype(np.int64).reshape(1, nout)
+    mult = float(x_scale) * _list(w_scale, np.float64) / float(y_scale)
+    y = _finish(acc, mult, y_zp, act_min, act_max, x.dtype, 1, x.dtype == np.int16)
+    return y.reshape(x.shape[:-1] + (nout,)) if keep_num_dims else y
+
+
+def _tflite_addsub(a, b, a_scale, a_zp, b_scale, b_zp, y_scale, y_zp, act_min, act_max, sign):
+    dt = a.dtype
+    left_shift = 15 if dt == np.int16 else 20
+    # as PrepareGeneralSubOp / add.cc Prepare: float-typed 2*max(scale), then double ratios
+    twice_max = float(2 * max(np.float32(a_scale), np.float32(b_scale)))
+    ma = tflite_quantize_multiplier(float(np.float32(a_scale)) / twice_max)
+    mb = tflite_quantize_multiplier(float(np.float32(b_scale)) / twice_max)
+    mo = twice_max / float(np.float32((1 << left_shift) * np.float32(y_scale)))
+    va = (a.astype(np.int64) - int(a_zp)) << left_shift
+    vb = (b.astype(np.int64) - int(b_zp)) << left_shift
+    sa = tflite_multiply_by_quantized_multiplier(va, *ma)
+    sb = tflite_multiply_by_quantized_multiplier(vb, *mb)
+    return _finish(sa + sign * sb, mo, y_zp, act_min, act_max, dt, None)
+
+
+@kernel("TFLiteAdd", domain=ML)
+def tflite_add(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    a_scale: float,
+    b_scale: float,
+    y_scale: float,
+    a_zp: int = 0,
+    b_zp: int = 0,
+    y_zp: int = 0,
+    act_min: int | None = None,
+    act_max: int | None = None,
+) -> np.ndarray:
+    """modelloader TFLiteAdd: TFLite int8/uint8/int16 ADD (numpy broadcasting), bit-exact with
+    reference add: each input (v - zp) << left_shift (20; 15 for int16) is rescaled by
+    QuantizeMultiplier(scale / (2*max(a_scale, b_scale))), the sum by
+    QuantizeMultiplier(2*max / (2**left_shift * y_scale)), + y_zp, clamped to act range."""
+    return _tflite_addsub(a, b, a_scale, a_zp, b_scale, b_zp, y_scale, y_zp, act_min, act_max, 1)
+
+
+@kernel("TFLiteSub", domain=ML)
+def tflite_sub(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    a_scale: float,
+    b_scale: float,
+    y_scale: float,
+    a_zp: int = 0,
+    b_zp: int = 0,
+    y_zp: int = 0,
+    act_min: int | None = None,
+    act_max: int | None = None,
+) -> np.ndarray:
+    """modelloader TFLiteSub: TFLite int8/uint8 SUB; as TFLiteAdd with the rescaled b subtracted."""
+    return _tflite_addsub(a, b, a_scale, a_zp, b_scale, b_zp, y_scale, y_zp, act_min, act_max, -1)
+
+
+@kernel("TFLiteMul", domain=ML)
+def tflite_mul(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    a_scale: float,
+    b_scale: float,
+    y_scale: float,
+    a_zp: int = 0,
+    b_zp: int = 0,
+    y_zp: int = 0,
+    act_min: int | None = None,
+    act_max: int | None = None,
+) -> np.ndarray:
+    """modelloader TFLiteMul: TFLite int8/uint8/int16 MUL (numpy broadcasting), bit-exact with
+    reference mul: clamp(MultiplyByQuantizedMultiplier((a - a_zp) * (b - b_zp),
+    QuantizeMultiplier(a_scale * b_scale / y_scale)) + y_zp, act_min, act_max)."""
+    prod = (a.astype(np.int64) - int(a_zp)) * (b.astype(np.int64) - int(b_zp))
+    # mul.cc Prepare computes s1 * s2 / s_out in float (no double casts), then widens
+    mult = float(np.float32(np.float32(a_scale) * np.float32(b_scale)) / np.float32(y_scale))
+    return _finish(prod, mult, y_zp, act_min, act_max, a.dtype, None)

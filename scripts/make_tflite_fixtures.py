@@ -1,0 +1,965 @@
+#!/usr/bin/env python3
+"""Builds the TFLite test fixtures in models/tflite/ and their expected outputs.
+
+Every ``<name>.tflite`` is produced here by TensorFlow's ``TFLiteConverter`` from a seeded
+model (no downloads); ``<name>.npz`` holds seeded inputs and the outputs of the real TFLite
+interpreter (``ai-edge-litert``), and ``manifest.json`` describes each fixture (see
+``describe()`` below for the format). Rerunning the script rewrites the same files.
+
+TensorFlow is a developer-only dependency (never a runtime one). It lives in its own venv so
+the repo's main environment keeps its pinned numpy / onnx / onnxruntime::
+
+    python -m venv /work/tfenv        # any path
+    /work/tfenv/bin/pip install tensorflow-cpu ai-edge-litert tflite flatbuffers
+    /work/tfenv/bin/python scripts/make_tflite_fixtures.py            # all fixtures
+    /work/tfenv/bin/python scripts/make_tflite_fixtures.py --only conv_ops,stateful_counter
+
+(tested with tensorflow-cpu 2.21.0, ai-edge-litert 2.3.0, tflite 2.18.0, numpy 2.4.)
+
+npz keys: ``input:<name>`` / ``output:<name>`` with the signature runner's names (every
+fixture has a ``serving_default`` signature). Stateful fixtures are invoked several times on
+one interpreter; their keys carry the call number: ``input:<name>#<i>``, ``output:<name>#<i>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import sys
+import tempfile
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tflite  # noqa: E402
+from tensorflow.python.framework.convert_to_constants import (  # noqa: E402
+    convert_variables_to_constants_v2,
+)
+from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "models" / "tflite"
+SEED = 0
+
+# Tolerances the live test applies (issue 3): float rtol 1e-4 (atol for values near zero),
+# quantized outputs within 1 quantum on >= 99% of elements and never more than 2.
+TOL_FLOAT = {"rtol": 1e-4, "atol": 1e-5}
+TOL_QUANT = {"quanta": 1, "min_fraction": 0.99, "max_quanta": 2}
+
+
+# ---------------------------------------------------------------------------------------------
+# fixture specs
+
+
+@dataclass
+class Fixture:
+    name: str
+    build: Callable[[], bytes]  # returns the .tflite bytes
+    inputs: Callable[[np.random.Generator], dict[str, np.ndarray]]  # float or exact inputs
+    kind: str  # float32 | float16 | dynamic_int8 | int8 | int16x8 | sparse_float32 | ...
+    resolver: str = "BUILTIN_WITHOUT_DEFAULT_DELEGATES"
+    invocations: int = 1
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+FIXTURES: list[Fixture] = []
+
+
+def fixture(name: str, kind: str, inputs, **kw) -> Callable:
+    def deco(fn: Callable[[], bytes]) -> Callable[[], bytes]:
+        FIXTURES.append(Fixture(name, fn, inputs, kind, **kw))
+        return fn
+
+    return deco
+
+
+def reseed(seed: int = SEED) -> None:
+    """Makes Keras initialisers, tf.random and numpy deterministic for one model build."""
+    tf.keras.backend.clear_session()
+    tf.keras.utils.set_random_seed(seed)
+
+
+def rng_for(name: str) -> np.random.Generator:
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little"))
+
+
+def convert(fn, trackable=None, *, setup: Callable | None = None, variables: bool = False) -> bytes:
+    """Converts one tf.function to a flatbuffer with a ``serving_default`` signature.
+
+    Goes through a SavedModel so the file carries a SignatureDef named after the function's
+    TensorSpec names (inputs) and its returned dict's keys (outputs). Variables are frozen into
+    constants first (TF >= 2.18 otherwise keeps them as resource variables) unless
+    ``variables`` is set, which keeps them as VAR_HANDLE / READ_VARIABLE / ASSIGN_VARIABLE.
+    """
+    cf = fn.get_concrete_function()
+    if variables:
+        module, sig = trackable, cf
+    else:
+        frozen = convert_variables_to_constants_v2(cf)
+        keys = sorted(cf.structured_outputs)  # the flat output order of a dict result
+
+        @tf.function(input_signature=list(cf.structured_input_signature[0]))
+        def sig(*args):
+            return dict(zip(keys, frozen(*args), strict=True))
+
+        module = tf.Module()
+    with tempfile.TemporaryDirectory() as tmp:
+        tf.saved_model.save(module, tmp, signatures={"serving_default": sig})
+        conv = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        conv.experimental_enable_resource_variables = variables
+        if setup is not None:
+            setup(conv)
+        return bytes(conv.convert())
+
+
+def representative(shapes: list[list[int]], n: int = 32, seed: int = 1, lo=-1.0, hi=1.0):
+    def gen() -> Iterator[list[np.ndarray]]:
+        r = np.random.default_rng(seed)
+        for _ in range(n):
+            yield [r.uniform(lo, hi, s).astype(np.float32) for s in shapes]
+
+    return gen
+
+
+def int8_setup(shapes, *, io_int8: bool = True, int16: bool = False, lo=-1.0, hi=1.0):
+    def setup(c: tf.lite.TFLiteConverter) -> None:
+        c.optimizations = [tf.lite.Optimize.DEFAULT]
+        c.representative_dataset = representative(shapes, lo=lo, hi=hi)
+        if int16:
+            c.target_spec.supported_ops = [
+                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+            ]
+            if io_int8:
+                c.inference_input_type = tf.int16
+                c.inference_output_type = tf.int16
+        else:
+            c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            if io_int8:
+                c.inference_input_type = tf.int8
+                c.inference_output_type = tf.int8
+
+    return setup
+
+
+def spec(shape, name, dtype=tf.float32) -> tf.TensorSpec:
+    return tf.TensorSpec(shape, dtype, name=name)
+
+
+def const(r: np.random.Generator, shape, scale=1.0) -> tf.Tensor:
+    return tf.constant((r.standard_normal(shape) * scale).astype(np.float32))
+
+
+def normal(**shapes) -> Callable[[np.random.Generator], dict[str, np.ndarray]]:
+    return lambda r: {k: r.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# MobileNetV2 alpha 0.35, 96x96x3, random init (10 classes keeps the files small)
+
+MNV2_SHAPE = [1, 96, 96, 3]
+
+
+def mobilenet(prune: float = 0.0) -> tf.keras.Model:
+    reseed()
+    m = tf.keras.applications.MobileNetV2(
+        input_shape=tuple(MNV2_SHAPE[1:]), alpha=0.35, weights=None, classes=10
+    )
+    # random BatchNorm statistics so the folded weights are not trivial
+    r = np.random.default_rng(SEED)
+    for layer in m.layers:
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+            g, b, mu, var = layer.get_weights()
+            layer.set_weights(
+                [
+                    r.uniform(0.5, 1.5, g.shape).astype(np.float32),
+                    r.uniform(-0.2, 0.2, b.shape).astype(np.float32),
+                    r.uniform(-0.2, 0.2, mu.shape).astype(np.float32),
+                    r.uniform(0.5, 1.5, var.shape).astype(np.float32),
+                ]
+            )
+    if prune:
+        for layer in m.layers:
+            if isinstance(layer, tf.keras.layers.Conv2D | tf.keras.layers.Dense) and not isinstance(
+                layer, tf.keras.layers.DepthwiseConv2D
+            ):
+                w = layer.get_weights()
+                w[0] = magnitude_prune(w[0], prune)
+                layer.set_weights(w)
+    return m
+
+
+def magnitude_prune(w: np.ndarray, sparsity: float) -> np.ndarray:
+    """Zeroes the smallest |w| so that ``sparsity`` of the entries are zero."""
+    k = int(round(sparsity * w.size))
+    out = w.copy().reshape(-1)
+    out[np.argsort(np.abs(out), kind="stable")[:k]] = 0
+    return out.reshape(w.shape)
+
+
+def block_prune(w: np.ndarray, sparsity: float, block: int, axis: int) -> np.ndarray:
+    """Zeroes whole blocks of ``block`` consecutive entries along ``axis`` of a 2-D kernel."""
+    wt = np.moveaxis(w, axis, -1)
+    blocks = wt.reshape(*wt.shape[:-1], -1, block)
+    norms = np.abs(blocks).sum(-1)
+    k = int(round(sparsity * norms.size))
+    flat = norms.reshape(-1)
+    mask = np.ones_like(flat, dtype=bool)
+    mask[np.argsort(flat, kind="stable")[:k]] = False
+    blocks = blocks * mask.reshape(norms.shape)[..., None]
+    return np.moveaxis(blocks.reshape(wt.shape), -1, axis).astype(w.dtype)
+
+
+def keras_fn(m: tf.keras.Model, shape, name="input"):
+    return tf.function(lambda x: {"logits": m(x, training=False)}, input_signature=[spec(shape, name)])
+
+
+mnv2_inputs = lambda r: {"input": r.uniform(-1, 1, MNV2_SHAPE).astype(np.float32)}  # noqa: E731
+
+
+@fixture("mobilenet_v2_f32", "float32", mnv2_inputs)
+def mobilenet_f32() -> bytes:
+    m = mobilenet()
+    return convert(keras_fn(m, MNV2_SHAPE), m)
+
+
+@fixture("mobilenet_v2_f16", "float16", mnv2_inputs)
+def mobilenet_f16() -> bytes:
+    m = mobilenet()
+
+    def setup(c):
+        c.optimizations = [tf.lite.Optimize.DEFAULT]
+        c.target_spec.supported_types = [tf.float16]
+
+    return convert(keras_fn(m, MNV2_SHAPE), m, setup=setup)
+
+
+@fixture("mobilenet_v2_dynint8", "dynamic_int8", mnv2_inputs, resolver="BUILTIN_REF")
+def mobilenet_dynint8() -> bytes:
+    m = mobilenet()
+
+    def setup(c):
+        c.optimizations = [tf.lite.Optimize.DEFAULT]
+
+    return convert(keras_fn(m, MNV2_SHAPE), m, setup=setup)
+
+
+@fixture("mobilenet_v2_int8", "int8", mnv2_inputs, resolver="BUILTIN_REF")
+def mobilenet_int8() -> bytes:
+    m = mobilenet()
+    return convert(keras_fn(m, MNV2_SHAPE), m, setup=int8_setup([MNV2_SHAPE]))
+
+
+@fixture("mobilenet_v2_sparse_f32", "sparse_float32", mnv2_inputs)
+def mobilenet_sparse_f32() -> bytes:
+    m = mobilenet(prune=0.8)
+
+    def setup(c):
+        c.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+
+    return convert(keras_fn(m, MNV2_SHAPE), m, setup=setup)
+
+
+@fixture("mobilenet_v2_sparse_int8", "sparse_int8", mnv2_inputs, resolver="BUILTIN_REF")
+def mobilenet_sparse_int8() -> bytes:
+    m = mobilenet(prune=0.8)
+    base = int8_setup([MNV2_SHAPE])
+
+    def setup(c):
+        base(c)
+        c.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY, tf.lite.Optimize.DEFAULT]
+
+    return convert(keras_fn(m, MNV2_SHAPE), m, setup=setup)
+
+
+# ---------------------------------------------------------------------------------------------
+# block-sparse MLP 256 -> 128 -> 10: the converter's sparse FULLY_CONNECTED formats
+
+MLP_SHAPE = [4, 256]
+
+
+def sparse_mlp(block: int) -> tf.keras.Model:
+    reseed()
+    m = tf.keras.Sequential(
+        [
+            tf.keras.Input(MLP_SHAPE[1:], batch_size=MLP_SHAPE[0]),
+            tf.keras.layers.Dense(128, activation="relu", name="fc1"),
+            tf.keras.layers.Dense(10, name="fc2"),
+        ]
+    )
+    for layer in m.layers:
+        w, b = layer.get_weights()
+        # Keras kernels are [in, out]; TFLite stores [out, in] and blocks run along "in"
+        w = block_prune(w, 0.8, block, axis=0)
+        b = np.random.default_rng(SEED).uniform(-0.1, 0.1, b.shape).astype(np.float32)
+        layer.set_weights([w, b])
+    return m
+
+
+mlp_inputs = normal(x=MLP_SHAPE)
+
+
+@fixture("mlp_sparse_f32", "sparse_float32", mlp_inputs)
+def mlp_sparse_f32() -> bytes:
+    m = sparse_mlp(4)
+
+    def setup(c):
+        c.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+
+    return convert(keras_fn(m, MLP_SHAPE, "x"), m, setup=setup)
+
+
+@fixture("mlp_sparse_int8", "sparse_int8", mlp_inputs, resolver="BUILTIN_REF")
+def mlp_sparse_int8() -> bytes:
+    m = sparse_mlp(16)
+    base = int8_setup([MLP_SHAPE], lo=-3, hi=3)
+
+    def setup(c):
+        base(c)
+        c.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY, tf.lite.Optimize.DEFAULT]
+
+    return convert(keras_fn(m, MLP_SHAPE, "x"), m, setup=setup)
+
+
+# ---------------------------------------------------------------------------------------------
+# single-purpose op models (float32)
+
+
+@fixture("elementwise_binary", "float32", lambda r: {
+    "a": r.standard_normal([2, 4, 5, 3]).astype(np.float32),
+    "b": r.standard_normal([1, 1, 5, 3]).astype(np.float32),
+    "p": r.uniform(0.5, 2.0, [2, 4, 5, 3]).astype(np.float32),
+})  # fmt: skip
+def elementwise_binary() -> bytes:
+    @tf.function(input_signature=[spec([2, 4, 5, 3], "a"), spec([1, 1, 5, 3], "b"),
+                                  spec([2, 4, 5, 3], "p")])  # fmt: skip
+    def f(a, b, p):
+        denom = tf.abs(b) + 0.5
+        return {
+            "add": a + b,
+            "sub": a - b,
+            "mul": a * b,
+            "div": a / denom,
+            "maximum": tf.maximum(a, b),
+            "minimum": tf.minimum(a, b),
+            "squared_difference": tf.math.squared_difference(a, b),
+            "pow": tf.pow(p, b),
+            "add_relu": tf.nn.relu(a + p),
+        }
+
+    return convert(f)
+
+
+@fixture("elementwise_unary", "float32", lambda r: {
+    "x": r.standard_normal([2, 3, 4, 5]).astype(np.float32),
+    "pos": r.uniform(0.1, 4.0, [2, 3, 4, 5]).astype(np.float32),
+})  # fmt: skip
+def elementwise_unary() -> bytes:
+    @tf.function(input_signature=[spec([2, 3, 4, 5], "x"), spec([2, 3, 4, 5], "pos")])
+    def f(x, pos):
+        return {
+            "rsqrt": tf.math.rsqrt(pos),
+            "sqrt": tf.sqrt(pos),
+            "exp": tf.exp(x),
+            "log": tf.math.log(pos),
+            "abs": tf.abs(x),
+            "neg": tf.negative(x),
+            "cast_int32": tf.cast(x * 3.0, tf.int32),
+            "cast_back": tf.cast(tf.cast(x * 3.0, tf.int32), tf.float32) * 0.5,
+        }
+
+    return convert(f)
+
+
+@fixture("activations", "float32", lambda r: {"x": (r.standard_normal([1, 6, 6, 8]) * 3).astype(np.float32)})
+def activations() -> bytes:
+    reseed()
+    prelu = tf.keras.layers.PReLU(
+        alpha_initializer=tf.keras.initializers.RandomUniform(0.05, 0.5, seed=SEED),
+        shared_axes=[1, 2],
+    )
+    prelu.build([1, 6, 6, 8])
+
+    @tf.function(input_signature=[spec([1, 6, 6, 8], "x")])
+    def f(x):
+        return {
+            "logistic": tf.sigmoid(x),
+            "tanh": tf.tanh(x),
+            "relu": tf.nn.relu(x),
+            "relu6": tf.nn.relu6(x),
+            "relu_n1_to_1": tf.minimum(tf.maximum(x, -1.0), 1.0),
+            "leaky_relu": tf.nn.leaky_relu(x, alpha=0.2),
+            "prelu": prelu(x),
+            "hard_swish": x * tf.nn.relu6(x + 3.0) * (1.0 / 6.0),
+            "elu": tf.nn.elu(x),
+            # tf.nn.gelu's exact form uses erfc, which the converter doesn't fuse
+            "gelu": 0.5 * x * (1.0 + tf.math.erf(x * 0.7071067811865476)),
+            "gelu_tanh": tf.nn.gelu(x, approximate=True),
+            "softmax": tf.nn.softmax(x, axis=-1),
+            "softmax_beta": tf.nn.softmax(x * 0.7, axis=-1),
+        }
+
+    return convert(f, prelu)
+
+
+@fixture("conv_ops", "float32", normal(x=[1, 12, 12, 4]))
+def conv_ops() -> bytes:
+    r = np.random.default_rng(10)
+    w1, b1 = const(r, [3, 3, 4, 6], 0.3), const(r, [6], 0.1)
+    w2, b2 = const(r, [3, 3, 4, 5], 0.3), const(r, [5], 0.1)
+    w3, b3 = const(r, [1, 1, 4, 7], 0.3), const(r, [7], 0.1)
+    w4 = const(r, [2, 2, 4, 3], 0.3)
+    wd, bd = const(r, [3, 3, 4, 2], 0.3), const(r, [8], 0.1)
+    wd2 = const(r, [5, 5, 4, 1], 0.3)
+    wt, bt = const(r, [3, 3, 5, 4], 0.3), const(r, [5], 0.1)  # [h, w, out, in]
+    wt2 = const(r, [2, 2, 3, 4], 0.3)
+
+    @tf.function(input_signature=[spec([1, 12, 12, 4], "x")])
+    def f(x):
+        return {
+            "conv_s2_same_relu": tf.nn.relu(tf.nn.conv2d(x, w1, 2, "SAME") + b1),
+            "conv_d2_valid_relu6": tf.nn.relu6(
+                tf.nn.conv2d(x, w2, 1, "VALID", dilations=2) + b2
+            ),
+            "conv_1x1": tf.nn.conv2d(x, w3, 1, "SAME") + b3,
+            "conv_s3_valid_nobias": tf.nn.conv2d(x, w4, [1, 3, 2, 1], "VALID"),
+            "dwconv_mult2": tf.nn.depthwise_conv2d(x, wd, [1, 1, 1, 1], "SAME") + bd,
+            "dwconv_s2_relu6": tf.nn.relu6(tf.nn.depthwise_conv2d(x, wd2, [1, 2, 2, 1], "VALID")),
+            "transpose_conv_s2_same": tf.nn.conv2d_transpose(
+                x, wt, [1, 24, 24, 5], 2, "SAME"
+            )
+            + bt,
+            "transpose_conv_valid": tf.nn.conv2d_transpose(x, wt2, [1, 13, 13, 3], 1, "VALID"),
+        }
+
+    return convert(f)
+
+
+@fixture("pool_reduce", "float32", normal(x=[2, 9, 9, 5]))
+def pool_reduce() -> bytes:
+    @tf.function(input_signature=[spec([2, 9, 9, 5], "x")])
+    def f(x):
+        return {
+            "avgpool_same": tf.nn.avg_pool2d(x, 3, 2, "SAME"),
+            "avgpool_valid": tf.nn.avg_pool2d(x, [2, 3], [2, 1], "VALID"),
+            "maxpool_same": tf.nn.max_pool2d(x, 3, 2, "SAME"),
+            "maxpool_valid_relu": tf.nn.relu(tf.nn.max_pool2d(x, 2, 2, "VALID")),
+            "mean_hw": tf.reduce_mean(x, axis=[1, 2]),
+            "mean_keep": tf.reduce_mean(x, axis=[1, 2], keepdims=True),
+            "sum_c": tf.reduce_sum(x, axis=-1),
+            "sum_keep": tf.reduce_sum(x, axis=[0, 3], keepdims=True),
+            "reduce_max": tf.reduce_max(x, axis=2),
+            "argmax_c": tf.argmax(x, axis=-1, output_type=tf.int32),
+            "argmax_h64": tf.argmax(x, axis=1, output_type=tf.int64),
+        }
+
+    return convert(f)
+
+
+@fixture("fc_matmul", "float32", normal(x=[2, 3, 16], a=[2, 4, 6], b=[2, 6, 5], v=[3, 16]))
+def fc_matmul() -> bytes:
+    reseed()
+    dense3d = tf.keras.layers.Dense(8, activation="relu")
+    dense3d.build([2, 3, 16])
+    r = np.random.default_rng(11)
+    w, bias = const(r, [16, 12], 0.3), const(r, [12], 0.1)
+
+    @tf.function(
+        input_signature=[spec([2, 3, 16], "x"), spec([2, 4, 6], "a"), spec([2, 6, 5], "b"),
+                         spec([3, 16], "v")]
+    )  # fmt: skip
+    def f(x, a, b, v):
+        return {
+            "fc_keep_dims": dense3d(x),
+            "fc_2d": tf.nn.relu6(tf.matmul(v, w) + bias),
+            "batch_matmul": tf.matmul(a, b),
+            "batch_matmul_adj": tf.matmul(a, tf.transpose(a, [0, 2, 1]) * 0.5, adjoint_b=True),
+        }
+
+    return convert(f, dense3d)
+
+
+@fixture("shape_ops", "float32", normal(x=[2, 3, 4, 6], y=[2, 3, 1, 6]))
+def shape_ops() -> bytes:
+    @tf.function(input_signature=[spec([2, 3, 4, 6], "x"), spec([2, 3, 1, 6], "y")])
+    def f(x, y):
+        s0, s1, s2 = tf.split(x, 3, axis=-1)
+        v0, v1, v2 = tf.split(x, [1, 2, 3], axis=-1)
+        u = tf.unstack(x, axis=1)
+        return {
+            "reshape": tf.reshape(x, [6, 24]),
+            "squeeze": tf.squeeze(y, axis=2),
+            "expand_dims": tf.expand_dims(tf.squeeze(y, axis=2), 1) * 2.0,
+            "concat": tf.concat([x, y], axis=2),
+            "concat_c": tf.concat([s0, v2, s2], axis=-1),
+            "split_1": s1,
+            "split_v_0": v0 + 1.0,
+            "split_v_1": v1,
+            "transpose": tf.transpose(x, [0, 3, 1, 2]),
+            "pack": tf.stack([u[0], u[2]], axis=0),
+            "unpack_1": u[1],
+            "tile": tf.tile(y, [1, 2, 3, 1]),
+        }
+
+    return convert(f)
+
+
+@fixture("shape_dynamic", "float32", normal(x=[3, 5]))
+def shape_dynamic() -> bytes:
+    @tf.function(input_signature=[spec([None, 5], "x")])
+    def f(x):
+        s = tf.shape(x)
+        return {"shape": s, "flat": tf.reshape(x, [s[0] * s[1]]) * 2.0}
+
+    return convert(f)
+
+
+@fixture("pad_slice_gather", "float32", lambda r: {
+    "x": r.standard_normal([2, 6, 7, 4]).astype(np.float32),
+    "idx": np.array([[3, 0], [6, 1], [2, 2]], np.int32),
+    "nd": np.array([[1, 5], [0, 2], [1, 0]], np.int32),
+})  # fmt: skip
+def pad_slice_gather() -> bytes:
+    @tf.function(
+        input_signature=[spec([2, 6, 7, 4], "x"), spec([3, 2], "idx", tf.int32),
+                         spec([3, 2], "nd", tf.int32)]
+    )  # fmt: skip
+    def f(x, idx, nd):
+        return {
+            "pad": tf.pad(x, [[0, 0], [1, 2], [0, 1], [0, 0]]),
+            "padv2": tf.pad(x, [[0, 0], [2, 0], [1, 1], [0, 0]], constant_values=0.5),
+            "mirror_reflect": tf.pad(x, [[0, 0], [2, 1], [1, 2], [0, 0]], mode="REFLECT"),
+            "mirror_symmetric": tf.pad(x, [[0, 0], [1, 2], [2, 1], [0, 0]], mode="SYMMETRIC"),
+            "strided_slice": x[:, 1:-1:2, ::-2, 1:],
+            "strided_slice_masks": x[1, ..., tf.newaxis, 2:0:-1] * 1.0,
+            "strided_slice_shrink": x[:, 3, 1:5, 2],
+            "slice": tf.slice(x, [1, 2, 0, 1], [1, 3, -1, 2]),
+            "gather_axis1": tf.gather(x, idx[:, 0] % 6, axis=1),
+            "gather_const": tf.gather(x, [3, 0, 3], axis=3),
+            "gather_nd": tf.gather_nd(x, nd),
+        }
+
+    return convert(f)
+
+
+@fixture("resize", "float32", normal(x=[1, 5, 7, 3]))
+def resize() -> bytes:
+    rb, rn = tf.raw_ops.ResizeBilinear, tf.raw_ops.ResizeNearestNeighbor
+
+    @tf.function(input_signature=[spec([1, 5, 7, 3], "x")])
+    def f(x):
+        up, down = [9, 12], [3, 4]
+        return {
+            "bilinear": rb(images=x, size=up, align_corners=False, half_pixel_centers=False),
+            "bilinear_ac": rb(images=x, size=up, align_corners=True, half_pixel_centers=False),
+            "bilinear_hpc": rb(images=x, size=up, align_corners=False, half_pixel_centers=True),
+            "bilinear_down_hpc": rb(
+                images=x, size=down, align_corners=False, half_pixel_centers=True
+            ),
+            "nearest": rn(images=x, size=up, align_corners=False, half_pixel_centers=False),
+            "nearest_ac": rn(images=x, size=up, align_corners=True, half_pixel_centers=False),
+            "nearest_hpc": rn(images=x, size=up, align_corners=False, half_pixel_centers=True),
+            "nearest_down_hpc": rn(
+                images=x, size=down, align_corners=False, half_pixel_centers=True
+            ),
+        }
+
+    return convert(f)
+
+
+@fixture("norm_space", "float32", normal(x=[1, 4, 6, 8]))
+def norm_space() -> bytes:
+    @tf.function(input_signature=[spec([1, 4, 6, 8], "x")])
+    def f(x):
+        return {
+            "l2_normalize": tf.math.l2_normalize(x, axis=-1),
+            "lrn": tf.nn.local_response_normalization(x, 2, bias=1.5, alpha=0.3, beta=0.75),
+            "space_to_depth": tf.nn.space_to_depth(x, 2),
+            "depth_to_space": tf.nn.depth_to_space(x, 2),
+        }
+
+    return convert(f)
+
+
+class Accumulator(tf.Module):
+    """Resource variables updated per call: a counter and a running sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = tf.Variable(0.0, name="count")
+        self.total = tf.Variable(tf.fill([1, 4], 0.5), name="total")
+
+    @tf.function(input_signature=[spec([1, 4], "x")])
+    def __call__(self, x):
+        self.count.assign_add(1.0)
+        self.total.assign(self.total + x)
+        return {"total": self.total.read_value(), "mean": self.total / self.count}
+
+
+@fixture("stateful_accumulator", "float32", normal(x=[1, 4]), invocations=3)
+def stateful_accumulator() -> bytes:
+    m = Accumulator()
+
+    return convert(m.__call__, m, variables=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# small CNN op mix: float32, full int8 (int8 I/O), int8 with float I/O, int16 activations
+
+CNN_SHAPE = [1, 16, 16, 3]
+
+
+def cnn_mix() -> tf.keras.Model:
+    reseed()
+    L = tf.keras.layers
+    x = L.Input(CNN_SHAPE[1:], batch_size=1, name="image")
+    a = L.Conv2D(8, 3, strides=2, padding="same", activation="relu6", name="conv1")(x)
+    b = L.DepthwiseConv2D(3, padding="same", depth_multiplier=1, name="dw")(a)
+    b = L.ReLU(name="dw_relu")(b)
+    c = L.Conv2D(8, 1, name="pw")(b)
+    d = L.Add(name="residual")([a, c])
+    e = L.MaxPooling2D(2, name="maxpool")(d)
+    f = L.AveragePooling2D(2, padding="same", name="avgpool")(d)
+    f = L.Conv2D(6, 3, strides=2, padding="same", activation="relu", name="conv2")(f)
+    g = L.Concatenate(name="concat")([e, f])
+    h = L.GlobalAveragePooling2D(name="gap")(g)
+    h = L.Dense(16, activation="relu", name="fc1")(h)
+    y = L.Dense(10, name="fc2")(h)
+    y = L.Softmax(name="softmax")(y)
+    m = tf.keras.Model(x, y)
+    r = np.random.default_rng(SEED)
+    m.set_weights([w + r.uniform(-0.1, 0.1, w.shape).astype(np.float32) for w in m.get_weights()])
+    return m
+
+
+cnn_inputs = lambda r: {"image": r.uniform(-1, 1, CNN_SHAPE).astype(np.float32)}  # noqa: E731
+
+
+@fixture("cnn_mix_f32", "float32", cnn_inputs)
+def cnn_mix_f32() -> bytes:
+    m = cnn_mix()
+    return convert(keras_fn(m, CNN_SHAPE, "image"), m)
+
+
+@fixture("cnn_mix_int8", "int8", cnn_inputs, resolver="BUILTIN_REF")
+def cnn_mix_int8() -> bytes:
+    m = cnn_mix()
+    return convert(keras_fn(m, CNN_SHAPE, "image"), m, setup=int8_setup([CNN_SHAPE]))
+
+
+@fixture("cnn_mix_int8_floatio", "int8", cnn_inputs, resolver="BUILTIN_REF")
+def cnn_mix_int8_floatio() -> bytes:
+    m = cnn_mix()
+    setup = int8_setup([CNN_SHAPE], io_int8=False)
+    return convert(keras_fn(m, CNN_SHAPE, "image"), m, setup=setup)
+
+
+@fixture("cnn_mix_int16x8", "int16x8", cnn_inputs, resolver="BUILTIN_REF")
+def cnn_mix_int16x8() -> bytes:
+    m = cnn_mix()
+    return convert(keras_fn(m, CNN_SHAPE, "image"), m, setup=int8_setup([CNN_SHAPE], int16=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# renamed signature inputs / outputs, plus a custom metadata entry
+
+METADATA_NAME = "modelloader_fixture"
+METADATA_VALUE = b'{"description": "signature + metadata fixture", "labels": ["a", "b", "c"]}'
+
+
+@fixture("signature_metadata", "float32", lambda r: {
+    "image": r.standard_normal([1, 8, 8, 3]).astype(np.float32),
+    "mask": (r.uniform(size=[1, 8, 8, 1]) > 0.3).astype(np.float32),
+})  # fmt: skip
+def signature_metadata() -> bytes:
+    r = np.random.default_rng(12)
+    w, b = const(r, [3, 3, 3, 4], 0.3), const(r, [4], 0.1)
+    wf = const(r, [4, 3], 0.5)
+
+    class Net(tf.Module):
+        @tf.function(input_signature=[spec([1, 8, 8, 3], "image"), spec([1, 8, 8, 1], "mask")])
+        def serve(self, image, mask):
+            feat = tf.nn.relu(tf.nn.conv2d(image, w, 1, "SAME") + b) * mask
+            pooled = tf.reduce_mean(feat, axis=[1, 2])
+            return {"scores": tf.nn.softmax(tf.matmul(pooled, wf)), "features": feat}
+
+    net = Net()
+    data = convert(net.serve, net)
+    return add_metadata(data, METADATA_NAME, METADATA_VALUE)
+
+
+def add_metadata(data: bytes, name: str, value: bytes) -> bytes:
+    """Appends a Model.metadata entry (name -> new buffer) with TF's flatbuffer object API."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    buf = schema.BufferT()
+    buf.data = np.frombuffer(value, np.uint8)
+    model.buffers.append(buf)
+    md = schema.MetadataT()
+    md.name = name
+    md.buffer = len(model.buffers) - 1
+    model.metadata = [*(model.metadata or []), md]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+# ---------------------------------------------------------------------------------------------
+# reading the produced files (the `tflite` package's generated API)
+
+OP_NAMES = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+TYPE_NAMES = {v: k for k, v in vars(tflite.TensorType).items() if not k.startswith("_")}
+VEC_NAMES = {v: k for k, v in vars(tflite.SparseIndexVector).items() if not k.startswith("_")}
+
+
+def op_counts(model: tflite.Model) -> dict[str, int]:
+    counts: Counter[str] = Counter()
+    for s in range(model.SubgraphsLength()):
+        g = model.Subgraphs(s)
+        for i in range(g.OperatorsLength()):
+            code = model.OperatorCodes(g.Operators(i).OpcodeIndex())
+            op = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+            name = OP_NAMES.get(op, str(op))
+            if name == "CUSTOM":
+                name = "CUSTOM:" + code.CustomCode().decode()
+            counts[name] += 1
+    return dict(sorted(counts.items()))
+
+
+def sparse_tensors(model: tflite.Model) -> list[dict]:
+    out = []
+    for s in range(model.SubgraphsLength()):
+        g = model.Subgraphs(s)
+        for t in range(g.TensorsLength()):
+            tensor = g.Tensors(t)
+            sp = tensor.Sparsity()
+            if sp is None:
+                continue
+            dims = []
+            for d in range(sp.DimMetadataLength()):
+                dm = sp.DimMetadata(d)
+                if dm.Format() == tflite.DimensionType.DENSE:
+                    dims.append({"format": "DENSE", "dense_size": dm.DenseSize()})
+                else:
+                    dims.append(
+                        {
+                            "format": "SPARSE_CSR",
+                            "segments": VEC_NAMES[dm.ArraySegmentsType()],
+                            "indices": VEC_NAMES[dm.ArrayIndicesType()],
+                        }
+                    )
+            out.append(
+                {
+                    "subgraph": s,
+                    "tensor": tensor.Name().decode(),
+                    "dtype": TYPE_NAMES[tensor.Type()],
+                    "shape": tensor.ShapeAsNumpy().tolist(),
+                    "traversal_order": sp.TraversalOrderAsNumpy().tolist()
+                    if sp.TraversalOrderLength()
+                    else [],
+                    "block_map": sp.BlockMapAsNumpy().tolist() if sp.BlockMapLength() else [],
+                    "dim_metadata": dims,
+                }
+            )
+    return out
+
+
+def metadata_names(model: tflite.Model) -> list[str]:
+    return [model.Metadata(i).Name().decode() for i in range(model.MetadataLength())]
+
+
+# ---------------------------------------------------------------------------------------------
+# running the interpreter
+
+
+def make_interpreter(data: bytes, resolver: str) -> Interpreter:
+    return Interpreter(
+        model_content=data,
+        experimental_op_resolver_type=getattr(OpResolverType, resolver),
+        num_threads=1,
+    )
+
+
+def io_details(interp: Interpreter) -> tuple[str, list[dict], list[dict]]:
+    """(signature key, inputs, outputs) in subgraph order, named by the signature."""
+    [(key, sig)] = interp.get_signature_list().items()
+    runner = interp.get_signature_runner(key)
+    ins, outs = runner.get_input_details(), runner.get_output_details()
+
+    def entry(name: str, d: dict) -> dict:
+        q = d["quantization_parameters"]
+        quant = None
+        if len(q["scales"]):
+            quant = {
+                "scales": [float(s) for s in q["scales"]],
+                "zero_points": [int(z) for z in q["zero_points"]],
+                "axis": int(q["quantized_dimension"]),
+            }
+        return {
+            "name": name,
+            "tensor": d["name"],
+            "index": int(d["index"]),
+            "dtype": np.dtype(d["dtype"]).name,
+            "shape": [int(v) for v in d["shape"]],
+            "shape_signature": [int(v) for v in d["shape_signature"]],
+            "quantization": quant,
+        }
+
+    inputs = sorted((entry(n, d) for n, d in ins.items()), key=lambda e: e["index"])
+    outputs = sorted((entry(n, d) for n, d in outs.items()), key=lambda e: e["index"])
+    return key, inputs, outputs
+
+
+def prepare_inputs(raw: dict[str, np.ndarray], inputs: list[dict]) -> dict[str, np.ndarray]:
+    """Quantizes float inputs for integer model inputs with the input's own scale."""
+    out = {}
+    for e in inputs:
+        x = raw[e["name"]]
+        dt = np.dtype(e["dtype"])
+        if e["quantization"] and np.issubdtype(dt, np.integer) and x.dtype.kind == "f":
+            [s], [z] = e["quantization"]["scales"], e["quantization"]["zero_points"]
+            info = np.iinfo(dt)
+            x = np.clip(np.round(x / s) + z, info.min, info.max)
+        out[e["name"]] = np.ascontiguousarray(x.astype(dt))
+    return out
+
+
+def run_fixture(fx: Fixture, data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
+    interp = make_interpreter(data, fx.resolver)
+    key, inputs, outputs = io_details(interp)
+    runner = interp.get_signature_runner(key)
+    arrays: dict[str, np.ndarray] = {}
+    r = rng_for(fx.name)
+    for step in range(fx.invocations):
+        feed = prepare_inputs(fx.inputs(r), inputs)
+        res = runner(**feed)
+        suffix = f"#{step}" if fx.invocations > 1 else ""
+        for k, v in feed.items():
+            arrays[f"input:{k}{suffix}"] = v
+        for e in outputs:
+            arrays[f"output:{e['name']}{suffix}"] = np.asarray(res[e["name"]]).copy()
+    return {"signature": key, "inputs": inputs, "outputs": outputs}, arrays
+
+
+def cross_check(fx: Fixture, data: bytes, arrays: dict[str, np.ndarray]) -> dict[str, float]:
+    """Largest difference of the other resolvers from the recorded outputs (informative)."""
+    diffs = {}
+    for resolver in ("BUILTIN", "BUILTIN_REF", "BUILTIN_WITHOUT_DEFAULT_DELEGATES"):
+        if resolver == fx.resolver:
+            continue
+        try:
+            interp = make_interpreter(data, resolver)
+            key, _, outputs = io_details(interp)
+            runner = interp.get_signature_runner(key)
+            worst = 0.0
+            for step in range(fx.invocations):
+                sfx = f"#{step}" if fx.invocations > 1 else ""
+                feed = {
+                    k[len("input:") : len(k) - len(sfx)]: v
+                    for k, v in arrays.items()
+                    if k.startswith("input:") and k.endswith(sfx)
+                }
+                res = runner(**feed)
+                for e in outputs:
+                    a = np.asarray(res[e["name"]]).astype(np.float64)
+                    b = arrays[f"output:{e['name']}{sfx}"].astype(np.float64)
+                    worst = max(worst, float(np.max(np.abs(a - b), initial=0.0)))
+            diffs[resolver] = worst
+        except Exception as exc:  # noqa: BLE001 - report, not fail
+            diffs[resolver] = f"error: {exc}".splitlines()[0][:200]
+    return diffs
+
+
+def tolerance(fx: Fixture) -> dict:
+    if fx.kind in ("int8", "int16x8", "sparse_int8"):
+        return {**TOL_QUANT, "float_outputs": TOL_FLOAT}
+    return TOL_FLOAT
+
+
+def describe(fx: Fixture, data: bytes, io: dict, xcheck: dict) -> dict:
+    """One manifest entry."""
+    model = tflite.Model.GetRootAsModel(data, 0)
+    return {
+        "file": f"{fx.name}.tflite",
+        "expected": f"{fx.name}.npz",
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "kind": fx.kind,
+        "resolver": fx.resolver,
+        "invocations": fx.invocations,
+        "signature": io["signature"],
+        "inputs": io["inputs"],
+        "outputs": io["outputs"],
+        "subgraphs": model.SubgraphsLength(),
+        "ops": op_counts(model),
+        "sparse_tensors": sparse_tensors(model),
+        "metadata": metadata_names(model),
+        "tolerance": tolerance(fx),
+        "other_resolvers_max_abs_diff": xcheck,
+        **({"notes": fx.notes} if fx.notes else {}),
+    }
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez_compressed with fixed zip timestamps, so reruns give identical bytes."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for key, arr in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asarray(arr), allow_pickle=False)
+            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, buf.getvalue())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--only", default="", help="comma-separated fixture names")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    only = {n for n in args.only.split(",") if n}
+    unknown = only - {f.name for f in FIXTURES}
+    if unknown:
+        sys.exit(f"unknown fixtures: {sorted(unknown)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    manifest_path = args.out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    manifest.pop("_format", None)
+    for fx in FIXTURES:
+        if only and fx.name not in only:
+            continue
+        data = fx.build()
+        info, arrays = run_fixture(fx, data)
+        entry = describe(fx, data, info, cross_check(fx, data, arrays))
+        (args.out / entry["file"]).write_bytes(data)
+        save_npz(args.out / entry["expected"], arrays)
+        manifest[fx.name] = entry
+        print(f"{fx.name:28s} {len(data):>9,d} B  {', '.join(entry['ops'])}", file=sys.stderr)
+    names = [f.name for f in FIXTURES]
+    manifest = {k: manifest[k] for k in names if k in manifest}
+    manifest = {"_format": MANIFEST_FORMAT, **manifest}
+    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+MANIFEST_FORMAT = (
+    "name -> {file, expected (npz: 'input:<name>' / 'output:<name>', '#<i>' suffix per call when "
+    "invocations > 1), bytes, sha256, kind, resolver (ai_edge_litert OpResolverType the outputs "
+    "came from), invocations, signature, inputs/outputs in subgraph order [{name (signature name), "
+    "tensor, index, dtype, shape, shape_signature, quantization {scales, zero_points, axis} | null}]"
+    ", subgraphs, ops {builtin name: count}, sparse_tensors, metadata (names), tolerance, "
+    "other_resolvers_max_abs_diff}"
+)
+
+
+if __name__ == "__main__":
+    main()
