@@ -71,11 +71,26 @@ def _fold(x: np.ndarray, k, s, d, p, out_sp, fill: float, combine: np.ufunc) -> 
         cur = x
     for i in range(r):
         ax = 2 + i
+        last = i == r - 1
         shape = shape[:ax] + (out_sp[i],) + shape[ax + 1 :]
-        nxt = np.empty(shape, x.dtype) if i == r - 1 else scratch(f"pool_{i % 2}", shape, x.dtype)
+        nxt = np.empty(shape, x.dtype) if last else scratch(f"pool_{i % 2}", shape, x.dtype)
+        st = s[i]
+        if last and st > 1:
+            # split the innermost axis into stride phases so every tap is a contiguous run
+            wq = -(-cur.shape[-1] // st)
+            ph = scratch("pool_phase", cur.shape[:-1] + (st, wq), x.dtype)
+            if wq * st != cur.shape[-1]:
+                ph[..., -1] = fill
+            for a in range(st):
+                n_a = len(range(a, cur.shape[-1], st))
+                ph[..., a, :n_a] = cur[..., a::st]
         for t in range(k[i]):
             lo = t * d[i]
-            tap = cur[(slice(None),) * ax + (slice(lo, lo + (out_sp[i] - 1) * s[i] + 1, s[i]),)]
+            if last and st > 1:
+                q, a = divmod(lo, st)
+                tap = ph[..., a, q : q + out_sp[i]]
+            else:
+                tap = cur[(slice(None),) * ax + (slice(lo, lo + (out_sp[i] - 1) * st + 1, st),)]
             if t == 0:
                 np.copyto(nxt, tap)
             else:

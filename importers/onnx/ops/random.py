@@ -1,0 +1,12 @@
+"""Random-generator rows."""
+
+from modelloader.importers.onnx.table import passthrough
+
+passthrough(
+    "Bernoulli",
+    "RandomUniform",
+    "RandomUniformLike",
+    "RandomNormal",
+    "RandomNormalLike",
+    "Multinomial",
+)
