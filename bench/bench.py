@@ -11,13 +11,21 @@ NumPy's BLAS limited to 2 threads through threadpoolctl. OPENBLAS_CORETYPE and O
 are removed from the workers' environment (they slow NumPy's OpenBLAS on this machine); the
 table header says which BLAS kernel the workers actually used.
 
-usage: python bench/bench.py [--models resnet50,squeezenet] [--runs 20] [--warmup 3]
-The markdown table is printed and written to bench/results.md.
+TFLite: the MobileNetV2 fixtures of models/tflite (float32, float16 weights, full int8; made by
+scripts/make_tflite_fixtures.py) run on modelloader and on ai-edge-litert's Interpreter
+(num_threads=2, default op resolver, so XNNPACK where it applies), fed the seeded inputs stored
+beside them, in a second table. ai-edge-litert is a bench-only dependency (the `bench` extra);
+without it those rows are skipped with a note.
+
+usage: python bench/bench.py [--models resnet50,squeezenet] [--tflite mobilenet_v2_int8]
+                             [--runs 20] [--warmup 3]
+The markdown tables are printed and written to bench/results.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -37,6 +45,9 @@ MAKE_MODELS = HERE.parent.parent / "shared" / "bench" / "make_models.py"
 RESULTS = HERE / "results.md"
 DEFAULT_MODELS = ["resnet50", "densenet121", "inception_v2", "squeezenet", "shufflenet"]
 RUNTIMES = ["modelloader", "onnxruntime"]
+TFLITE_DIR = HERE.parent / "models" / "tflite"
+DEFAULT_TFLITE = ["mobilenet_v2_f32", "mobilenet_v2_f16", "mobilenet_v2_int8"]
+TFLITE_RUNTIMES = ["modelloader", "litert"]
 THREADS = 2
 DROP_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
@@ -45,9 +56,32 @@ DROP_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 # worker: one runtime, one model, in its own process
 
 
+def stored_inputs(path: Path) -> dict[str, np.ndarray]:
+    """The seeded inputs a TFLite fixture's npz holds (``input:<name>``), by input name."""
+    with np.load(path.with_suffix(".npz")) as z:
+        return {k.split(":", 1)[1]: z[k] for k in z.files if k.startswith("input:")}
+
+
 def run_worker(runtime: str, path: Path, runs: int, warmup: int, out: Path) -> dict:
     """Loads and times ``path`` with ``runtime``; saves the outputs to ``out`` (npz)."""
-    if runtime == "onnxruntime":
+    feeds = None
+    if runtime == "litert":
+        from importlib.metadata import version
+
+        from ai_edge_litert.interpreter import Interpreter
+
+        t0 = time.perf_counter()
+        interp = Interpreter(model_path=str(path), num_threads=THREADS)
+        [key] = interp.get_signature_list()
+        runner = interp.get_signature_runner(key)
+        load_s = time.perf_counter() - t0
+        feeds = stored_inputs(path)
+
+        def infer(x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return {k: np.array(v, copy=True) for k, v in runner(**x).items()}
+
+        info = {"version": version("ai-edge-litert")}
+    elif runtime == "onnxruntime":
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -74,15 +108,20 @@ def run_worker(runtime: str, path: Path, runs: int, warmup: int, out: Path) -> d
         model = modelloader.load(path)
         load_s = time.perf_counter() - t0
         [inp] = model.inputs
-        name, shape = inp.name, inp.shape
+        name, shape = inp.name, inp.shape  # one input for every benchmarked model
 
-        def infer(x: np.ndarray) -> dict[str, np.ndarray]:
-            return model.predict({name: x})
+        def infer(x: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return model.predict(x if isinstance(x, dict) else {name: x})
 
+        if path.suffix == ".tflite":
+            feeds = stored_inputs(path)
         blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
         info = {"version": modelloader.__version__, "numpy": np.__version__, "blas": blas}
 
-    x = np.random.default_rng(0).standard_normal([int(d) for d in shape]).astype(np.float32)
+    if feeds is not None:
+        x = feeds
+    else:
+        x = np.random.default_rng(0).standard_normal([int(d) for d in shape]).astype(np.float32)
     for _ in range(warmup):
         outputs = infer(x)
     times = []
@@ -118,8 +157,8 @@ def worker_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in DROP_ENV}
 
 
-def measure(runtime: str, model: str, runs: int, warmup: int, out: Path) -> dict:
-    cmd = [sys.executable, __file__, "--worker", runtime, str(MODELS_DIR / f"{model}.onnx")]
+def measure(runtime: str, model: str, runs: int, warmup: int, out: Path, path: Path) -> dict:
+    cmd = [sys.executable, __file__, "--worker", runtime, str(path)]
     cmd += ["--runs", str(runs), "--warmup", str(warmup), "--out", str(out)]
     proc = subprocess.run(cmd, env=worker_env(), capture_output=True, text=True)
     if proc.returncode != 0:
@@ -153,19 +192,28 @@ def cpu_name() -> str:
     return platform.machine()
 
 
-def table(rows: list[dict], runs: int, warmup: int, blas: str) -> str:
+def table(
+    rows: list[dict],
+    runs: int,
+    warmup: int,
+    blas: str,
+    runtimes: list[str] = RUNTIMES,
+    short: str = "ort",
+) -> str:
+    """Markdown table of ``runtimes`` = [modelloader, reference], the reference called ``short``."""
+    s = short
     head = [
         f"Batch 1, {THREADS} threads, median of {runs} runs after {warmup} warm-up; "
         f"{cpu_name()}, {os.cpu_count()} CPUs.",
         f"NumPy BLAS: {blas}.",
         "",
-        "| model | load ml (s) | load ort (s) | latency ml (ms) | latency ort (ms) "
-        "| ml / ort | peak RSS ml (MiB) | peak RSS ort (MiB) | max diff / max ort |",
+        f"| model | load ml (s) | load {s} (s) | latency ml (ms) | latency {s} (ms) "
+        f"| ml / {s} | peak RSS ml (MiB) | peak RSS {s} (MiB) | max diff / max {s} |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines, errors = [], []
     for r in rows:
-        ml, ort = r["modelloader"], r["onnxruntime"]
+        ml, ort = r[runtimes[0]], r[runtimes[1]]
         ratio = (
             ml["median_ms"] / ort["median_ms"] if "median_ms" in ml and "median_ms" in ort else None
         )
@@ -182,7 +230,7 @@ def table(rows: list[dict], runs: int, warmup: int, blas: str) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
         errors += [
-            f"- {r['model']} / {rt}: {r[rt]['error']}" for rt in RUNTIMES if "error" in r[rt]
+            f"- {r['model']} / {rt}: {r[rt]['error']}" for rt in runtimes if "error" in r[rt]
         ]
     if errors:
         lines += ["", "Failures:", *errors]
@@ -191,6 +239,8 @@ def table(rows: list[dict], runs: int, warmup: int, blas: str) -> str:
 
 def describe_blas(results: list[dict]) -> str:
     for r in results:
+        if "modelloader" not in r:
+            continue
         for b in r["modelloader"].get("blas", []):
             return (
                 f"{b['internal_api']} {b['version']}, kernel/coretype {b.get('architecture')}, "
@@ -202,6 +252,11 @@ def describe_blas(results: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated names")
+    ap.add_argument(
+        "--tflite",
+        default=",".join(DEFAULT_TFLITE),
+        help="comma-separated fixtures of models/tflite ('' for none)",
+    )
     ap.add_argument("--runs", type=int, default=10, help="timed runs per model and runtime")
     ap.add_argument("--warmup", type=int, default=2, help="untimed runs first")
     ap.add_argument("--worker", nargs=2, metavar=("RUNTIME", "MODEL"), help=argparse.SUPPRESS)
@@ -214,23 +269,52 @@ def main() -> None:
         return
 
     models = [m for m in args.models.split(",") if m]
+    tfl_models = [m for m in args.tflite.split(",") if m]
     build_models(models)
-    rows = []
+    rows, tfl_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
-            row: dict = {"model": model}
-            for rt in RUNTIMES:
-                row[rt] = measure(rt, model, args.runs, args.warmup, Path(tmp, f"{model}-{rt}.npz"))
-                brief = {k: v for k, v in row[rt].items() if k in ("load_s", "median_ms", "error")}
-                print(f"{model:>14} {rt:<12} {brief}", file=sys.stderr)
-            if all("error" not in row[rt] for rt in RUNTIMES):
-                row["diff"] = max_rel_diff(
-                    Path(tmp, f"{model}-modelloader.npz"), Path(tmp, f"{model}-onnxruntime.npz")
-                )
-            rows.append(row)
-    text = table(rows, args.runs, args.warmup, describe_blas(rows))
+            rows.append(bench_row(model, MODELS_DIR / f"{model}.onnx", RUNTIMES, args, tmp))
+        have_litert = importlib.util.find_spec("ai_edge_litert") is not None
+        for model in tfl_models if have_litert else []:
+            path = TFLITE_DIR / f"{model}.tflite"
+            tfl_rows.append(bench_row(model, path, TFLITE_RUNTIMES, args, tmp))
+    text = ""
+    if rows:
+        text += table(rows, args.runs, args.warmup, describe_blas(rows))
+    if tfl_models:
+        text += "\n" if text else ""
+        if have_litert:
+            text += "TFLite, modelloader vs ai-edge-litert (Interpreter, default resolver).\n"
+            text += table(
+                tfl_rows,
+                args.runs,
+                args.warmup,
+                describe_blas(tfl_rows),
+                TFLITE_RUNTIMES,
+                "litert",
+            )
+        else:
+            text += (
+                "TFLite rows skipped: ai-edge-litert is not installed (pip install '.[bench]').\n"
+            )
     print(text)
     RESULTS.write_text(text)
+
+
+def bench_row(
+    model: str, path: Path, runtimes: list[str], args: argparse.Namespace, tmp: str
+) -> dict:
+    """Times ``path`` on each runtime in its own process; adds the outputs' max relative diff."""
+    row: dict = {"model": model}
+    outs = {rt: Path(tmp, f"{model}-{rt}.npz") for rt in runtimes}
+    for rt in runtimes:
+        row[rt] = measure(rt, model, args.runs, args.warmup, outs[rt], path)
+        brief = {k: v for k, v in row[rt].items() if k in ("load_s", "median_ms", "error")}
+        print(f"{model:>18} {rt:<12} {brief}", file=sys.stderr)
+    if all("error" not in row[rt] for rt in runtimes):
+        row["diff"] = max_rel_diff(outs[runtimes[0]], outs[runtimes[1]])
+    return row
 
 
 if __name__ == "__main__":

@@ -121,6 +121,8 @@ class Model:
             }
         else:
             self.metadata = dict(graph.metadata.get("metadata") or {})
+        #: how compressed weights are held (CoreML palettized/sparse: "compressed ..." or "dense")
+        self.weight_storage: str = graph.metadata.get("weight_storage", "dense")
         self.op_histogram = op_histogram(graph)
         self.param_count, self.constant_count = count_params(graph)
         # Only the optimised graph is kept, so folded weights are not held twice.
@@ -278,6 +280,7 @@ def load(
     max_bytes: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     optimize: bool = True,
+    densify_weights: bool = False,
 ) -> Model:
     """Loads a model from a path, bytes, a binary file object or an http(s)/file URL.
 
@@ -285,22 +288,27 @@ def load(
     (``MODELLOADER_CACHE`` or the platform cache dir), verified against ``sha256``
     when given and capped at ``max_bytes``. Raises ``ModelNotFoundError``,
     ``ModelFormatError``, ``UnsupportedOpError`` (naming every missing op) or a
-    ``FetchError`` subclass.
+    ``FetchError`` subclass. CoreML palettized/sparse weights stay compressed in memory
+    unless ``densify_weights`` allows decompressing them once at load (faster runs).
     """
     source = open_source(
         src, sha256=sha256, timeout=timeout, max_bytes=max_bytes, cache_dir=cache_dir
     )
-    return load_source(source, optimize=optimize)
+    return load_source(source, optimize=optimize, densify_weights=densify_weights)
 
 
-def load_source(source: ModelSource, *, optimize: bool = True) -> Model:
+def load_source(
+    source: ModelSource, *, optimize: bool = True, densify_weights: bool = False
+) -> Model:
     from modelloader.importers.onnx import import_model, parse_model
     from modelloader.importers.onnx.reader import release_pages
     from modelloader.kernels.cpu import registry
 
-    fmt = detect_format(source.data)
+    fmt = detect_format(source.data, source.path)
     if fmt == "tflite":
         return _load_tflite(source, optimize=optimize)
+    if fmt == "coreml":
+        return _load_coreml(source, optimize=optimize, densify=densify_weights)
     try:
         proto = parse_model(source.data, source.name)
     except ModelFormatError:
@@ -346,6 +354,25 @@ def _load_tflite(source: ModelSource, *, optimize: bool = True) -> Model:
     )
 
 
+def _load_coreml(source: ModelSource, *, optimize: bool, densify: bool) -> Model:
+    from modelloader.importers.coreml import import_model, open_coreml
+    from modelloader.kernels.cpu import registry
+
+    file = open_coreml(source.data, source.path, source.name)
+    graph = import_model(file, registry, densify=densify)
+    size = len(source.data)
+    if source.path is not None and source.path.is_dir():
+        size = sum(p.stat().st_size for p in source.path.rglob("*") if p.is_file())
+    return Model(
+        graph,
+        format="coreml",
+        opsets={"coreml": graph.metadata["coreml_spec_version"]},
+        size_bytes=size,
+        source=source.name,
+        optimize_graph=optimize,
+    )
+
+
 def _flatbuffer_identifier(data: Any) -> bytes | None:
     """The 4-byte identifier when ``data`` is shaped like a FlatBuffer with one."""
     if len(data) < 16:
@@ -362,9 +389,20 @@ def _external_bytes(graph: Graph, path: Path) -> int:
     return sum(Path(f).stat().st_size for f in graph.metadata.get("external_files", ()))
 
 
-def detect_format(data: Any) -> str:
-    """Names the model format from the file's first bytes."""
+def detect_format(data: Any, path: Path | None = None) -> str:
+    """Names the model format from the file's first bytes (or the package directory)."""
     head = bytes(data[:8])
     if len(head) >= 8 and head[4:8] == b"TFL3":
         return "tflite"
+    if _is_coreml(data, path):
+        return "coreml"
     return "onnx"
+
+
+def _is_coreml(data: Any, path: Path | None) -> bool:
+    """An .mlpackage directory, a zip (of one), or a protobuf with a CoreML model type."""
+    from modelloader.importers.coreml.reader import is_zip, looks_like_coreml
+
+    if path is not None and path.is_dir():
+        return True
+    return is_zip(data) or looks_like_coreml(data)

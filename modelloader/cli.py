@@ -1,4 +1,5 @@
-"""The ``modelloader`` command line: ``run`` a model on saved arrays, or show its ``info``.
+"""The ``modelloader`` command line: ``run`` a model on saved arrays, show its ``info``, or
+``convert`` it to ONNX.
 
 Every ``ModelLoaderError`` (and every bad input file) ends the command with a
 one-line ``error: ...`` on stderr and exit status 1, never a traceback; usage
@@ -13,6 +14,7 @@ import os
 import pathlib
 import sys
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -305,6 +307,66 @@ def info(model: str, sha256: str | None, timeout: float, cache_dir: pathlib.Path
     width = max((len(op) for op in hist), default=0)
     for op, count in hist.most_common():
         click.echo(f"  {op:<{width}}  {count}")
+
+
+# --- convert -------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("model")
+@click.argument("output", type=click.Path(dir_okay=False, path_type=pathlib.Path))
+@click.option(
+    "--optimize", is_flag=True, help="Write the optimised graph (BatchNorm folded, fused ops)."
+)
+@click.option(
+    "--opset", type=int, help="ai.onnx opset to write (default: newest onnxruntime runs)."
+)
+@click.option(
+    "--check/--no-check",
+    default=True,
+    show_default=True,
+    help="Run OUTPUT with onnxruntime (if installed) and compare with modelloader on MODEL.",
+)
+@_load_options
+@_reports_errors
+def convert(
+    model: str,
+    output: pathlib.Path,
+    optimize: bool,
+    opset: int | None,
+    check: bool,
+    sha256: str | None,
+    timeout: float,
+    cache_dir: pathlib.Path | None,
+) -> None:
+    """Convert MODEL (any format modelloader loads) to ONNX at OUTPUT.
+
+    Prints the ops and size written, then (unless --no-check) runs OUTPUT in onnxruntime on a
+    seeded random input and reports the largest absolute/relative difference from
+    modelloader's own outputs on MODEL.
+    """
+    from modelloader.export import check_onnx, save
+
+    m = _load(model, sha256=sha256, timeout=timeout, cache_dir=cache_dir, optimize=optimize)
+    proto = save(m.graph, output, opset)
+    ops = Counter(f"{n.domain}:{n.op_type}" if n.domain else n.op_type for n in proto.graph.node)
+    opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in proto.opset_import)
+    size = output.stat().st_size
+    data = output.with_name(output.name + ".data")
+    if data.exists():
+        size += data.stat().st_size
+    click.echo(f"wrote {output}: {_human(size)} ({size:,} bytes), opsets {opsets}")
+    click.echo(
+        f"ops ({sum(ops.values())} nodes, {len(ops)} types): "
+        + ", ".join(f"{op} {k}" for op, k in ops.most_common())
+    )
+    if not check:
+        return
+    report = check_onnx(m, output)
+    if report is None:
+        return  # onnxruntime is not installed
+    for line in report:
+        click.echo(line)
 
 
 def _format_shape(shape: tuple[int | str | None, ...] | None) -> str:

@@ -94,3 +94,21 @@ class SizeLimitError(FetchError):
 
 class InvalidSourceError(ModelLoaderError, TypeError):
     """``src`` is not a path, URL, bytes-like or binary file object (e.g. a text-mode file)."""
+
+
+class ExportError(ModelLoaderError, ValueError):
+    """The IR cannot be written as ONNX (ops without an ONNX equivalent, a bad opset);
+    ``ops`` lists every op that blocked the export."""
+
+    def __init__(self, message: str, ops: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.ops = list(ops or [])
+
+
+class MissingExtraError(ModelLoaderError, ImportError):
+    """Loading this format needs an optional dependency; the message names the extra to install."""
+
+
+class PackageError(ModelFormatError):
+    """A model package (CoreML ``.mlpackage`` directory or zip) is incomplete or unsafe:
+    missing manifest or weights, or an entry escaping the package directory."""

@@ -177,6 +177,9 @@ def _file_url_to_path(url: str) -> pathlib.Path:
 def _open_path(path: pathlib.Path, max_bytes: int | None) -> ModelSource:
     """Memory-maps a local file read-only (empty files give ``b""``)."""
     name = str(path)
+    if path.is_dir() and (path / "Manifest.json").is_file():
+        # a CoreML .mlpackage: the importer reads the package; data is its manifest
+        return ModelSource(data=(path / "Manifest.json").read_bytes(), path=path, name=name)
     if path.is_dir():
         raise ModelFormatError(
             f"{name} is a directory; pass the model file inside it (e.g. model.onnx)"

@@ -43,10 +43,10 @@ os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tflite  # noqa: E402
+from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: E402
 from tensorflow.python.framework.convert_to_constants import (  # noqa: E402
     convert_variables_to_constants_v2,
 )
-from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "models" / "tflite"
@@ -92,7 +92,9 @@ def reseed(seed: int = SEED) -> None:
 
 
 def rng_for(name: str) -> np.random.Generator:
-    return np.random.default_rng(int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little"))
+    return np.random.default_rng(
+        int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
+    )
 
 
 def convert(fn, trackable=None, *, setup: Callable | None = None, variables: bool = False) -> bytes:
@@ -222,7 +224,9 @@ def block_prune(w: np.ndarray, sparsity: float, block: int, axis: int) -> np.nda
 
 
 def keras_fn(m: tf.keras.Model, shape, name="input"):
-    return tf.function(lambda x: {"logits": m(x, training=False)}, input_signature=[spec(shape, name)])
+    return tf.function(
+        lambda x: {"logits": m(x, training=False)}, input_signature=[spec(shape, name)]
+    )
 
 
 mnv2_inputs = lambda r: {"input": r.uniform(-1, 1, MNV2_SHAPE).astype(np.float32)}  # noqa: E731
@@ -382,17 +386,16 @@ def elementwise_unary() -> bytes:
     return convert(f)
 
 
-@fixture("activations", "float32", lambda r: {"x": (r.standard_normal([1, 6, 6, 8]) * 3).astype(np.float32)})
+@fixture("activations", "float32", lambda r: {
+    "x": (r.standard_normal([1, 6, 6, 8]) * 3).astype(np.float32),
+    "y": (r.standard_normal([1, 6, 6, 8]) * 3).astype(np.float32),
+})  # fmt: skip
 def activations() -> bytes:
-    reseed()
-    prelu = tf.keras.layers.PReLU(
-        alpha_initializer=tf.keras.initializers.RandomUniform(0.05, 0.5, seed=SEED),
-        shared_axes=[1, 2],
-    )
-    prelu.build([1, 6, 6, 8])
+    r = np.random.default_rng(13)
+    neg_alpha = tf.constant(-r.uniform(0.05, 0.5, [1, 1, 8]).astype(np.float32))
 
-    @tf.function(input_signature=[spec([1, 6, 6, 8], "x")])
-    def f(x):
+    @tf.function(input_signature=[spec([1, 6, 6, 8], "x"), spec([1, 6, 6, 8], "y")])
+    def f(x, y):
         return {
             "logistic": tf.sigmoid(x),
             "tanh": tf.tanh(x),
@@ -400,7 +403,9 @@ def activations() -> bytes:
             "relu6": tf.nn.relu6(x),
             "relu_n1_to_1": tf.minimum(tf.maximum(x, -1.0), 1.0),
             "leaky_relu": tf.nn.leaky_relu(x, alpha=0.2),
-            "prelu": prelu(x),
+            # the converter's PRELU pattern (Keras' PReLU form); on its own input because
+            # sharing relu(x) with the "relu" output stops the fusion
+            "prelu": tf.nn.relu(y) + tf.nn.relu(-y) * neg_alpha,
             "hard_swish": x * tf.nn.relu6(x + 3.0) * (1.0 / 6.0),
             "elu": tf.nn.elu(x),
             # tf.nn.gelu's exact form uses erfc, which the converter doesn't fuse; the tanh
@@ -410,7 +415,7 @@ def activations() -> bytes:
             "softmax_beta": tf.nn.softmax(x * 0.7, axis=-1),
         }
 
-    return convert(f, prelu)
+    return convert(f)
 
 
 @fixture("conv_ops", "float32", normal(x=[1, 12, 12, 4]))
@@ -429,17 +434,12 @@ def conv_ops() -> bytes:
     def f(x):
         return {
             "conv_s2_same_relu": tf.nn.relu(tf.nn.conv2d(x, w1, 2, "SAME") + b1),
-            "conv_d2_valid_relu6": tf.nn.relu6(
-                tf.nn.conv2d(x, w2, 1, "VALID", dilations=2) + b2
-            ),
+            "conv_d2_valid_relu6": tf.nn.relu6(tf.nn.conv2d(x, w2, 1, "VALID", dilations=2) + b2),
             "conv_1x1": tf.nn.conv2d(x, w3, 1, "SAME") + b3,
             "conv_s3_valid_nobias": tf.nn.conv2d(x, w4, [1, 3, 2, 1], "VALID"),
             "dwconv_mult2": tf.nn.depthwise_conv2d(x, wd, [1, 1, 1, 1], "SAME") + bd,
             "dwconv_s2_relu6": tf.nn.relu6(tf.nn.depthwise_conv2d(x, wd2, [1, 2, 2, 1], "VALID")),
-            "transpose_conv_s2_same": tf.nn.conv2d_transpose(
-                x, wt, [1, 24, 24, 5], 2, "SAME"
-            )
-            + bt,
+            "transpose_conv_s2_same": tf.nn.conv2d_transpose(x, wt, [1, 24, 24, 5], 2, "SAME") + bt,
             "transpose_conv_valid": tf.nn.conv2d_transpose(x, wt2, [1, 13, 13, 3], 1, "VALID"),
         }
 
@@ -515,12 +515,22 @@ def shape_ops() -> bytes:
     return convert(f)
 
 
-@fixture("shape_dynamic", "float32", normal(x=[3, 5]))
+@fixture("shape_dynamic", "float32", normal(x=[3, 5], y=[3, 1, 5], z=[2, 1, 4]))
 def shape_dynamic() -> bytes:
-    @tf.function(input_signature=[spec([None, 5], "x")])
-    def f(x):
+    # a dynamic batch dimension keeps SHAPE, SQUEEZE and EXPAND_DIMS (with static shapes the
+    # converter folds SHAPE and turns SQUEEZE / EXPAND_DIMS into RESHAPE)
+    @tf.function(
+        input_signature=[spec([None, 5], "x"), spec([None, 1, 5], "y"), spec([None, 1, None], "z")]
+    )
+    def f(x, y, z):
         s = tf.shape(x)
-        return {"shape": s, "flat": tf.reshape(x, [s[0] * s[1]]) * 2.0}
+        return {
+            "shape": s,
+            "flat": tf.reshape(x, [s[0] * s[1]]) * 2.0,
+            "expand_dims": tf.expand_dims(x, 1) + y,
+            "squeeze_as_reshape": tf.squeeze(y, axis=1) - x,
+            "squeeze": tf.squeeze(z, axis=1),
+        }
 
     return convert(f)
 
@@ -776,6 +786,31 @@ def sparse_tensors(model: tflite.Model) -> list[dict]:
     return out
 
 
+def mark_dequantized(model: tflite.Model, outputs: list[dict]) -> None:
+    """Adds ``dequantized_from`` (the int tensor's quantization) to float outputs that a
+    DEQUANTIZE produces, so their error can be measured in quanta."""
+    sub = model.SignatureDefs(0).SubgraphIndex() if model.SignatureDefsLength() else 0
+    g = model.Subgraphs(sub)
+    producers = {}
+    for i in range(g.OperatorsLength()):
+        op = g.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        if (
+            max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+            == tflite.BuiltinOperator.DEQUANTIZE
+        ):
+            producers[op.Outputs(0)] = g.Tensors(op.Inputs(0))
+    for e in outputs:
+        src = producers.get(e["index"])
+        q = src.Quantization() if src is not None else None
+        if q is not None and q.ScaleLength():
+            e["dequantized_from"] = {
+                "dtype": TYPE_NAMES[src.Type()].lower(),
+                "scales": q.ScaleAsNumpy().tolist(),
+                "zero_points": q.ZeroPointAsNumpy().tolist(),
+            }
+
+
 def metadata_names(model: tflite.Model) -> list[str]:
     return [model.Metadata(i).Name().decode() for i in range(model.MetadataLength())]
 
@@ -817,8 +852,11 @@ def io_details(interp: Interpreter) -> tuple[str, list[dict], list[dict]]:
             "quantization": quant,
         }
 
-    inputs = sorted((entry(n, d) for n, d in ins.items()), key=lambda e: e["index"])
-    outputs = sorted((entry(n, d) for n, d in outs.items()), key=lambda e: e["index"])
+    # order of the subgraph's inputs / outputs vectors (the interpreter's details order)
+    in_pos = {d["index"]: i for i, d in enumerate(interp.get_input_details())}
+    out_pos = {d["index"]: i for i, d in enumerate(interp.get_output_details())}
+    inputs = sorted((entry(n, d) for n, d in ins.items()), key=lambda e: in_pos[e["index"]])
+    outputs = sorted((entry(n, d) for n, d in outs.items()), key=lambda e: out_pos[e["index"]])
     return key, inputs, outputs
 
 
@@ -883,6 +921,8 @@ def cross_check(fx: Fixture, data: bytes, arrays: dict[str, np.ndarray]) -> dict
 
 
 def tolerance(fx: Fixture) -> dict:
+    """Quantized kinds: integer outputs, and float outputs with ``dequantized_from``, are
+    compared in quanta; any other float output with ``float_outputs``."""
     if fx.kind in ("int8", "int16x8", "sparse_int8"):
         return {**TOL_QUANT, "float_outputs": TOL_FLOAT}
     return TOL_FLOAT
@@ -891,6 +931,7 @@ def tolerance(fx: Fixture) -> dict:
 def describe(fx: Fixture, data: bytes, io: dict, xcheck: dict) -> dict:
     """One manifest entry."""
     model = tflite.Model.GetRootAsModel(data, 0)
+    mark_dequantized(model, io["outputs"])
     return {
         "file": f"{fx.name}.tflite",
         "expected": f"{fx.name}.npz",
@@ -956,7 +997,8 @@ MANIFEST_FORMAT = (
     "name -> {file, expected (npz: 'input:<name>' / 'output:<name>', '#<i>' suffix per call when "
     "invocations > 1), bytes, sha256, kind, resolver (ai_edge_litert OpResolverType the outputs "
     "came from), invocations, signature, inputs/outputs in subgraph order [{name (signature name), "
-    "tensor, index, dtype, shape, shape_signature, quantization {scales, zero_points, axis} | null}]"
+    "tensor, index, dtype, shape, shape_signature, quantization {scales, zero_points, axis} | null, "
+    "dequantized_from {dtype, scales, zero_points} for float outputs a DEQUANTIZE makes}]"
     ", subgraphs, ops {builtin name: count}, sparse_tensors, metadata (names), tolerance, "
     "other_resolvers_max_abs_diff}"
 )

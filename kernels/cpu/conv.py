@@ -1,10 +1,13 @@
-"""Convolution kernels: Conv, ConvTranspose, ConvInteger, QLinearConv, DeformConv, Col2Im, FusedConv.
+"""Convolution kernels: Conv, ConvTranspose, ConvInteger, QLinearConv, DeformConv, Col2Im,
+CausalConvWithState and the fused ``modelloader.FusedConv``.
 
-Float convolutions are lowered to BLAS: 1x1 stride-1 convs are one matmul over the input as
-it lies; kxk convs build an im2col buffer from one strided view of the padded input and run
-one (batched) sgemm per group; depthwise convs multiply-accumulate shifted views tap by tap.
-Integer convolutions run the same engine in float64, which is exact for 8/16-bit operands.
-"""
+Float convolutions are lowered to BLAS: 1x1 convs are one matmul over the input as it lies
+(after subsampling when strided); kxk convs build an im2col buffer (one copy per kernel tap,
+from contiguous "extended row" slices of the padded input where that is cheap, else from one
+strided window view) and run one sgemm, or one batched matmul over groups. Depthwise convs are
+the one-channel-per-group case of that batched matmul. Work buffers are per-thread scratch,
+reused between calls; outputs are always fresh arrays. Integer convolutions run the same
+engine in float64, which is exact for 8/16-bit operands."""
 
 from __future__ import annotations
 
@@ -83,7 +86,9 @@ def resolve_pads(
     return p, out
 
 
-def pad_input(x: np.ndarray, pads: Sequence[int], value: float = 0.0) -> np.ndarray:
+def pad_input(
+    x: np.ndarray, pads: Sequence[int], value: float = 0.0, slot: str | None = None
+) -> np.ndarray:
     """Zero (or ``value``) pads the spatial axes of an (N, C, *S) array; no copy without pads."""
     r = x.ndim - 2
     if not any(pads):
@@ -91,7 +96,11 @@ def pad_input(x: np.ndarray, pads: Sequence[int], value: float = 0.0) -> np.ndar
     lo = [max(0, p) for p in pads[:r]]
     hi = [max(0, p) for p in pads[r:]]
     shape = x.shape[:2] + tuple(x.shape[2 + i] + lo[i] + hi[i] for i in range(r))
-    buf = np.zeros(shape, x.dtype) if value == 0 else np.full(shape, value, x.dtype)
+    if slot is None:
+        buf = np.full(shape, value, x.dtype)
+    else:
+        buf = scratch(slot, shape, x.dtype)
+        buf.fill(value)
     # negative pads crop the input
     src = x[
         (slice(None), slice(None))
@@ -202,9 +211,11 @@ def _conv_float(
     bias = None if b is None else b.astype(x.dtype, copy=False).reshape((m,) + (1,) * r)
     depthwise = group == c and mg == 1 and group > 1
 
-    # flat taps pay for Wq - ow junk columns per row: worth it for depthwise and wide outputs
+    # flat taps pay for Wq - ow junk columns per row (and a phase split when strided): worth it
+    # for wide outputs and stride-1 depthwise convs
     wq = -(-(x.shape[3] + p[1] + p[3]) // s[1]) if r == 2 else 0
-    if r == 2 and kk > 1 and min(p) >= 0 and (depthwise or wq <= 1.1 * out_sp[1]):
+    flat = r == 2 and (s == [1, 1] if depthwise else wq <= 1.1 * out_sp[1])
+    if r == 2 and kk > 1 and min(p) >= 0 and flat:
         src, wq, taps = phase_taps(x, p, k, s, d, out_sp)
         ext = out_sp[0] * wq
         # depthwise convs are the cg == 1 case: a batch of (1, k*k) @ (k*k, ext) products
@@ -239,21 +250,8 @@ def _conv_float(
             np.matmul(wg[0], xs[0, 0], out=o3[0, 0])
         else:
             np.matmul(wg, xs, out=o3)
-    elif depthwise:
-        # multiply-accumulate one shifted view per kernel tap
-        xp = pad_input(x, p)
-        view = window_view(xp, k, s, d, out_sp)
-        wk = w.reshape((1, m) + (kk,) + (1,) * r)
-        tmp = np.empty_like(out)
-        for t, idx in enumerate(np.ndindex(*k)):
-            tap = view[(slice(None), slice(None)) + idx]
-            if t == 0:
-                np.multiply(tap, wk[:, :, 0], out=out)
-            else:
-                np.multiply(tap, wk[:, :, t], out=tmp)
-                out += tmp
     else:
-        xp = pad_input(x, p)
+        xp = pad_input(x, p, slot="pad")
         view = window_view(xp, k, s, d, out_sp)
         cols = scratch("cols", (n, c) + tuple(k) + tuple(out_sp), x.dtype)
         np.copyto(cols, view)

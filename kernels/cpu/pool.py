@@ -1,9 +1,9 @@
-"""Pooling kernels: MaxPool, AveragePool, LpPool, their Global forms, and MaxUnpool.
+"""Pooling kernels: MaxPool, AveragePool, LpPool, their Global forms, MaxUnpool, and
+``modelloader.MaxPoolWithIndices`` (MaxPool nodes whose Indices output is used).
 
-Windows are reduced tap by tap: one strided view of the padded input per kernel offset,
-folded into the output with ``np.maximum``/``np.add`` (k**r whole-tensor ops, no per-pixel
-Python). Average divisors are separable, so they are built per axis and broadcast.
-"""
+Max and sum windows are separable, so windows are reduced one spatial axis at a time with
+whole-tensor ``np.maximum``/``np.add`` folds (k_i per axis, no per-pixel Python). Average
+divisors are separable too: built per axis and broadcast."""
 
 from __future__ import annotations
 

@@ -146,3 +146,17 @@ def test_max_pool_indices_ties_pick_first() -> None:
     y, idx = max_pool_with_indices(x, kernel_shape=[2, 2], strides=[2, 2])
     np.testing.assert_array_equal(idx.reshape(-1), [0, 2, 8, 10])
     assert idx.dtype == np.int64 and y.shape == (1, 1, 2, 2)
+
+
+@pytest.mark.parametrize(
+    "xshape,wshape,attrs",
+    [
+        ((2, 4, 17), (6, 2, 3), dict(strides=[2], pads=[1, 1], group=2)),
+        ((1, 4, 9), (4, 1, 3), dict(pads=[2, 0], group=4, dilations=[2])),
+        ((1, 3, 6, 7, 5), (4, 3, 3, 3, 3), dict(strides=[1, 2, 1], pads=[1] * 6)),
+    ],
+)
+def test_conv_1d_3d(xshape, wshape, attrs) -> None:
+    x = RNG.standard_normal(xshape).astype(np.float32)
+    wt = RNG.standard_normal(wshape).astype(np.float32)
+    np.testing.assert_allclose(conv(x, wt, **attrs), _ref_conv(x, wt, None, **attrs), atol=1e-4)
