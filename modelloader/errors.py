@@ -112,3 +112,63 @@ class MissingExtraError(ModelLoaderError, ImportError):
 class PackageError(ModelFormatError):
     """A model package (CoreML ``.mlpackage`` directory or zip) is incomplete or unsafe:
     missing manifest or weights, or an entry escaping the package directory."""
+
+
+class ContainerError(ModelFormatError):
+    """A modelloader compressed container (``.mldc``, docs/container.md) is malformed."""
+
+
+class ContainerMagicError(ContainerError):
+    """The file does not start with the container magic ``MLDC\\x00\\x01``."""
+
+
+class ContainerVersionError(ContainerError):
+    """The container's format version is newer than this modelloader reads; upgrade."""
+
+
+class ContainerTruncatedError(ContainerError, TruncatedModelError):
+    """The container ends before its header, blobs or checksum."""
+
+
+class HeaderSizeError(ContainerError):
+    """The declared header length exceeds the cap or the file."""
+
+
+class HeaderSchemaError(ContainerError):
+    """The header is not UTF-8 JSON, or a field is missing, of the wrong type or unknown."""
+
+
+class SizeCapError(ContainerError):
+    """A declared size (elements, rank, alphabet, chunk count) exceeds the reader's caps."""
+
+
+class BlobRangeError(ContainerError, BufferRangeError):
+    """A blob's offset/length lies outside the data section, or blobs leave gaps."""
+
+
+class BlobOverlapError(ContainerError):
+    """Two blobs of the container overlap (or one is referenced twice)."""
+
+
+class ContainerChecksumError(ContainerError):
+    """The sha256 at the end of the container does not match its contents (corrupt file)."""
+
+
+class CodebookError(ContainerError):
+    """A palette codebook is inconsistent with its bit width, or an index exceeds it."""
+
+
+class HuffmanTableError(ContainerError):
+    """A Huffman code-length table is incomplete, not prefix-free or has over-long codes."""
+
+
+class DecodedLengthError(ContainerError):
+    """A decoded stream's length (symbols, bits, bytes) differs from what the header declares."""
+
+
+class SparseIndexError(ContainerError, SparsityError):
+    """Relative sparse indices run past the tensor, or their bit width is out of range."""
+
+
+class CompressionAccuracyError(ModelLoaderError):
+    """Compression cost more accuracy than ``max_drop`` allows; try weaker settings."""

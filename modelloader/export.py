@@ -840,11 +840,15 @@ def _infer(node: Node, s: _Scope, opset: int) -> None:
         if c is not None:
             perm = node.attrs.get("perm")
             s.folded[node.outputs[0]] = c if node.op == "Identity" else np.transpose(c, perm)
+    ins = node.inputs
+    # ranks: only what the TFLite lowerings need (StridedSlice with ellipsis, space/batch)
+    r0 = s.rank(ins[0]) if ins and ins[0] else None
+    if r0 is not None and node.op in _SAME_RANK and node.outputs and node.outputs[0]:
+        s.ranks.setdefault(node.outputs[0], r0)
     outs = [o for o in node.outputs if o]
     known = [o for o in outs if s.dtype(o) is not None]
-    if len(known) == len(outs) and node.op not in ("Transpose",):
+    if len(known) == len(outs):
         return
-    ins = node.inputs
     dt: list[np.dtype | None] = [None] * len(node.outputs)
     if node.domain == "":
         try:
@@ -895,17 +899,14 @@ def _infer(node: Node, s: _Scope, opset: int) -> None:
     for o, d in zip(node.outputs, dt):
         if o and d is not None and o not in s.dtypes:
             s.dtypes[o] = d
-    # ranks: only what the TFLite lowerings need (StridedSlice with ellipsis, space/batch)
-    r0 = s.rank(ins[0]) if ins and ins[0] else None
-    if r0 is not None and node.op in _SAME_RANK and node.outputs and node.outputs[0]:
-        s.ranks.setdefault(node.outputs[0], r0)
 
 
 _SAME_RANK = {
     "Transpose", "Relu", "Clip", "Pad", "Identity", "QuantizeLinear", "DequantizeLinear",
     "Add", "Mul", "Sub", "Div", "Conv", "TFLiteConv", "MaxPool", "AveragePool", "Tanh",
     "Sigmoid", "QLinearConv", "QLinearAdd", "QLinearMul", "TFLQuantize", "TFLRequantize",
-    "MirrorPad", "FusedConv", "LeakyRelu", "Resize", "Softmax", "Cast",
+    "MirrorPad", "FusedConv", "LeakyRelu", "Resize", "Softmax", "Cast", "SpaceToBatchND",
+    "BatchToSpaceND", "Reverse", "DynTranspose", "L2Normalization", "MaxPoolWithIndices",
 }  # fmt: skip
 
 

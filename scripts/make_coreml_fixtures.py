@@ -58,12 +58,11 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
 
+import coremltools as ct  # noqa: E402
+import coremltools.optimize.coreml as cto  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
-
-import coremltools as ct  # noqa: E402
-import coremltools.optimize.coreml as cto  # noqa: E402
 from coremltools.models import datatypes  # noqa: E402
 from coremltools.models.neural_network import NeuralNetworkBuilder  # noqa: E402
 from coremltools.models.neural_network import quantization_utils as nnq  # noqa: E402
@@ -131,7 +130,9 @@ def np_conv(x, w, b, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups=1
         for i in range(kh):
             for j in range(kw):
                 r0, c0 = i * dilation[0], j * dilation[1]
-                patch = xg[:, r0 : r0 + stride[0] * oh : stride[0], c0 : c0 + stride[1] * ow : stride[1]]
+                patch = xg[
+                    :, r0 : r0 + stride[0] * oh : stride[0], c0 : c0 + stride[1] * ow : stride[1]
+                ]
                 y[g * og : (g + 1) * og] += np.einsum("oc,chw->ohw", wg[:, :, i, j], patch)
     if b is not None:
         y += np.asarray(b, np.float64)[:, None, None]
@@ -217,8 +218,25 @@ def build_nn_builder_cnn(out: Path) -> list[Fixture]:
         [("data", datatypes.Array(3, 12, 12))],
         [(k, datatypes.Array(*v)) for k, v in out_shapes.items()],
     )
-    b.add_convolution("conv1", 3, 8, 3, 3, 1, 1, "same", 1, builder_w(w1), b1, True, input_name="data", output_name="c1")
-    b.add_batchnorm("bn1", 8, gamma, beta, mean, var, input_name="c1", output_name="bn1", epsilon=1e-3)
+    b.add_convolution(
+        "conv1",
+        3,
+        8,
+        3,
+        3,
+        1,
+        1,
+        "same",
+        1,
+        builder_w(w1),
+        b1,
+        True,
+        input_name="data",
+        output_name="c1",
+    )
+    b.add_batchnorm(
+        "bn1", 8, gamma, beta, mean, var, input_name="c1", output_name="bn1", epsilon=1e-3
+    )
     b.add_activation("relu1", "RELU", "bn1", "r1")
     b.add_convolution(
         "conv2_grouped_dilated", 4, 8, 3, 3, 1, 1, "valid", 2, builder_w(w2), b2, True,
@@ -229,11 +247,28 @@ def build_nn_builder_cnn(out: Path) -> list[Fixture]:
         b.add_activation(f"act_{kind.lower()}", kind, "c2", f"a_{kind.lower()}", params=params)
         names.append(f"a_{kind.lower()}")
     b.add_elementwise("concat_acts", names, "acts", "CONCAT")
-    b.add_convolution("conv3_1x1", 96, 16, 1, 1, 1, 1, "valid", 1, builder_w(w3), None, False, input_name="acts", output_name="c3")
+    b.add_convolution(
+        "conv3_1x1",
+        96,
+        16,
+        1,
+        1,
+        1,
+        1,
+        "valid",
+        1,
+        builder_w(w3),
+        None,
+        False,
+        input_name="acts",
+        output_name="c3",
+    )
     b.add_pooling("maxpool", 2, 2, 2, 2, "MAX", "VALID", "c3", "mp")
     b.add_pooling("avgpool_same", 3, 3, 1, 1, "AVERAGE", "SAME", "mp", "ap", exclude_pad_area=True)
     b.add_upsample("upsample", 2, 2, "ap", "up", mode="NN")
-    b.add_padding("pad_reflect", 1, 1, 1, 1, input_name="up", output_name="pd", padding_type="reflection")
+    b.add_padding(
+        "pad_reflect", 1, 1, 1, 1, input_name="up", output_name="pd", padding_type="reflection"
+    )
     b.add_unary("abs", "pd", "u1", "abs")
     b.add_unary("rsqrt", "u1", "u2", "rsqrt", epsilon=1.0)
     b.add_unary("power", "u2", "u3", "power", alpha=2.0, shift=-0.5, scale=3.0)
@@ -251,7 +286,9 @@ def build_nn_builder_cnn(out: Path) -> list[Fixture]:
 
     # NumPy reference (float64, cast to float32 at the end).
     c1 = np_conv(x, w1, b1, pads=(1, 1, 1, 1))
-    bn = (c1 - mean[:, None, None]) / np.sqrt(var[:, None, None] + 1e-3) * gamma[:, None, None] + beta[:, None, None]
+    bn = (c1 - mean[:, None, None]) / np.sqrt(var[:, None, None] + 1e-3) * gamma[
+        :, None, None
+    ] + beta[:, None, None]
     c2 = np_conv(np.maximum(bn, 0), w2, b2, dilation=(2, 2), groups=2)
     a = np.concatenate([fn(c2) for _, _, fn in acts], axis=0)
     c3 = np_conv(a, w3, None)
@@ -273,7 +310,11 @@ def build_nn_builder_cnn(out: Path) -> list[Fixture]:
     save_spec(b.spec, out / f"{name}.mlmodel")
     return [
         Fixture(
-            name, f"{name}.mlmodel", {"data": x}, outs, "fp32",
+            name,
+            f"{name}.mlmodel",
+            {"data": x},
+            outs,
+            "fp32",
             "NumPy reference in scripts/make_coreml_fixtures.py from the same seeded weights",
             notes=[
                 "rank-3 CHW blobs (classic NeuralNetwork shape mapping, no batch axis)",
@@ -282,7 +323,7 @@ def build_nn_builder_cnn(out: Path) -> list[Fixture]:
                 "unary: x <- scale*x + shift first; rsqrt = 1/sqrt(x+epsilon); power = x**alpha",
                 "avg pool SAME excludes the padded area; conv SAME is BOTTOM_RIGHT_HEAVY",
             ],
-        )  # fmt: skip
+        )
     ]
 
 
@@ -297,14 +338,34 @@ def build_nn_image_bgr(out: Path) -> list[Fixture]:
         [("image", datatypes.Array(3, 32, 32))],
         [("features", datatypes.Array(4, 16, 16)), ("probs", datatypes.Array(5, 1, 1))],
     )
-    b.add_convolution("conv_s2_same", 3, 4, 3, 3, 2, 2, "same", 1, builder_w(w), bias, True, input_name="image", output_name="features")
+    b.add_convolution(
+        "conv_s2_same",
+        3,
+        4,
+        3,
+        3,
+        2,
+        2,
+        "same",
+        1,
+        builder_w(w),
+        bias,
+        True,
+        input_name="image",
+        output_name="features",
+    )
     b.add_activation("relu", "RELU", "features", "r")
     b.add_pooling("gap", 0, 0, 0, 0, "AVERAGE", "VALID", "r", "gap", is_global=True)
     b.add_flatten("flatten", 0, "gap", "flat")
     b.add_inner_product("fc", wfc, bfc, 4, 5, True, "flat", "fc")
     b.add_softmax("softmax", "fc", "probs")
     b.set_pre_processing_parameters(
-        image_input_names=["image"], is_bgr=True, red_bias=rb, green_bias=gb, blue_bias=bb, image_scale=scale
+        image_input_names=["image"],
+        is_bgr=True,
+        red_bias=rb,
+        green_bias=gb,
+        blue_bias=bb,
+        image_scale=scale,
     )
     # CoreML: tensor channel order follows the colorSpace (BGR), value = scale * pixel + bias.
     t = img.astype(np.float64)[..., ::-1].transpose(2, 0, 1) * np.float32(scale)
@@ -315,8 +376,11 @@ def build_nn_image_bgr(out: Path) -> list[Fixture]:
     save_spec(b.spec, out / f"{name}.mlmodel")
     return [
         Fixture(
-            name, f"{name}.mlmodel", {"image": img},
-            {"features": f32(feats), "probs": f32(np_softmax(logits).reshape(5, 1, 1))}, "fp32",
+            name,
+            f"{name}.mlmodel",
+            {"image": img},
+            {"features": f32(feats), "probs": f32(np_softmax(logits).reshape(5, 1, 1))},
+            "fp32",
             "NumPy reference (preprocessing + layers) from the same seeded weights",
             notes=[
                 "input:image is an HxWxC uint8 array in RGB order (like a PIL image); the spec's "
@@ -326,11 +390,14 @@ def build_nn_image_bgr(out: Path) -> list[Fixture]:
             ],
             extra={
                 "preprocessing": {
-                    "colorSpace": "BGR", "channelScale": scale,
-                    "redBias": rb, "greenBias": gb, "blueBias": bb,
+                    "colorSpace": "BGR",
+                    "channelScale": scale,
+                    "redBias": rb,
+                    "greenBias": gb,
+                    "blueBias": bb,
                 }
             },
-        )  # fmt: skip
+        )
     ]
 
 
@@ -354,15 +421,18 @@ def build_nn_classifier(out: Path) -> list[Fixture]:
     save_spec(b.spec, out / f"{name}.mlmodel")
     return [
         Fixture(
-            name, f"{name}.mlmodel", {"features": x},
-            {"classLabel": np.array(labels[int(probs.argmax())]), "probs": f32(probs)}, "fp32",
+            name,
+            f"{name}.mlmodel",
+            {"features": x},
+            {"classLabel": np.array(labels[int(probs.argmax())]), "probs": f32(probs)},
+            "fp32",
             "NumPy reference from the same seeded weights",
             notes=[
                 "output:probs holds the probabilities dictionary's values in class-label order "
                 "(manifest class_labels); output:classLabel is the arg-max label (unicode array)"
             ],
             extra={"class_labels": labels},
-        )  # fmt: skip
+        )
     ]
 
 
@@ -468,7 +538,9 @@ def convert(model: nn.Module, x: np.ndarray, to: str, precision: str = "fp32", t
     traced = torch.jit.trace(model, torch.from_numpy(x))
     kw = {}
     if to == "mlprogram":
-        kw["compute_precision"] = ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16
+        kw["compute_precision"] = (
+            ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16
+        )
     if target is not None:
         kw["minimum_deployment_target"] = target
     return ct.convert(
@@ -484,14 +556,21 @@ def fused_weights_from_mlprogram(path: Path) -> list[tuple[np.ndarray, np.ndarra
     """(weight, bias) of every conv/linear op of a saved ML Program, constexpr ops decompressed
     by coremltools' own WeightDecompressor pass (op.materialized_val_inference)."""
     mlmodel = ct.models.MLModel(str(path), skip_model_load=True)
-    prog = _apply_graph_pass(mlmodel, WeightDecompressor(op_selector=lambda op: True), return_pymil_prog=True)
+    prog = _apply_graph_pass(
+        mlmodel, WeightDecompressor(op_selector=lambda op: True), return_pymil_prog=True
+    )
     found = []
     for op in prog.functions["main"].operations:
         assert not op.op_type.startswith("constexpr_"), op.op_type
         if op.op_type in ("conv", "linear"):
             w = op.inputs["weight"].val
             bias = op.inputs.get("bias")
-            found.append((np.asarray(w, np.float32), None if bias is None else np.asarray(bias.val, np.float32)))
+            found.append(
+                (
+                    np.asarray(w, np.float32),
+                    None if bias is None else np.asarray(bias.val, np.float32),
+                )
+            )
     return found
 
 
@@ -544,6 +623,17 @@ def kmeans_lut(nbits: int, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(lut, np.float32).reshape(-1), wq
 
 
+def compressed_fixture(
+    name: str, file: str, x: np.ndarray, fused: ResNet, ref: np.ndarray, how: str, kind: str
+) -> Fixture:
+    got = run_torch(fused, x)
+    drift = float(np.abs(got - ref).max())
+    return Fixture(
+        name, file, {"x": x}, {"logits": got}, "fp32", how, compression=kind,
+        extra={"max_abs_diff_vs_uncompressed_torch": drift},
+    )  # fmt: skip
+
+
 def build_resnet(out: Path) -> list[Fixture]:
     model = seeded_resnet()
     x = f32(rng("resnet").standard_normal((1, 3, 32, 32)))
@@ -558,21 +648,33 @@ def build_resnet(out: Path) -> list[Fixture]:
         name = f"resnet_mlprogram_{prec}"
         save_package(convert(model, x, "mlprogram", prec), out / f"{name}.mlpackage")
         fx.append(Fixture(name, f"{name}.mlpackage", {"x": x}, ref, prec, src))
-    zip_package(out / "resnet_mlprogram_fp32.mlpackage", out / "resnet_mlprogram_fp32.mlpackage.zip")
+    zip_package(
+        out / "resnet_mlprogram_fp32.mlpackage", out / "resnet_mlprogram_fp32.mlpackage.zip"
+    )
     fx.append(
         Fixture(
-            "resnet_mlprogram_fp32_zip", "resnet_mlprogram_fp32.mlpackage.zip", {"x": x}, ref, "fp32", src,
+            "resnet_mlprogram_fp32_zip",
+            "resnet_mlprogram_fp32.mlpackage.zip",
+            {"x": x},
+            ref,
+            "fp32",
+            src,
             spec_file="resnet_mlprogram_fp32.mlpackage",
-            notes=["zip of resnet_mlprogram_fp32.mlpackage; entries are under the top-level "
-                   "'resnet_mlprogram_fp32.mlpackage/' directory"],
-        )  # fmt: skip
+            notes=[
+                "zip of resnet_mlprogram_fp32.mlpackage; entries are under the top-level "
+                "'resnet_mlprogram_fp32.mlpackage/' directory"
+            ],
+        )
     )
 
     # The read-back path used for compressed variants must reproduce the source model exactly
     # on the uncompressed files (BatchNorm folding by coremltools vs. PyTorch's BatchNorm).
     for label, weights in (
         ("resnet_nn", fused_weights_from_nn(ct.utils.load_spec(str(out / "resnet_nn.mlmodel")))),
-        ("resnet_mlprogram_fp32", fused_weights_from_mlprogram(out / "resnet_mlprogram_fp32.mlpackage")),
+        (
+            "resnet_mlprogram_fp32",
+            fused_weights_from_mlprogram(out / "resnet_mlprogram_fp32.mlpackage"),
+        ),
     ):
         got = run_torch(fused_resnet_with(weights), x)
         np.testing.assert_allclose(got, ref["logits"], rtol=1e-4, atol=1e-5, err_msg=label)
@@ -661,10 +763,7 @@ def build_resnet(out: Path) -> list[Fixture]:
         path = out / f"{name}.mlpackage"
         save_package(compressed, path)
         fused = fused_resnet_with(fused_weights_from_mlprogram(path))
-        fx.append(
-            Fixture(name, path.name, {"x": x}, {"logits": run_torch(fused, x)}, "fp32", dec_note, compression=kind,
-                    extra={"max_abs_diff_vs_uncompressed_torch": float(np.abs(run_torch(fused, x) - ref["logits"]).max())})
-        )  # fmt: skip
+        fx.append(compressed_fixture(name, path.name, x, fused, ref["logits"], dec_note, kind))
 
     # --- NeuralNetwork legacy weight quantization ---
     legacy = [
@@ -681,7 +780,7 @@ def build_resnet(out: Path) -> list[Fixture]:
     nn_dec_note = (
         "PyTorch (BatchNorm-folded copy of the ResNet) with every conv/innerProduct weight and bias "
         "read back from the saved .mlmodel and dequantized by coremltools' "
-        "quantization_utils._dequantize_nn_spec (float16 widened to float32)"
+        "quantization_utils._dequantize_wp (float16 widened to float32)"
     )
     for name, kind, kw in legacy:
         try:
@@ -694,10 +793,7 @@ def build_resnet(out: Path) -> list[Fixture]:
         path = out / f"{name}.mlmodel"
         save_spec(spec, path)
         fused = fused_resnet_with(fused_weights_from_nn(ct.utils.load_spec(str(path))))
-        fx.append(
-            Fixture(name, path.name, {"x": x}, {"logits": run_torch(fused, x)}, "fp32", nn_dec_note, compression=kind,
-                    extra={"max_abs_diff_vs_uncompressed_torch": float(np.abs(run_torch(fused, x) - ref["logits"]).max())})
-        )  # fmt: skip
+        fx.append(compressed_fixture(name, path.name, x, fused, ref["logits"], nn_dec_note, kind))
     return fx
 
 
@@ -732,8 +828,8 @@ def build_pipeline(out: Path) -> list[Fixture]:
     p.spec.specificationVersion = max(b1.spec.specificationVersion, b2.spec.specificationVersion)
     y = np.tanh(w @ (x * s + sh) + bias)
     save_spec(p.spec, out / "pipeline_nn.mlmodel")
-    return [Fixture("pipeline_nn", "pipeline_nn.mlmodel", {"x": x}, {"y": f32(y)}, "fp32",
-                    "NumPy reference (scale layer then innerProduct + tanh)")]  # fmt: skip
+    how = "NumPy reference (scale layer then innerProduct + tanh)"
+    return [Fixture("pipeline_nn", "pipeline_nn.mlmodel", {"x": x}, {"y": f32(y)}, "fp32", how)]
 
 
 def check_numpy_reference() -> None:
@@ -745,7 +841,14 @@ def check_numpy_reference() -> None:
     w = r.standard_normal((4, 3, 3, 2))
     b = r.standard_normal(4)
     tx = torch.from_numpy(x)[None]
-    want = F.conv2d(F.pad(tx, (1, 2, 0, 1)), torch.from_numpy(w), torch.from_numpy(b), stride=(2, 1), dilation=(1, 2), groups=2)
+    want = F.conv2d(
+        F.pad(tx, (1, 2, 0, 1)),
+        torch.from_numpy(w),
+        torch.from_numpy(b),
+        stride=(2, 1),
+        dilation=(1, 2),
+        groups=2,
+    )
     got = np_conv(x, w, b, stride=(2, 1), pads=(0, 1, 1, 2), dilation=(1, 2), groups=2)
     np.testing.assert_allclose(got, want[0].numpy(), rtol=1e-10)
     want = F.avg_pool2d(tx, 3, 1, padding=1, count_include_pad=False)[0].numpy()
@@ -784,7 +887,9 @@ def save_package(model, path: Path) -> None:
         old: str(uuid.uuid5(uuid.NAMESPACE_URL, "modelloader-fixture:" + e["path"]))
         for old, e in man["itemInfoEntries"].items()
     }
-    man["itemInfoEntries"] = {ids[k]: v for k, v in sorted(man["itemInfoEntries"].items(), key=lambda kv: ids[kv[0]])}
+    man["itemInfoEntries"] = {
+        ids[k]: v for k, v in sorted(man["itemInfoEntries"].items(), key=lambda kv: ids[kv[0]])
+    }
     man["rootModelIdentifier"] = ids[man["rootModelIdentifier"]]
     man_path.write_text(json.dumps(man, indent=4, sort_keys=True) + "\n")
     # coremltools serialises proto maps (op attributes, metadata) in hash order; re-serialise
@@ -802,7 +907,9 @@ def package_files(path: Path) -> list[Path]:
 def zip_package(pkg: Path, dest: Path) -> None:
     with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
         for d in sorted({p.parent for p in package_files(pkg)} | {pkg}):
-            info = zipfile.ZipInfo(str(d.relative_to(pkg.parent)) + "/", date_time=(1980, 1, 1, 0, 0, 0))
+            info = zipfile.ZipInfo(
+                str(d.relative_to(pkg.parent)) + "/", date_time=(1980, 1, 1, 0, 0, 0)
+            )
             zf.writestr(info, b"")
         for f in package_files(pkg):
             info = zipfile.ZipInfo(str(f.relative_to(pkg.parent)), date_time=(1980, 1, 1, 0, 0, 0))
@@ -825,7 +932,13 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 # Manifest.
 
 
-ARRAY_DTYPES = {65568: "float32", 65552: "float16", 65600: "float64", 131104: "int32", 131080: "int8"}
+ARRAY_DTYPES = {
+    65568: "float32",
+    65552: "float16",
+    65600: "float64",
+    131104: "int32",
+    131080: "int8",
+}
 
 
 def feature(desc) -> dict:
@@ -873,7 +986,9 @@ def sha256(p: Path) -> str:
 
 
 def size(path: Path) -> int:
-    return sum(f.stat().st_size for f in package_files(path)) if path.is_dir() else path.stat().st_size
+    return (
+        sum(f.stat().st_size for f in package_files(path)) if path.is_dir() else path.stat().st_size
+    )
 
 
 def describe(fx: Fixture, out: Path) -> dict:
@@ -883,7 +998,9 @@ def describe(fx: Fixture, out: Path) -> dict:
     entry = {
         "file": fx.file,
         "expected": f"{fx.name}.npz",
-        "format": "zip" if fx.file.endswith(".zip") else ("mlpackage" if fx.file.endswith(".mlpackage") else "mlmodel"),
+        "format": "zip"
+        if fx.file.endswith(".zip")
+        else ("mlpackage" if fx.file.endswith(".mlpackage") else "mlmodel"),
         "model_type": kind,
         "specification_version": spec.specificationVersion,
         "compute_precision": fx.precision,
@@ -893,8 +1010,12 @@ def describe(fx: Fixture, out: Path) -> dict:
         "expected_from": fx.expected_from,
         "inputs": [feature(d) for d in spec.description.input],
         "outputs": [feature(d) for d in spec.description.output],
-        "npz_inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in fx.inputs.items()},
-        "npz_outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in fx.outputs.items()},
+        "npz_inputs": {
+            k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in fx.inputs.items()
+        },
+        "npz_outputs": {
+            k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in fx.outputs.items()
+        },
         "layer_types": layer_types(spec),
         "bytes": size(out / fx.file),
         "sha256": file_digests(out / fx.file),
@@ -910,7 +1031,9 @@ def describe(fx: Fixture, out: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--only", default="", help="comma-separated builder names: " + ",".join(BUILDERS))
+    ap.add_argument(
+        "--only", default="", help="comma-separated builder names: " + ",".join(BUILDERS)
+    )
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     out: Path = args.out
@@ -954,7 +1077,11 @@ def main() -> None:
             "scikit-learn version; other versions may pick other palettes (the npz follows the file)",
         ],
         "refused_by_coremltools": {
-            **{k: v for k, v in manifest.get("refused_by_coremltools", {}).items() if k not in fixtures},
+            **{
+                k: v
+                for k, v in manifest.get("refused_by_coremltools", {}).items()
+                if k not in fixtures
+            },
             **REFUSED,
         },
         "fixtures": dict(sorted(fixtures.items())),

@@ -102,6 +102,12 @@ def classifier_outputs(
 ) -> None:
     """Emits CoreML's class-label and probabilities outputs from a probability tensor."""
     desc = spec.description
+    if probs in (desc.predictedProbabilitiesName, desc.predictedFeatureName):
+        new = b.fresh("probs")
+        for n in b.nodes:
+            n.inputs = [new if i == probs else i for i in n.inputs]
+            n.outputs = [new if o == probs else o for o in n.outputs]
+        probs = new
     flat = b.tmp("Reshape", [probs, b.int64([-1])])
     if desc.predictedProbabilitiesName:
         b.node("Identity", [flat], [desc.predictedProbabilitiesName])

@@ -187,12 +187,16 @@ class MILContext(Builder):
         return arg.arguments[index]
 
     def has(self, op: Any, key: str) -> bool:
-        return key in op.inputs and len(op.inputs[key].arguments) > 0
+        return (key in op.inputs and len(op.inputs[key].arguments) > 0) or (
+            key != "name" and key in op.attributes
+        )
 
     def const(self, op: Any, key: str, default: Any = None) -> Any:
         """Input ``key`` as a NumPy value when it is known at load (const/immediate)."""
         b = self.binding(op, key)
         if b is None:
+            if key in op.attributes:  # iOS16 constexpr ops carry parameters as attributes
+                return self.decode(op.attributes[key])
             return default
         if b.WhichOneof("binding") == "value":
             return self.decode(b.value)
