@@ -14,6 +14,7 @@ import numpy as np
 
 from modelloader.ir import Graph, Node
 from modelloader.kernels.registry import Registry
+from modelloader.qpasses import integerize
 
 FUSED = "modelloader"
 
@@ -26,6 +27,7 @@ def optimize(g: Graph, registry: Registry) -> Graph:
 
     In place, so replaced weights are freed as soon as their folded versions exist.
     """
+    integerize(g)  # QDQ patterns -> integer ops (modelloader.qpasses)
     _fold_batchnorm(g)
     if registry.supports("FusedConv", FUSED):
         _fuse(g, "Conv", "FusedConv", residual=True)

@@ -58,6 +58,8 @@ class _Ctx:
                     self.consumers.setdefault(r, []).append(n)
         self.graph_outputs = {v.name for v in g.outputs}
         self.count = 0
+        #: nodes a rewrite absorbed (the QuantizeLinear and activation after a replaced op)
+        self.absorbed: list[Node] = []
 
     def fresh(self, hint: str) -> str:
         self.count += 1
@@ -214,6 +216,7 @@ def _conv(c: _Ctx, n: Node) -> list[Node] | None:
     tail_nodes = _clamp(c, act, y, out, q)
     if tail_nodes is None:
         return None
+    c.absorbed += [q.node] + ([act] if act is not None else [])
     return [Node("QLinearConv", ins, [y], dict(n.attrs), name=n.name), *tail_nodes]
 
 
@@ -233,6 +236,7 @@ def _matmul(c: _Ctx, n: Node) -> list[Node] | None:
     tail_nodes = _clamp(c, act, y, out, q)
     if tail_nodes is None:
         return None
+    c.absorbed += [q.node] + ([act] if act is not None else [])
     ins = [a.q, a.scale_name, a.zp_name, b.q, b.scale_name, b.zp_name, q.scale_name, q.zp_name]
     return [Node("QLinearMatMul", ins, [y], name=n.name), *tail_nodes]
 
@@ -268,6 +272,7 @@ def _gemm(c: _Ctx, n: Node) -> list[Node] | None:
     tail_nodes = _clamp(c, act, y, out, q)
     if tail_nodes is None:
         return None
+    c.absorbed += [q.node] + ([act] if act is not None else [])
     ins += [q.scale_name, q.zp_name]
     return [Node("QGemm", ins, [y], attrs, domain=MS, name=n.name), *tail_nodes]
 
@@ -295,6 +300,7 @@ def _binary(c: _Ctx, n: Node) -> list[Node] | None:
     if tail_nodes is None:
         return None
     ins = [a.q, a.scale_name, a.zp_name, b.q, b.scale_name, b.zp_name, q.scale_name, q.zp_name]
+    c.absorbed += [q.node] + ([act] if act is not None else [])
     op = "QLinearAdd" if n.op == "Add" else "QLinearMul"
     return [Node(op, ins, [y], domain=MS, name=n.name), *tail_nodes]
 
@@ -310,6 +316,7 @@ def _pool(c: _Ctx, n: Node) -> list[Node] | None:
         return None
     q = tail[0]
     attrs = {k: v for k, v in n.attrs.items() if k != "dilations"}
+    c.absorbed.append(q.node)
     op = "QLinearAveragePool" if n.op == "AveragePool" else "QLinearGlobalAveragePool"
     ins = [x.q, x.scale_name, x.zp_name, q.scale_name, q.zp_name]
     return [Node(op, ins, [q.node.outputs[0]], attrs, domain=MS, name=n.name)]
@@ -325,6 +332,7 @@ def _concat(c: _Ctx, n: Node) -> list[Node] | None:
     q = tail[0]
     if any(p.dtype != q.dtype for p in parts):  # type: ignore[union-attr]
         return None
+    c.absorbed.append(q.node)
     ins = [q.scale_name, q.zp_name]
     for p in parts:
         ins += [p.q, p.scale_name, p.zp_name]  # type: ignore[union-attr]
@@ -340,6 +348,7 @@ def _same_scale(c: _Ctx, n: Node) -> list[Node] | None:
     if q is None or not x.same(q):
         return None
     out = q.node.outputs[0]
+    c.absorbed.append(q.node)
     if n.op == "Relu":
         return [Node("Max", [x.q, x.zp_name], [out], name=n.name)]
     return [Node(n.op, [x.q, *n.inputs[1:]], [out], dict(n.attrs), name=n.name)]
@@ -372,9 +381,10 @@ def integerize(g: Graph) -> int:
     if not any(n.op == "DequantizeLinear" and not n.domain for n in g.nodes):
         return replaced
     c = _Ctx(g)
+    gone: set[int] = set()
     for n in list(g.nodes):
         fn = _HANDLERS.get(n.op)
-        if fn is None or n.domain or not n.outputs:
+        if fn is None or n.domain or not n.outputs or id(n) in gone:
             continue
         new = fn(c, n)
         if new is None:
@@ -388,6 +398,10 @@ def integerize(g: Graph) -> int:
                 if i:
                     c.consumers.setdefault(i, []).append(m)
         replaced += 1
+        if c.absorbed:
+            gone.update(id(m) for m in c.absorbed)
+            g.nodes[:] = [m for m in g.nodes if id(m) not in gone]
+            c.absorbed.clear()
     _drop_dead(g)
     return replaced
 

@@ -83,8 +83,8 @@ class _Importer:
 
         in_idx, out_idx = list(sg.inputs), list(sg.outputs)
         if sig is not None:  # signature tensors, in subgraph order like get_input_details
-            in_idx = sorted(sig.inputs.values(), key=lambda t: (t not in sg.inputs, t))
-            out_idx = sorted(sig.outputs.values(), key=lambda t: (t not in sg.outputs, t))
+            in_idx = sorted(sig.inputs.values(), key=lambda t: _position(t, sg.inputs))
+            out_idx = sorted(sig.outputs.values(), key=lambda t: _position(t, sg.outputs))
         g = Graph(
             name=sg.name,
             inputs=[value(i) for i in in_idx if names[i] not in ctx.constants],
@@ -145,3 +145,8 @@ def import_model(model: TFLModel, registry: Registry, name: str = "<model>") -> 
     graph.metadata["description"] = model.description
     graph.metadata["signature"] = sig.key if sig is not None else None
     return graph
+
+
+def _position(tensor: int, order: list[int]) -> tuple[int, int]:
+    """Sort key: place in the subgraph's own input/output list, then tensor index."""
+    return (order.index(tensor), 0) if tensor in order else (len(order), tensor)

@@ -24,8 +24,10 @@ from modelloader.errors import DecodedLengthError, HuffmanTableError
 #: longest code; 16 keeps the decode table at 64 Ki entries (L2-resident)
 MAX_CODE_BITS = 16
 #: chunks decoded in lock-step; fewer, longer chunks mean more Python steps per symbol
-TARGET_CHUNKS = 4096
+TARGET_CHUNKS = 32768
 MIN_CHUNK = 64
+MAX_CHUNK = 1 << 24
+MAX_SYMBOLS = 1 << 31
 
 
 @dataclass(frozen=True)
@@ -129,8 +131,8 @@ def encode(symbols: np.ndarray, alphabet: int, chunk: int | None = None) -> Huff
     total = int(ends[-1]) if n else 0
     starts = ends - sym_len
     offsets = starts[::chunk].astype("<u4")
-    if total >= 1 << 32:
-        raise ValueError("Huffman stream over 4 Gibit; split the tensor")
+    if total >= 1 << 31:
+        raise ValueError("Huffman stream over 2 Gibit; split the tensor")
     # one row per symbol, one column per bit of the longest code; masked row-major = stream
     parts, carry, step = [], np.zeros(0, np.uint8), 1 << 20
     maxlen = int(lens.max()) if n else 0
@@ -150,18 +152,16 @@ def encode(symbols: np.ndarray, alphabet: int, chunk: int | None = None) -> Huff
     return HuffmanStream(n, lens.tolist(), int(chunk), total, blob)
 
 
-def decode_table(lens: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """(symbol, length) for every ``bits``-bit window; length 0 marks an invalid pattern."""
+def decode_table(lens: np.ndarray) -> tuple[np.ndarray, int]:
+    """``symbol << 8 | length`` for every ``bits``-bit window of a complete code."""
     bits = int(lens.max()) if lens.size else 0
     codes = canonical_codes(lens)
-    tsym = np.zeros(1 << bits, np.uint16)
-    tlen = np.zeros(1 << bits, np.uint8)
+    table = np.zeros(1 << bits, np.uint32)
     for s in np.flatnonzero(lens).tolist():
         lo = int(codes[s]) << (bits - int(lens[s]))
         hi = (int(codes[s]) + 1) << (bits - int(lens[s]))
-        tsym[lo:hi] = s
-        tlen[lo:hi] = lens[s]
-    return tsym, tlen, bits
+        table[lo:hi] = s << 8 | int(lens[s])
+    return table, bits
 
 
 def decode(
@@ -180,7 +180,7 @@ def decode(
     Raises ``HuffmanTableError`` or ``DecodedLengthError``.
     """
     lens = check_lengths(lengths, alphabet)
-    if chunk < 1 or count < 0:
+    if not 1 <= chunk <= MAX_CHUNK or not 0 <= count <= MAX_SYMBOLS or total_bits >= 1 << 31:
         raise DecodedLengthError(f"Huffman chunk size {chunk} / count {count} out of range")
     nchunks = -(-count // chunk) if count else 0
     head = 4 * nchunks
@@ -204,29 +204,39 @@ def decode(
         raise DecodedLengthError("Huffman chunk offsets are not increasing or too close together")
     if np.any(ends - starts > sizes * MAX_CODE_BITS):
         raise DecodedLengthError("Huffman chunk holds more bits than its symbols can use")
-    tsym, tlen, bits = decode_table(lens)
+    used = np.flatnonzero(lens)
+    if used.size == 1:
+        # one symbol, code "0": the stream is ``count`` zero bits
+        if total_bits != count or any(data[head:]):
+            raise DecodedLengthError("a one-symbol Huffman stream must be `count` zero bits")
+        return np.full(count, used[0], np.uint16)
+    table, bits = decode_table(lens)
     raw = np.frombuffer(data[head:], np.uint8)
-    # w[i] = bytes i..i+3 big-endian: any code starts within the 32-bit window at pos >> 3
-    pad = np.zeros(raw.size + 4, np.uint32)
+    # w[i] = bytes i..i+3 big-endian: any code starts within the 32-bit window at pos >> 3.
+    # A corrupt chunk can run at most chunk * MAX_CODE_BITS bits past its start: pad for it.
+    pad = np.zeros(raw.size + 2 * chunk + 8, np.uint32)
     pad[: raw.size] = raw
     win = pad[:-3] << 24 | pad[1:-2] << 16 | pad[2:-1] << 8 | pad[3:]
     out = np.empty((chunk, nchunks), np.uint16)
-    pos = starts.copy()
+    pos = starts.astype(np.uint32)
     full = nchunks if sizes[-1] == chunk else nchunks - 1
-    mask = np.int64((1 << bits) - 1)
-    shift0 = np.int64(32 - bits)
-    minlen = np.full(nchunks, 255, np.uint8)
-    # lock-step over all chunks: one gather + one table look-up per symbol position
+    shift = np.uint32(32 - bits)
+    w = np.empty(nchunks, np.uint32)
+    a = np.empty(nchunks, np.uint32)
+    # lock-step over all chunks: one gather into the stream + one table look-up per step.
+    # The code is complete (checked), so every window decodes to some symbol.
     for t in range(chunk):
-        live = pos if t < sizes[-1] else pos[:full]
-        w = np.take(win, live >> 3, mode="clip").astype(np.int64)
-        peek = (w >> (shift0 - (live & 7))) & mask
-        ln = tlen[peek]
-        out[t, : live.size] = tsym[peek]
-        np.minimum(minlen[: live.size], ln, out=minlen[: live.size])
-        live += ln
-    if minlen.min() == 0:
-        raise DecodedLengthError("Huffman stream contains a bit pattern that is no code")
+        n = nchunks if t < sizes[-1] else full
+        p, wn, an = pos[:n], w[:n], a[:n]
+        np.take(win, p >> 3, out=wn)
+        np.bitwise_and(p, 7, out=an)
+        np.left_shift(wn, an, out=wn)
+        np.right_shift(wn, shift, out=wn)
+        np.take(table, wn, out=an)
+        np.right_shift(an, 8, out=out[t, :n], casting="unsafe")
+        np.bitwise_and(an, 0xFF, out=an)
+        p += an
+    pos = pos.astype(np.int64)
     if not np.array_equal(pos, ends):
         bad = int(np.flatnonzero(pos != ends)[0])
         raise DecodedLengthError(
