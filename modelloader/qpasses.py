@@ -255,6 +255,8 @@ def _gemm(c: _Ctx, n: Node) -> list[Node] | None:
         return None  # QGemm takes per-column (N) weight scales only
     bias = ""
     if len(n.inputs) > 2 and n.inputs[2]:
+        if float(n.attrs.get("alpha", 1.0)) != 1.0:
+            return None  # QGemm scales its int32 bias by alpha too
         shape = _bias_shape(c, n.inputs[2])
         if shape is None or len(shape) > 1 and shape[0] != 1:
             return None

@@ -27,7 +27,8 @@ environment without changing numpy / onnx / onnxruntime, so no separate venv is 
     python scripts/make_coreml_fixtures.py
     python scripts/make_coreml_fixtures.py --only resnet_nn,nn_builder_cnn
 
-(tested with torch 2.13.0+cpu, coremltools 9.0, numpy 2.4, scikit-learn 1.9.)
+(tested with torch 2.13.0+cpu, coremltools 9.0, numpy 2.4, scikit-learn 1.9; the script pins
+OpenMP/BLAS to one thread because scikit-learn's k-means palettes depend on the thread count.)
 
 Determinism: everything is seeded; ``.mlpackage`` Manifest.json item identifiers (random
 UUIDs in coremltools) are rewritten to UUIDs derived from the item path, and zips/npz use
@@ -55,6 +56,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# scikit-learn's KMeans (coremltools' palettisation) gives thread-count-dependent palettes,
+# and different ones run to run when threads are oversubscribed: pin everything to 1 thread.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
 warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
 
@@ -1073,8 +1078,9 @@ def main() -> None:
             "them to uuid5(path) so reruns are byte-identical",
             "coremltools writes model.mlmodel proto maps in hash order; this script re-serialises "
             "every spec with deterministic=True",
-            "k-means (scikit-learn KMeans, random_state=0) is deterministic for a given "
-            "scikit-learn version; other versions may pick other palettes (the npz follows the file)",
+            "k-means palettes (scikit-learn KMeans, random_state=0) depend on the OpenMP thread "
+            "count (and vary run to run when oversubscribed); the script pins OMP_NUM_THREADS=1. "
+            "Another scikit-learn version may pick other palettes; the npz always follows the file",
         ],
         "refused_by_coremltools": {
             **{

@@ -40,7 +40,9 @@ class Builder:
     ) -> None:
         self.nodes.append(Node(op, list(inputs), list(outputs), attrs, domain))
 
-    def tmp(self, op: str, inputs: list[str], domain: str = "", hint: str = "t", **attrs: Any) -> str:
+    def tmp(
+        self, op: str, inputs: list[str], domain: str = "", hint: str = "t", **attrs: Any
+    ) -> str:
         out = self.fresh(hint)
         self.node(op, inputs, [out], domain, **attrs)
         return out

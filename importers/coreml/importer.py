@@ -57,8 +57,10 @@ def feature_value(feature: Any) -> Value:
         return Value(feature.name, dt, shape)
     if kind == "imageType":
         img = t.imageType
-        gray = protos().FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(img.colorSpace).startswith(
-            "GRAYSCALE"
+        gray = (
+            protos()
+            .FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(img.colorSpace)
+            .startswith("GRAYSCALE")
         )
         h = int(img.height) or None
         w = int(img.width) or None
@@ -149,7 +151,9 @@ def import_part(
 
         return import_pipeline(spec, file, missing, counter, prefix, densify)
     missing.append((kind or "?", "coreml model type", int(spec.specificationVersion)))
-    return Part(Builder(prefix, counter=counter), [feature_value(f) for f in spec.description.input], [])
+    return Part(
+        Builder(prefix, counter=counter), [feature_value(f) for f in spec.description.input], []
+    )
 
 
 def import_model(file: CoreMLFile, registry: Registry, densify: bool = False) -> Graph:

@@ -331,7 +331,9 @@ def import_mlprogram(
         graph_inputs.append(v)
         if f.type.WhichOneof("Type") == "imageType":
             aliases[f.name] = image_preprocess(pre, f, 4)
-    fn_inputs, outs, ctx, opset = _import_program(spec, file, missing, densify, counter, prefix, aliases)
+    fn_inputs, outs, ctx, opset = _import_program(
+        spec, file, missing, densify, counter, prefix, aliases
+    )
     b = Builder(prefix, counter=counter)
     b.nodes = pre.nodes + ctx.nodes
     b.constants = {**pre.constants, **ctx.constants}

@@ -82,7 +82,9 @@ def weights(wp: Any, shape: tuple[int, ...] | list[int] | None = None, axis: int
         arr = np.zeros(0, np.float32)
     if shape is not None:
         if arr.size != count:
-            raise ModelFormatError(f"weights hold {arr.size} values, the layer needs {count} {tuple(shape)}")
+            raise ModelFormatError(
+                f"weights hold {arr.size} values, the layer needs {count} {tuple(shape)}"
+            )
         arr = arr.reshape(shape)
     return np.asarray(arr, np.float32)
 

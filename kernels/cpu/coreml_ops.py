@@ -27,9 +27,9 @@ def unpack_bits(packed: np.ndarray, nbits: int, count: int, signed: bool = False
     weights = (1 << np.arange(nbits, dtype=np.uint16)).astype(np.uint16)
     vals = (bits.astype(np.uint16) @ weights).astype(np.uint8)
     if signed:
-        return np.where(vals >= 1 << (nbits - 1), vals.astype(np.int16) - (1 << nbits), vals).astype(
-            np.int8
-        )
+        return np.where(
+            vals >= 1 << (nbits - 1), vals.astype(np.int16) - (1 << nbits), vals
+        ).astype(np.int8)
     return vals
 
 
@@ -47,9 +47,7 @@ def block_index(shape: tuple[int, ...], blocks: tuple[int, ...]) -> np.ndarray:
     return np.broadcast_to(idx, shape)
 
 
-def lut_decode(
-    indices: np.ndarray, lut: np.ndarray, vector_axis: int | None = None
-) -> np.ndarray:
+def lut_decode(indices: np.ndarray, lut: np.ndarray, vector_axis: int | None = None) -> np.ndarray:
     """iOS18 ``constexpr_lut_to_dense``: ``lut`` is [*block grid, 2**nbits, vector size]."""
     rank = indices.ndim
     grid = tuple(lut.shape[:rank])

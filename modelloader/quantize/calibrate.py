@@ -89,7 +89,9 @@ def _from_arrays(
         elif len(inputs) == 1 and unnamed:  # single-input model: the one non-label array
             feeds[v.name] = np.asarray(arrays[unnamed[0]])
         else:
-            raise ValueError(f"calibration data has no array for input '{v.name}' (keys {list(arrays)})")
+            raise ValueError(
+                f"calibration data has no array for input '{v.name}' (keys {list(arrays)})"
+            )
     for v in inputs:
         feeds[v.name] = _fit(feeds[v.name], v)
     n = len(next(iter(feeds.values())))

@@ -42,7 +42,9 @@ def check_output(name: str, got: Any, want: np.ndarray, entry: dict) -> float:
     worst = float(np.abs(g - w).max(initial=0.0))
     np.testing.assert_allclose(g, w, rtol=tol["rtol"], atol=tol.get("atol", 0.0), err_msg=name)
     if tol.get("same_top1") and w.ndim >= 1 and w.size > 1:
-        assert np.array_equal(g.reshape(w.shape[0], -1).argmax(-1), w.reshape(w.shape[0], -1).argmax(-1)), name
+        assert np.array_equal(
+            g.reshape(w.shape[0], -1).argmax(-1), w.reshape(w.shape[0], -1).argmax(-1)
+        ), name
     return worst
 
 

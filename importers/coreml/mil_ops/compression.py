@@ -53,9 +53,9 @@ def affine_dequantize(op: Any, ctx: MILContext) -> None:
     zp = np.asarray(ctx.need(op, "zero_point"))
     scale = np.asarray(ctx.need(op, "scale"))
     axis = int(ctx.const(op, "axis", 0))
-    out = (
-        q.astype(np.float32) - _axis_shape(zp, q.ndim, axis).astype(np.float32)
-    ) * _axis_shape(scale, q.ndim, axis).astype(np.float32)
+    out = (q.astype(np.float32) - _axis_shape(zp, q.ndim, axis).astype(np.float32)) * _axis_shape(
+        scale, q.ndim, axis
+    ).astype(np.float32)
     _set(ctx, op, out.astype(_float_out(ctx, op)))
 
 
@@ -110,8 +110,17 @@ def lut_to_dense(op: Any, ctx: MILContext) -> None:
         packed = np.asarray(ctx.need(op, "indices"), np.uint8)
         lut6 = lut.reshape((1,) * len(shape) + (lut.size, 1))
         if not ctx.densify:
-            _keep(ctx, out_name, "palettized", "CoreMLLutToDense",
-                  indices=packed, nbits=nbits, shape=shape, lut=lut6.astype(dt), vector_axis=0)
+            _keep(
+                ctx,
+                out_name,
+                "palettized",
+                "CoreMLLutToDense",
+                indices=packed,
+                nbits=nbits,
+                shape=shape,
+                lut=lut6.astype(dt),
+                vector_axis=0,
+            )
             return
         idx = unpack_bits(packed, nbits, int(np.prod(shape))).reshape(shape)
         _set(ctx, op, lut_decode(idx, lut6).astype(dt))
@@ -122,8 +131,17 @@ def lut_to_dense(op: Any, ctx: MILContext) -> None:
         shape = list(ctx.shape_of(out_name) or ())
         if shape and all(isinstance(d, int) for d in shape):
             packed, nbits = raw
-            _keep(ctx, out_name, "palettized", "CoreMLLutToDense", indices=packed, nbits=nbits,
-                  shape=shape, lut=lut.astype(dt), vector_axis=int(vaxis or 0) % len(shape))
+            _keep(
+                ctx,
+                out_name,
+                "palettized",
+                "CoreMLLutToDense",
+                indices=packed,
+                nbits=nbits,
+                shape=shape,
+                lut=lut.astype(dt),
+                vector_axis=int(vaxis or 0) % len(shape),
+            )
             return
     idx = np.asarray(ctx.need(op, "indices"))
     _set(ctx, op, lut_decode(idx, lut, None if vaxis is None else int(vaxis)).astype(dt))
@@ -166,7 +184,15 @@ def sparse_to_dense(op: Any, ctx: MILContext) -> None:
         mask = unpack_bits(packed, 1, n).reshape(shape)
         _set(ctx, op, _scatter(mask, values).astype(dt))
         return
-    _keep(ctx, out_name, "sparse", "CoreMLSparseToDense", mask=packed, values=values.astype(dt), shape=shape)
+    _keep(
+        ctx,
+        out_name,
+        "sparse",
+        "CoreMLSparseToDense",
+        mask=packed,
+        values=values.astype(dt),
+        shape=shape,
+    )
 
 
 @mil_op("constexpr_lut_to_sparse")

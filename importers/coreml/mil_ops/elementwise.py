@@ -227,9 +227,7 @@ def softmax(op: Any, ctx: MILContext) -> None:
 
 @mil_op("log_softmax")
 def log_softmax(op: Any, ctx: MILContext) -> None:
-    ctx.node(
-        "LogSoftmax", [ctx.arg(op, "x")], [ctx.out(op)], axis=int(ctx.const(op, "axis", -1))
-    )
+    ctx.node("LogSoftmax", [ctx.arg(op, "x")], [ctx.out(op)], axis=int(ctx.const(op, "axis", -1)))
 
 
 @mil_op("select")

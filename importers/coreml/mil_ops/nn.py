@@ -108,7 +108,9 @@ def matmul(op: Any, ctx: MILContext) -> None:
 
 @mil_op("einsum")
 def einsum(op: Any, ctx: MILContext) -> None:
-    ctx.node("Einsum", ctx.args(op, "values"), [ctx.out(op)], equation=str(ctx.need(op, "equation")))
+    ctx.node(
+        "Einsum", ctx.args(op, "values"), [ctx.out(op)], equation=str(ctx.need(op, "equation"))
+    )
 
 
 @mil_op("batch_norm")
@@ -181,7 +183,9 @@ def _pool(op: Any, ctx: MILContext, onnx_op: str) -> None:
     attrs["strides"] = _ints(ctx.const(op, "strides", [1] * spatial))
     attrs["ceil_mode"] = int(bool(ctx.const(op, "ceil_mode", False)))
     if onnx_op == "AveragePool":
-        attrs["count_include_pad"] = int(not bool(ctx.const(op, "exclude_padding_from_average", False)))
+        attrs["count_include_pad"] = int(
+            not bool(ctx.const(op, "exclude_padding_from_average", False))
+        )
     ctx.node(onnx_op, [ctx.arg(op, "x")], [ctx.out(op)], **attrs)
 
 
@@ -220,9 +224,7 @@ def _resize_to_out(op: Any, ctx: MILContext, **attrs: Any) -> None:
     shape = ctx.shape_of(ctx.out(op))
     if shape is None or not all(isinstance(d, int) for d in shape):
         raise ModelFormatError(f"MIL {op.type}: output shape must be static")
-    ctx.node(
-        "Resize", [ctx.arg(op, "x"), "", "", ctx.int64(shape)], [ctx.out(op)], **attrs
-    )
+    ctx.node("Resize", [ctx.arg(op, "x"), "", "", ctx.int64(shape)], [ctx.out(op)], **attrs)
 
 
 @mil_op("upsample_nearest_neighbor")
@@ -300,7 +302,9 @@ def sdpa(op: Any, ctx: MILContext) -> None:
     if ctx.has(op, "attn_mask"):
         m = ctx.arg(op, "attn_mask")
         mdt = ctx.dtype_of(m)
-        if mdt == np.bool_ or (mdt is None and np.asarray(ctx.const(op, "attn_mask", 0.0)).dtype == np.bool_):
+        if mdt == np.bool_ or (
+            mdt is None and np.asarray(ctx.const(op, "attn_mask", 0.0)).dtype == np.bool_
+        ):
             s = ctx.tmp("Where", [m, s, ctx.constant(np.float32(-np.inf))])
         else:
             s = ctx.tmp("Add", [s, m])

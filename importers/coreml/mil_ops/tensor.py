@@ -117,7 +117,11 @@ def slice_by_index(op: Any, ctx: MILContext) -> None:
     else:
         ends = ctx.tmp(
             "Where",
-            [ctx.constant(np.asarray(emask)), ctx.int64(full_e), ctx.cast(ctx.arg(op, "end"), np.int64)],
+            [
+                ctx.constant(np.asarray(emask)),
+                ctx.int64(full_e),
+                ctx.cast(ctx.arg(op, "end"), np.int64),
+            ],
         )
         if any(smask):
             raise ModelFormatError("MIL slice_by_index with squeeze_mask needs a constant end")
@@ -165,7 +169,9 @@ def gather_along_axis(op: Any, ctx: MILContext) -> None:
 
 @mil_op("gather_nd")
 def gather_nd(op: Any, ctx: MILContext) -> None:
-    ctx.node("GatherND", [ctx.arg(op, "x"), ctx.cast(ctx.arg(op, "indices"), np.int64)], [ctx.out(op)])
+    ctx.node(
+        "GatherND", [ctx.arg(op, "x"), ctx.cast(ctx.arg(op, "indices"), np.int64)], [ctx.out(op)]
+    )
 
 
 @mil_op("squeeze")
@@ -208,7 +214,9 @@ def fill(op: Any, ctx: MILContext) -> None:
 def fill_like(op: Any, ctx: MILContext) -> None:
     dt = ctx.dtype_of(ctx.out(op)) or np.dtype(np.float32)
     s = ctx.tmp("Shape", [ctx.arg(op, "ref_tensor")])
-    ctx.node("ConstantOfShape", [s], [ctx.out(op)], value=np.asarray([ctx.const(op, "value", 0.0)], dt))
+    ctx.node(
+        "ConstantOfShape", [s], [ctx.out(op)], value=np.asarray([ctx.const(op, "value", 0.0)], dt)
+    )
 
 
 @mil_op("range_1d")
@@ -239,7 +247,13 @@ def reverse(op: Any, ctx: MILContext) -> None:
     n = len(axes)
     ctx.node(
         "Slice",
-        [ctx.arg(op, "x"), ctx.int64([-1] * n), ctx.int64([_INT64_MIN] * n), ctx.int64(axes), ctx.int64([-1] * n)],
+        [
+            ctx.arg(op, "x"),
+            ctx.int64([-1] * n),
+            ctx.int64([_INT64_MIN] * n),
+            ctx.int64(axes),
+            ctx.int64([-1] * n),
+        ],
         [ctx.out(op)],
     )
 
@@ -317,7 +331,10 @@ def argsort(op: Any, ctx: MILContext) -> None:
 def classify(op: Any, ctx: MILContext) -> None:
     """CoreML classifier head: (class label, {label: probability}) -> label + prob array."""
     classes = ctx.need(op, "classes")
-    labels = [c.item() if isinstance(c, np.generic) else c for c in np.asarray(classes, object).reshape(-1)]
+    labels = [
+        c.item() if isinstance(c, np.generic) else c
+        for c in np.asarray(classes, object).reshape(-1)
+    ]
     labels = [str(c) if isinstance(c, (str, bytes)) else int(c) for c in labels]
     ctx.class_labels = labels
     label_out, prob_out = ctx.out(op, 0), ctx.out(op, 1)

@@ -18,8 +18,14 @@ def _pad_attrs(p: Any, k: list[int], s: list[int], d: list[int]) -> dict[str, An
         return {"auto_pad": "SAME_LOWER" if mode == 1 else "SAME_UPPER"}
     amounts = p.valid.paddingAmounts.borderAmounts if which == "valid" else []
     if len(amounts) == 2:
-        return {"pads": [amounts[0].startEdgeSize, amounts[1].startEdgeSize,
-                         amounts[0].endEdgeSize, amounts[1].endEdgeSize]}
+        return {
+            "pads": [
+                amounts[0].startEdgeSize,
+                amounts[1].startEdgeSize,
+                amounts[0].endEdgeSize,
+                amounts[1].endEdgeSize,
+            ]
+        }
     return {"pads": [0, 0, 0, 0]}
 
 
@@ -61,7 +67,11 @@ def pooling(layer: Any, ctx: NNContext) -> None:
     kind = ["MaxPool", "AveragePool", "LpPool"][p.type]
     x4, r = ctx.to_nchw(ctx.x(layer))
     if p.globalPooling:
-        op = {"MaxPool": "GlobalMaxPool", "AveragePool": "GlobalAveragePool", "LpPool": "GlobalLpPool"}[kind]
+        op = {
+            "MaxPool": "GlobalMaxPool",
+            "AveragePool": "GlobalAveragePool",
+            "LpPool": "GlobalLpPool",
+        }[kind]
         y = ctx.tmp(op, [x4])
         ctx.from_nchw(y, r, ctx.y(layer))
         return
@@ -99,7 +109,9 @@ def batchnorm(layer: Any, ctx: NNContext) -> None:
     beta = ctx.weights(p.beta, (c,))
     if p.instanceNormalization or p.computeMeanVar:
         if not p.instanceNormalization:
-            raise ModelFormatError("batchnorm with computeMeanVar across the batch is not supported")
+            raise ModelFormatError(
+                "batchnorm with computeMeanVar across the batch is not supported"
+            )
         y = ctx.tmp("InstanceNormalization", [x4, gamma, beta], epsilon=float(p.epsilon))
     else:
         y = ctx.tmp(
@@ -146,8 +158,13 @@ def upsample(layer: Any, ctx: NNContext) -> None:
     x4, r = ctx.to_nchw(ctx.x(layer))
     scales = ctx.constant(np.asarray([1, 1, sh, sw], np.float32))
     if p.mode == 0:  # NN
-        y = ctx.tmp("Resize", [x4, "", scales], mode="nearest", nearest_mode="floor",
-                    coordinate_transformation_mode="asymmetric")
+        y = ctx.tmp(
+            "Resize",
+            [x4, "", scales],
+            mode="nearest",
+            nearest_mode="floor",
+            coordinate_transformation_mode="asymmetric",
+        )
     else:
         ctm = "half_pixel" if p.linearUpsampleMode == 2 else "align_corners"
         y = ctx.tmp("Resize", [x4, "", scales], mode="linear", coordinate_transformation_mode=ctm)
@@ -182,6 +199,12 @@ def l2normalize(layer: Any, ctx: NNContext) -> None:
 def lrn(layer: Any, ctx: NNContext) -> None:
     p = layer.lrn
     x4, r = ctx.to_nchw(ctx.x(layer))
-    y = ctx.tmp("LRN", [x4], alpha=float(p.alpha), beta=float(p.beta), bias=float(p.k or 1.0),
-                size=int(p.localSize))
+    y = ctx.tmp(
+        "LRN",
+        [x4],
+        alpha=float(p.alpha),
+        beta=float(p.beta),
+        bias=float(p.k or 1.0),
+        size=int(p.localSize),
+    )
     ctx.from_nchw(y, r, ctx.y(layer))

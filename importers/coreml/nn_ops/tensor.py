@@ -91,12 +91,16 @@ def permute(layer: Any, ctx: NNContext) -> None:
     """axes over (Seq, C, H, W); batch (rank-5 axis 1) stays."""
     a = [int(v) for v in layer.permute.axis]
     m = {0: 0, 1: 2, 2: 3, 3: 4}
-    ctx.node("Transpose", [ctx.x(layer)], [ctx.y(layer)], perm=[m[a[0]], 1, m[a[1]], m[a[2]], m[a[3]]])
+    ctx.node(
+        "Transpose", [ctx.x(layer)], [ctx.y(layer)], perm=[m[a[0]], 1, m[a[1]], m[a[2]], m[a[3]]]
+    )
 
 
 @nn_layer("transpose")
 def transpose(layer: Any, ctx: NNContext) -> None:
-    ctx.node("Transpose", [ctx.x(layer)], [ctx.y(layer)], perm=[int(v) for v in layer.transpose.axes])
+    ctx.node(
+        "Transpose", [ctx.x(layer)], [ctx.y(layer)], perm=[int(v) for v in layer.transpose.axes]
+    )
 
 
 @nn_layer("loadConstant")
@@ -116,8 +120,18 @@ def load_constant_nd(layer: Any, ctx: NNContext) -> None:
     ctx.rank[ctx.y(layer)] = len(shape)
 
 
-_REDUCE = ["ReduceSum", "ReduceMean", "ReduceProd", "ReduceLogSum", "ReduceSumSquare", "ReduceL1",
-           "ReduceL2", "ReduceMax", "ReduceMin", "ArgMax"]
+_REDUCE = [
+    "ReduceSum",
+    "ReduceMean",
+    "ReduceProd",
+    "ReduceLogSum",
+    "ReduceSumSquare",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceMax",
+    "ReduceMin",
+    "ArgMax",
+]
 
 
 @nn_layer("reduce")
@@ -164,8 +178,12 @@ def reduce_nd(layer: Any, ctx: NNContext) -> None:
 def arg_max(layer: Any, ctx: NNContext) -> None:
     kind = layer.WhichOneof("layer")
     p = getattr(layer, kind)
-    i = ctx.tmp("ArgMax" if kind == "argMax" else "ArgMin", [ctx.x(layer)], axis=int(p.axis),
-                keepdims=int(not p.removeDim))
+    i = ctx.tmp(
+        "ArgMax" if kind == "argMax" else "ArgMin",
+        [ctx.x(layer)],
+        axis=int(p.axis),
+        keepdims=int(not p.removeDim),
+    )
     ctx.node("Cast", [i], [ctx.y(layer)], to=1)
     r = ctx.rank_of(layer.input[0])
     ctx.rank[ctx.y(layer)] = r - 1 if p.removeDim and r > 1 else r
@@ -277,8 +295,17 @@ def slice_static(layer: Any, ctx: NNContext) -> None:
         starts.append(b)
         ends.append(e)
     y = ctx.y(layer) if not squeeze else ctx.fresh("slice")
-    ctx.node("Slice", [ctx.x(layer), ctx.int64(starts), ctx.int64(ends), ctx.int64(list(range(r))),
-                       ctx.int64(strides)], [y])
+    ctx.node(
+        "Slice",
+        [
+            ctx.x(layer),
+            ctx.int64(starts),
+            ctx.int64(ends),
+            ctx.int64(list(range(r))),
+            ctx.int64(strides),
+        ],
+        [y],
+    )
     if squeeze:
         ctx.node("Squeeze", [y, ctx.int64(squeeze)], [ctx.y(layer)])
         ctx.rank[ctx.y(layer)] = r - len(squeeze)
@@ -291,8 +318,17 @@ def slice_(layer: Any, ctx: NNContext) -> None:
     axis = [-3, -2, -1][p.axis]
     end = int(p.endIndex)
     end = _I64_MAX if end == -1 else end
-    ctx.node("Slice", [ctx.x(layer), ctx.int64([int(p.startIndex)]), ctx.int64([end]),
-                       ctx.int64([axis]), ctx.int64([int(p.stride) or 1])], [ctx.y(layer)])
+    ctx.node(
+        "Slice",
+        [
+            ctx.x(layer),
+            ctx.int64([int(p.startIndex)]),
+            ctx.int64([end]),
+            ctx.int64([axis]),
+            ctx.int64([int(p.stride) or 1]),
+        ],
+        [ctx.y(layer)],
+    )
 
 
 @nn_layer("whereBroadcastable")

@@ -1,0 +1,104 @@
+"""Kernels for sparse (CSR) weights, domain ``modelloader`` (see modelloader/compress/sparse.py).
+
+``SparseGemm(A, W, C)`` computes ``act(alpha * op(A) @ W.T + beta * C)`` where ``W`` is a
+``SparseTensor`` holding op(B) transposed (``[N, K]``); ``A`` may have leading batch axes
+(MatMul). ``SparseConv(X, W, B, Z)`` is FusedConv (group 1) with a sparse ``W``: im2col,
+then a CSR @ dense product. Products run in scipy's CSR kernels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from modelloader.kernels.cpu._registry import kernel
+from modelloader.kernels.cpu.conv import (
+    apply_activation,
+    pad_input,
+    resolve_pads,
+    scratch,
+    window_view,
+)
+
+D = "modelloader"
+
+
+@kernel("SparseGemm", domain=D)
+def sparse_gemm(
+    a: np.ndarray,
+    w: Any,
+    c: np.ndarray | None = None,
+    *,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    transA: int = 0,
+    activation: str = "",
+    activation_params: Sequence[float] = (),
+) -> np.ndarray:
+    """modelloader SparseGemm: Gemm/FusedGemm/MatMul with a CSR right operand ``[N, K]``."""
+    aa = a.T if transA else a
+    lead = aa.shape[:-1]
+    x = aa.reshape(-1, aa.shape[-1]).astype(w.dtype, copy=False)
+    # (W @ x.T).T: CSR rows are the outputs, so each output is one sparse dot product
+    y = np.ascontiguousarray((w.csr() @ x.T).T)
+    if alpha != 1.0:
+        y *= y.dtype.type(alpha)
+    if c is not None and beta != 0.0:
+        cc = c.astype(y.dtype, copy=False)
+        y += cc if beta == 1.0 else cc * y.dtype.type(beta)
+    apply_activation(y, activation, activation_params)
+    return y.reshape(*lead, y.shape[-1]).astype(a.dtype, copy=False)
+
+
+@kernel("SparseConv", domain=D)
+def sparse_conv(
+    x: np.ndarray,
+    w: Any,
+    b: np.ndarray | None = None,
+    z: np.ndarray | None = None,
+    *,
+    auto_pad: str = "NOTSET",
+    dilations: Sequence[int] | None = None,
+    group: int = 1,
+    kernel_shape: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    strides: Sequence[int] | None = None,
+    activation: str = "",
+    activation_params: Sequence[float] = (),
+) -> np.ndarray:
+    """modelloader SparseConv: act(Conv(X, W, B) + Z) for group 1, ``W`` a SparseTensor."""
+    if group != 1:
+        raise ValueError("SparseConv supports group=1 only")
+    n, c = x.shape[:2]
+    r = x.ndim - 2
+    k = list(kernel_shape or w.shape[2:])
+    s = list(strides or [1] * r)
+    d = list(dilations or [1] * r)
+    p, out_sp = resolve_pads(x.shape[2:], k, s, d, pads, auto_pad)
+    hw = math.prod(out_sp)
+    m = w.shape[0]
+    xx = x.astype(w.dtype, copy=False)
+    out = np.empty((n, m, hw), w.dtype)
+    csr = w.csr()
+    if math.prod(k) == 1 and not any(p) and all(v == 1 for v in s):
+        cols_all = np.ascontiguousarray(xx).reshape(n, c, hw)
+        for i in range(n):
+            out[i] = csr @ cols_all[i]
+    else:
+        xp = pad_input(xx, p, slot="sparse_pad")
+        view = window_view(xp, k, s, d, out_sp)
+        cols = scratch("sparse_cols", (n, c, *k, *out_sp), xx.dtype)
+        np.copyto(cols, view)
+        cols = cols.reshape(n, c * math.prod(k), hw)
+        for i in range(n):
+            out[i] = csr @ cols[i]
+    out = out.reshape((n, m, *out_sp))
+    if b is not None:
+        out += b.astype(out.dtype, copy=False).reshape((m,) + (1,) * r)
+    if z is not None:
+        np.add(out, z, out=out, casting="unsafe")
+    apply_activation(out, activation, activation_params)
+    return out.astype(x.dtype, copy=False)

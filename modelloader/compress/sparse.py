@@ -1,0 +1,194 @@
+"""Sparse constants in the IR, and the load-time choice between sparse and dense kernels.
+
+A ``SparseTensor`` is a weight whose 2-D view ``(shape[0], prod(shape[1:]))`` is held in
+CSR form. ``sparsify`` rewrites each MatMul/Gemm/Conv reading one into ``SparseGemm`` /
+``SparseConv`` (domain ``modelloader``, kernels in ``kernels/cpu/sparse.py``) when the
+weight's density is below the threshold for its layer kind, and densifies it once
+otherwise.
+
+Thresholds (``FC_MAX_DENSITY``, ``CONV_MAX_DENSITY``) are a calibrated rule, measured by
+``bench/bench_compress.py --calibrate`` (numbers in docs/container.md): below them the
+scipy CSR product beat the dense BLAS kernel on every shape tried.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from modelloader.ir import Graph, Node
+
+#: sparse wins for fully-connected layers (batch <= 8) below this density
+FC_MAX_DENSITY = 0.35
+#: sparse im2col convolution wins below this density (scipy's CSR @ dense is one-threaded)
+CONV_MAX_DENSITY = 0.04
+DOMAIN = "modelloader"
+
+
+@dataclass(eq=False)
+class SparseTensor:
+    """CSR weight: row ``r`` of the 2-D view holds ``data[indptr[r]:indptr[r+1]]`` at
+    columns ``indices[...]``; ``shape`` is the dense shape."""
+
+    data: np.ndarray
+    indices: np.ndarray
+    indptr: np.ndarray
+    shape: tuple[int, ...]
+    _csr: Any = field(default=None, repr=False)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.data.size)
+
+    @property
+    def density(self) -> float:
+        return self.nnz / max(self.size, 1)
+
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        rows = self.shape[0] if self.shape else 1
+        return rows, self.size // max(rows, 1)
+
+    @classmethod
+    def from_positions(
+        cls, pos: np.ndarray, values: np.ndarray, shape: tuple[int, ...]
+    ) -> SparseTensor:
+        """From increasing flat positions of the non-zeros and their values."""
+        rows, cols = (shape[0] if shape else 1), math.prod(shape[1:])
+        pos = np.asarray(pos, np.int64)
+        r = pos // max(cols, 1)
+        indptr = np.zeros(rows + 1, np.int64)
+        np.cumsum(np.bincount(r, minlength=rows), out=indptr[1:])
+        itype = np.int32 if max(cols, pos.size) < 2**31 else np.int64
+        return cls(
+            np.ascontiguousarray(values),
+            (pos - r * cols).astype(itype),
+            indptr.astype(itype),
+            tuple(shape),
+        )
+
+    @classmethod
+    def from_dense(cls, x: np.ndarray) -> SparseTensor:
+        flat = np.ascontiguousarray(x).reshape(-1)
+        pos = np.flatnonzero(flat)
+        return cls.from_positions(pos, flat[pos], x.shape)
+
+    def to_dense(self) -> np.ndarray:
+        rows, cols = self.matrix_shape
+        out = np.zeros((rows, cols), self.dtype)
+        r = np.repeat(np.arange(rows), np.diff(self.indptr))
+        out[r, self.indices] = self.data
+        return out.reshape(self.shape)
+
+    def csr(self) -> Any:
+        """The scipy ``csr_matrix`` of the 2-D view (built once)."""
+        if self._csr is None:
+            from scipy.sparse import csr_matrix
+
+            self._csr = csr_matrix((self.data, self.indices, self.indptr), shape=self.matrix_shape)
+        return self._csr
+
+    def transposed(self) -> SparseTensor:
+        """The CSR of the 2-D view's transpose (shape reversed)."""
+        t = self.csr().T.tocsr()
+        t.sort_indices()
+        rows, cols = self.matrix_shape
+        return SparseTensor(t.data, t.indices, t.indptr, (cols, rows), t)
+
+
+def scipy_available() -> bool:
+    try:
+        import scipy.sparse  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _eligible(node: Node, graph: Graph, name: str) -> str | None:
+    """'fc' / 'conv' if ``node`` reads sparse constant ``name`` as a weight a sparse kernel
+    takes, else None."""
+    if node.domain not in ("", DOMAIN) or len(node.inputs) < 2 or node.inputs[1] != name:
+        return None
+    if name in node.inputs[:1] + node.inputs[2:]:
+        return None
+    w = graph.constants[name]
+    if node.op in ("Gemm", "FusedGemm") and w.ndim == 2 and not node.attrs.get("transA", 0):
+        return "fc"
+    if node.op == "MatMul" and not node.domain and w.ndim == 2:
+        return "fc"
+    if node.op in ("Conv", "FusedConv") and w.ndim >= 3 and node.attrs.get("group", 1) == 1:
+        return "conv"
+    return None
+
+
+def sparsify(
+    graph: Graph,
+    *,
+    fc_max_density: float = FC_MAX_DENSITY,
+    conv_max_density: float = CONV_MAX_DENSITY,
+) -> dict[str, str]:
+    """Rewrites nodes reading ``SparseTensor`` constants; returns ``{weight: "sparse"|"dense"}``.
+
+    Every ``SparseTensor`` left in ``graph.constants`` afterwards is read only by sparse
+    kernels; all others are densified here, once. Without scipy everything is densified.
+    """
+    sparse = [k for k, v in graph.constants.items() if isinstance(v, SparseTensor)]
+    if not sparse:
+        return {}
+    users: dict[str, list[int]] = {k: [] for k in sparse}
+    other: set[str] = {o.name for o in graph.outputs}
+    for i, n in enumerate(graph.nodes):
+        for x in n.inputs:
+            if x in users:
+                users[x].append(i)
+        for g in n.subgraphs():
+            other.update(g.outer_refs())
+    have_scipy = scipy_available()
+    decision: dict[str, str] = {}
+    for name in sparse:
+        w: SparseTensor = graph.constants[name]
+        kinds = [_eligible(graph.nodes[i], graph, name) for i in users[name]]
+        limit = {"fc": fc_max_density, "conv": conv_max_density}
+        ok = (
+            have_scipy
+            and name not in other
+            and kinds
+            and all(k is not None and w.density < limit[k] for k in kinds)
+        )
+        if not ok:
+            graph.constants[name] = w.to_dense()
+            decision[name] = "dense"
+            continue
+        for i in users[name]:
+            n = graph.nodes[i]
+            attrs = dict(n.attrs)
+            if n.op in ("Conv", "FusedConv"):
+                attrs.setdefault("kernel_shape", list(w.shape[2:]))
+                graph.nodes[i] = Node("SparseConv", list(n.inputs), n.outputs, attrs, DOMAIN, n.name)
+                continue
+            # SparseGemm wants op(B) transposed, i.e. [N, K] rows: Gemm transB=1 stores that
+            trans_b = n.op != "MatMul" and attrs.pop("transB", 0)
+            csr_name = name if trans_b else f"{name}__csr_t"
+            if not trans_b and csr_name not in graph.constants:
+                graph.constants[csr_name] = w.transposed()
+            inputs = [n.inputs[0], csr_name, *n.inputs[2:]]
+            graph.nodes[i] = Node("SparseGemm", inputs, n.outputs, attrs, DOMAIN, n.name)
+        if not any(graph.nodes[i].inputs[1] == name for i in users[name]):
+            del graph.constants[name]
+        decision[name] = "sparse"
+    return decision
