@@ -297,7 +297,10 @@ def static(
     config: QuantConfig,
 ) -> tuple[Graph, list[Layer]]:
     """The QDQ graph for ``plan`` with activation ``ranges``."""
-    g = clone(g)
+    orig, g = g, clone(g)
+    same = {id(a): b for a, b in zip(orig.nodes, g.nodes)}
+    plan_layers = [(same[id(n)], same[id(a)] if a else None) for n, a in plan.layers]
+    names = [_layer_id(n) for n, _ in plan.layers]
     nm = _Names(g)
     params: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for t in plan.tensors:
@@ -307,7 +310,7 @@ def static(
         params[t] = params[src]
     inputs = {v.name for v in g.inputs}
     producer = {o: n for n in g.nodes for o in n.outputs if o}
-    x_scale = {id(n): params[n.inputs[0]][0] for n, _ in plan.layers if n.inputs[0] in params}
+    x_scale = {id(n): params[n.inputs[0]][0] for n, _ in plan_layers if n.inputs[0] in params}
     new_nodes: list[Node] = []
     renamed: dict[str, str] = {}  # graph-input tensors: consumers read the DQ output instead
     for t in list(params):
@@ -328,12 +331,11 @@ def static(
     for n in g.nodes:
         n.inputs[:] = [renamed.get(i, i) for i in n.inputs]
     layers: list[Layer] = []
-    for n, act in plan.layers:
+    for (n, act), name in zip(plan_layers, names):
         if n.op in ("Conv", "Gemm", "MatMul"):
             new_nodes += _static_weights(g, nm, n, x_scale[id(n)], config)
         out = (act or n).outputs[0]
         out = next((t for t, v in producer.items() if v is (act or n) and t in params), out)
-        name = _layer_id(n) if not n.name else n.name
         layers.append(Layer(name, n.op + ("+" + act.op if act else ""), out, renamed.get(out, out)))
     g.nodes[:] = new_nodes + g.nodes
     _sorted(g)
@@ -345,7 +347,7 @@ def _static_weights(
     g: Graph,
     nm: _Names,
     n: Node,
-    params: dict[str, tuple[np.ndarray, np.ndarray]],
+    xs: np.ndarray,
     config: QuantConfig,
 ) -> list[Node]:
     """Replaces the weight (and bias) of a Conv/Gemm/MatMul by DequantizeLinear of int8/int32."""
@@ -369,13 +371,6 @@ def _static_weights(
     n.inputs[1] = wd
     bias = n.inputs[2] if len(n.inputs) > 2 else ""
     if bias and n.op in ("Conv", "Gemm"):
-        xs = (
-            params[n.inputs[0] if not n.inputs[0].endswith("_dequantized") else n.inputs[0]][0]
-            if n.inputs[0] in params
-            else None
-        )
-        if xs is None:
-            xs = next(p for t, p in params.items() if n.inputs[0].startswith(f"{t}_dequantized"))[0]
         b = np.asarray(g.constants[bias], np.float32).reshape(-1)
         bs = (np.float32(xs) * ws).astype(np.float32).reshape(-1)
         if bs.size == 1 and b.size > 1:
