@@ -22,6 +22,7 @@ from modelloader.errors import (
     SizeLimitError,
     UnsupportedOpError,
 )
+from modelloader.quantize import QuantConfig, quantize
 
 __version__ = "0.1.0"
 
@@ -39,8 +40,10 @@ __all__ = [
     "ModelFormatError",
     "ModelLoaderError",
     "ModelNotFoundError",
+    "QuantConfig",
     "SizeLimitError",
     "TensorInfo",
     "UnsupportedOpError",
     "load",
+    "quantize",
 ]

@@ -123,6 +123,8 @@ class Model:
             self.metadata = dict(graph.metadata.get("metadata") or {})
         #: how compressed weights are held (CoreML palettized/sparse: "compressed ..." or "dense")
         self.weight_storage: str = graph.metadata.get("weight_storage", "dense")
+        #: per-layer codec chains, bytes, ratio, density (compressed containers; else empty)
+        self.compression: dict[str, Any] = {}
         self.op_histogram = op_histogram(graph)
         self.param_count, self.constant_count = count_params(graph)
         # Only the optimised graph is kept, so folded weights are not held twice.
@@ -309,6 +311,10 @@ def load_source(
         return _load_tflite(source, optimize=optimize)
     if fmt == "coreml":
         return _load_coreml(source, optimize=optimize, densify=densify_weights)
+    if fmt == "mldc":
+        from modelloader.compress.container import load_model
+
+        return load_model(source.data, source.name)
     try:
         proto = parse_model(source.data, source.name)
     except ModelFormatError:
@@ -392,6 +398,8 @@ def _external_bytes(graph: Graph, path: Path) -> int:
 def detect_format(data: Any, path: Path | None = None) -> str:
     """Names the model format from the file's first bytes (or the package directory)."""
     head = bytes(data[:8])
+    if head[:6] == b"MLDC\x00\x01":  # modelloader.compress container
+        return "mldc"
     if len(head) >= 8 and head[4:8] == b"TFL3":
         return "tflite"
     if _is_coreml(data, path):

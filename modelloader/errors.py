@@ -172,3 +172,7 @@ class SparseIndexError(ContainerError, SparsityError):
 
 class CompressionAccuracyError(ModelLoaderError):
     """Compression cost more accuracy than ``max_drop`` allows; try weaker settings."""
+
+
+class GraphStructureError(ContainerError):
+    """A container's header passed every field check but its graph cannot be planned."""

@@ -14,6 +14,7 @@ import numpy as np
 
 from modelloader.ir import Graph, Node
 from modelloader.kernels.registry import Registry
+from modelloader.layout import fuse_integer_clip, optimize_layout
 from modelloader.qpasses import integerize
 
 FUSED = "modelloader"
@@ -28,6 +29,8 @@ def optimize(g: Graph, registry: Registry) -> Graph:
     In place, so replaced weights are freed as soon as their folded versions exist.
     """
     integerize(g)  # QDQ patterns -> integer ops (modelloader.qpasses)
+    optimize_layout(g)  # cancel/sink NHWC<->NCHW transposes (modelloader.layout)
+    fuse_integer_clip(g)
     _fold_batchnorm(g)
     if registry.supports("FusedConv", FUSED):
         _fuse(g, "Conv", "FusedConv", residual=True)

@@ -259,6 +259,59 @@ def mobilenet_dynint8() -> bytes:
     return convert(keras_fn(m, MNV2_SHAPE), m, setup=setup)
 
 
+def hybrid_fn(depthwise: bool = True):
+    """Single hybrid ops (weights >= 1024 elements, so dynamic-range quantization takes them).
+
+    Without per-channel scales the interpreter's hybrid DEPTHWISE_CONV_2D reads one scale per
+    output channel past the single stored one (garbage outputs), so ``depthwise`` drops it.
+    """
+    r = np.random.default_rng(12)
+    w1, b1 = const(r, [3, 3, 16, 32], 0.3), const(r, [32], 0.1)
+    w2 = const(r, [3, 3, 16, 24], 0.3)
+    w3, b3 = const(r, [3, 3, 16, 8], 0.3), const(r, [128], 0.1)  # depth multiplier 8
+    w4 = const(r, [3, 3, 16, 8], 0.3)
+    w5, b5 = const(r, [64, 32], 0.3), const(r, [32], 0.1)
+    w6 = const(r, [64, 24], 0.3)
+
+    @tf.function(input_signature=[spec([2, 10, 10, 16], "x"), spec([3, 64], "v"),
+                                  spec([2, 5, 64], "t")])  # fmt: skip
+    def f(x, v, t):
+        out = {
+            "conv_same_relu6": tf.nn.relu6(tf.nn.conv2d(x, w1, 1, "SAME") + b1),
+            "conv_s2_valid": tf.nn.conv2d(x, w2, 2, "VALID"),
+            "fc_relu": tf.nn.relu(tf.matmul(v, w5) + b5),
+            "fc_3d": tf.matmul(tf.reshape(t, [10, 64]), w6),
+        }
+        if depthwise:
+            out["dwconv_mult8_same"] = tf.nn.depthwise_conv2d(x, w3, [1, 1, 1, 1], "SAME") + b3
+            out["dwconv_s2_relu"] = tf.nn.relu(
+                tf.nn.depthwise_conv2d(x * 2.0, w4, [1, 2, 2, 1], "SAME")
+            )
+        return out
+
+    return f
+
+
+HYBRID_INPUTS = normal(x=[2, 10, 10, 16], v=[3, 64], t=[2, 5, 64])
+
+
+@fixture("hybrid_ops_dynint8", "dynamic_int8", HYBRID_INPUTS, resolver="BUILTIN_REF")
+def hybrid_ops_dynint8() -> bytes:
+    def setup(c):
+        c.optimizations = [tf.lite.Optimize.DEFAULT]
+
+    return convert(hybrid_fn(), setup=setup)
+
+
+@fixture("hybrid_ops_dynint8_per_tensor", "dynamic_int8", HYBRID_INPUTS, resolver="BUILTIN_REF")
+def hybrid_ops_dynint8_per_tensor() -> bytes:
+    def setup(c):
+        c.optimizations = [tf.lite.Optimize.DEFAULT]
+        c._experimental_disable_per_channel = True
+
+    return convert(hybrid_fn(depthwise=False), setup=setup)
+
+
 @fixture("mobilenet_v2_int8", "int8", mnv2_inputs, resolver="BUILTIN_REF")
 def mobilenet_int8() -> bytes:
     m = mobilenet()

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -567,10 +568,35 @@ def tflite_multiply_by_quantized_multiplier(
     ``multiplier``/``shift`` broadcast against x (per-channel arrays already shaped)."""
     x = np.asarray(x, np.int64)
     shift = np.asarray(shift, np.int64)
+    m = np.asarray(multiplier, np.int64)
+    if shift.size and m.size and shift.max() <= 0 and m.min() >= 0:
+        return _mbqm_right(x, m, -shift)
     left = np.maximum(shift, 0)
     right = np.maximum(-shift, 0)
     xs = _wrap32(x << left) if np.any(left) else x
     return _rdbpot(_srdhm(xs, np.asarray(multiplier, np.int64)), right)
+
+
+def _mbqm_right(x: np.ndarray, m: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """MultiplyByQuantizedMultiplier for 0 <= m < 2**31 and shift <= 0, in few passes.
+
+    With b >= 0 (so never INT32_MIN) SaturatingRoundingDoublingHighMul is exactly
+    floor((a*b + 2**30) / 2**31) for either sign of a*b (the negative branch's nudge and
+    truncation toward zero combine to the same floor), and RoundingDivideByPOT by e >= 1 is
+    floor((v + 2**(e-1) - [v < 0]) / 2**e)."""
+    t = np.multiply(x, m)
+    t += 1 << 30
+    t >>= 31
+    if not right.any():
+        return t
+    pos = right > 0
+    neg = t >> 63  # -1 where negative
+    if not pos.all():
+        neg &= -pos.astype(np.int64)
+    t += neg
+    t += np.where(pos, np.int64(1) << np.maximum(right - 1, 0), 0)
+    t >>= right
+    return t
 
 
 def tflite_multiply_by_quantized_multiplier_int64(
@@ -661,6 +687,38 @@ def _im2col(xp: np.ndarray, k, s, d, out_sp, group: int) -> np.ndarray:
     return view.reshape(n, group, (c // group) * k[0] * k[1], out_sp[0] * out_sp[1])
 
 
+_WCACHE: dict[int, tuple] = {}
+
+
+def _conv_weights(
+    w: np.ndarray, w_zp, bias: np.ndarray | None, x_dtype: np.dtype, x_zp: int, group: int
+) -> tuple[np.ndarray, type, np.ndarray | None]:
+    """(w - w_zp) as an exact float BLAS operand (group, M/group, K), its float type and the
+    bias as (1, M, 1, 1) int64; cached per weight array while it lives (weights are constants)."""
+    key = (id(w), id(bias), np.dtype(x_dtype).str, int(x_zp), group, str(w_zp))
+    hit = _WCACHE.get(key)
+    if hit is not None and hit[0]() is w and (bias is None or hit[1]() is bias):
+        return hit[2]
+    m, cg, kh, kw = w.shape
+    wz = _list(w_zp, np.int32)
+    wi = w.astype(np.int32) - (wz.reshape(-1, 1, 1, 1) if wz.size > 1 else wz[0])
+    lo_x, hi_x = _irange(x_dtype)
+    bound_x = max(abs(lo_x - x_zp), abs(hi_x - x_zp))
+    bound_w = int(np.abs(wi).max(initial=0))
+    # exact float BLAS: float32 while every partial sum stays below 2**24, else float64
+    ft = np.float32 if cg * kh * kw * bound_x * bound_w < _F32_EXACT else np.float64
+    wmat = wi.astype(ft).reshape(group, m // group, cg * kh * kw)
+    b64 = None if bias is None else np.asarray(bias).astype(np.int64).reshape(1, m, 1, 1)
+    out = (wmat, ft, b64)
+    try:
+        refs = (weakref.ref(w), (lambda: None) if bias is None else weakref.ref(bias))
+    except TypeError:  # not weak-referenceable: no caching
+        return out
+    _WCACHE[key] = (*refs, out)
+    weakref.finalize(w, _WCACHE.pop, key, None)
+    return out
+
+
 @kernel("TFLiteConv", domain=ML)
 def tflite_conv(
     x: np.ndarray,
@@ -698,23 +756,17 @@ def tflite_conv(
     p = list(pads)
     oh = (h + p[0] + p[2] - ((kh - 1) * d[0] + 1)) // s[0] + 1
     ow = (wd + p[1] + p[3] - ((kw - 1) * d[1] + 1)) // s[1] + 1
-    wz = _list(w_zp, np.int32)
-    wi = w.astype(np.int32) - (wz.reshape(-1, 1, 1, 1) if wz.size > 1 else wz[0])
-    lo_x, hi_x = _irange(x.dtype)
-    bound_x = max(abs(lo_x - x_zp), abs(hi_x - x_zp))
-    bound_w = int(np.abs(wi).max(initial=0))
-    # exact float BLAS: float32 while every partial sum stays below 2**24, else float64
-    ft = np.float32 if cg * kh * kw * bound_x * bound_w < _F32_EXACT else np.float64
+    wmat, ft, bias64 = _conv_weights(w, w_zp, bias, x.dtype, x_zp, group)
     if kh == kw == 1 and s == [1, 1] and not any(p):
-        cols = (x.astype(ft) - ft(x_zp)).reshape(n, group, cg, h * wd)
+        cols = np.subtract(x, ft(x_zp), dtype=ft).reshape(n, group, cg, h * wd)
     else:
         xp = np.zeros((n, c, h + p[0] + p[2], wd + p[1] + p[3]), ft)
-        xp[:, :, p[0] : p[0] + h, p[1] : p[1] + wd] = x.astype(np.int32) - x_zp
+        inner = xp[:, :, p[0] : p[0] + h, p[1] : p[1] + wd]
+        np.subtract(x, ft(x_zp), out=inner, dtype=ft)
         cols = _im2col(xp, k, s, d, (oh, ow), group)
-    wmat = wi.astype(ft).reshape(group, m // group, cg * kh * kw)
     acc = np.matmul(wmat, cols).reshape(n, m, oh, ow).astype(np.int64)
-    if bias is not None:
-        acc += np.asarray(bias).astype(np.int64).reshape(1, m, 1, 1)
+    if bias64 is not None:
+        acc += bias64
     mult = float(x_scale) * _list(w_scale, np.float64) / float(y_scale)
     return _finish(acc, mult, y_zp, act_min, act_max, x.dtype, 1, x.dtype == np.int16)
 

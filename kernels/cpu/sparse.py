@@ -43,7 +43,10 @@ def sparse_gemm(
     lead = aa.shape[:-1]
     x = aa.reshape(-1, aa.shape[-1]).astype(w.dtype, copy=False)
     # (W @ x.T).T: CSR rows are the outputs, so each output is one sparse dot product
-    y = np.ascontiguousarray((w.csr() @ x.T).T)
+    if x.shape[0] == 1:  # a matrix-vector product: scipy's csr_matvec, no dense transposes
+        y = np.asarray(w.csr() @ x[0])[None, :]
+    else:
+        y = np.ascontiguousarray((w.csr() @ x.T).T)
     if alpha != 1.0:
         y *= y.dtype.type(alpha)
     if c is not None and beta != 0.0:

@@ -67,9 +67,9 @@ def asymmetric_quantize(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     err_min = abs(qmin) + np.abs(rmin / scale_d)
     err_max = abs(qmax) + np.abs(rmax / scale_d)
     zp_d = np.where(err_min < err_max, zp_from_min, zp_from_max)
-    zp = np.where(
-        zp_d <= qmin, qmin, np.where(zp_d >= qmax, qmax, _round_away(zp_d))
-    ).astype(np.int32)
+    zp = np.where(zp_d <= qmin, qmin, np.where(zp_d >= qmax, qmax, _round_away(zp_d))).astype(
+        np.int32
+    )
     zp[same] = 0
     scale = scale_d.astype(F32)
     inv = (F32(1) / scale).astype(F32)
@@ -107,7 +107,14 @@ def _windows(
     view = np.lib.stride_tricks.as_strided(
         xp,
         (n, oh, ow, kh, kw, c),
-        (s[0], s[1] * strides[0], s[2] * strides[1], s[1] * dilations[0], s[2] * dilations[1], s[3]),
+        (
+            s[0],
+            s[1] * strides[0],
+            s[2] * strides[1],
+            s[1] * dilations[0],
+            s[2] * dilations[1],
+            s[3],
+        ),
         writeable=False,
     )
     return view, oh, ow

@@ -119,7 +119,9 @@ def pack_bits(values: np.ndarray, bits: int) -> bytes:
     out, carry, step = [], np.zeros(0, np.uint8), 1 << 20
     shifts = np.arange(bits - 1, -1, -1, dtype=np.int64)
     for i in range(0, v.size, step):
-        stream = np.concatenate([carry, ((v[i : i + step, None] >> shifts) & 1).astype(np.uint8).ravel()])
+        stream = np.concatenate(
+            [carry, ((v[i : i + step, None] >> shifts) & 1).astype(np.uint8).ravel()]
+        )
         cut = stream.size - stream.size % 8
         out.append(np.packbits(stream[:cut]).tobytes())
         carry = stream[cut:]
@@ -165,7 +167,12 @@ def encode_stream(symbols: np.ndarray, bits: int, use_huffman: bool, write: Blob
             "lengths": h.lengths,
             "blob": write(h.blob),
         }
-    return {"kind": "packed", "bits": bits, "count": int(sym.size), "blob": write(pack_bits(sym, bits))}
+    return {
+        "kind": "packed",
+        "bits": bits,
+        "count": int(sym.size),
+        "blob": write(pack_bits(sym, bits)),
+    }
 
 
 def decode_stream(spec: Any, bits: int, count: int, read: BlobReader, where: str) -> np.ndarray:
@@ -180,7 +187,9 @@ def decode_stream(spec: Any, bits: int, count: int, read: BlobReader, where: str
             raise CodebookError(f"{where}: stream is {spec['bits']}-bit, its codec is {bits}-bit")
         return unpack_bits(read(spec["blob"]), bits, count)
     if kind == "huffman":
-        only_keys(spec, {"kind", "alphabet", "count", "chunk", "total_bits", "lengths", "blob"}, where)
+        only_keys(
+            spec, {"kind", "alphabet", "count", "chunk", "total_bits", "lengths", "blob"}, where
+        )
         if int_field(spec, "alphabet", 1, 1 << MAX_INDEX_BITS, where) != 1 << bits:
             raise CodebookError(f"{where}: Huffman alphabet {spec['alphabet']} != 2**{bits}")
         lengths = field(spec, "lengths", list, where)
@@ -251,12 +260,17 @@ def encode_palette(
     return {
         "kind": "palette",
         "bits": bits,
-        "codebook": {"entries": int(codebook.size), "blob": write(codebook.astype("<f4").tobytes())},
+        "codebook": {
+            "entries": int(codebook.size),
+            "blob": write(codebook.astype("<f4").tobytes()),
+        },
         "indices": encode_stream(idx, bits, use_huffman, write),
     }
 
 
-def decode_palette(spec: dict, count: int, dtype: np.dtype, read: BlobReader, where: str) -> np.ndarray:
+def decode_palette(
+    spec: dict, count: int, dtype: np.dtype, read: BlobReader, where: str
+) -> np.ndarray:
     only_keys(spec, {"kind", "bits", "codebook", "indices"}, where)
     if dtype.kind != "f":
         raise CodebookError(f"{where}: a palette needs a float tensor, not {dtype}")
@@ -415,7 +429,10 @@ def decode_codec(
 
 
 def encode_raw(x: np.ndarray, write: BlobWriter) -> dict:
-    return {"kind": "raw", "blob": write(np.ascontiguousarray(x).astype(x.dtype.newbyteorder("<")).tobytes())}
+    return {
+        "kind": "raw",
+        "blob": write(np.ascontiguousarray(x).astype(x.dtype.newbyteorder("<")).tobytes()),
+    }
 
 
 def encode_float16(x: np.ndarray, write: BlobWriter) -> dict:
@@ -432,7 +449,12 @@ def encode_affine_int8(
         scale = (hi - lo) / 255.0 or 1.0
         zero_point = int(np.clip(round(-128 - lo / scale), -128, 127))
     q = np.clip(np.round(v / np.float32(scale)) + zero_point, -128, 127).astype(np.int8)
-    return {"kind": "affine_int8", "scale": float(scale), "zero_point": int(zero_point), "blob": write(q.tobytes())}
+    return {
+        "kind": "affine_int8",
+        "scale": float(scale),
+        "zero_point": int(zero_point),
+        "blob": write(q.tobytes()),
+    }
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,8 @@ def check_lengths(lengths: list[int] | np.ndarray, alphabet: int) -> np.ndarray:
 
     Raises ``HuffmanTableError``.
     """
+    if not all(isinstance(x, (int, np.integer)) and 0 <= x <= MAX_CODE_BITS for x in lengths):
+        raise HuffmanTableError(f"Huffman code lengths must be integers in [0, {MAX_CODE_BITS}]")
     lens = np.asarray(lengths, np.int64)
     if lens.ndim != 1 or lens.size != alphabet:
         raise HuffmanTableError(f"Huffman table has {lens.size} code lengths, expected {alphabet}")
@@ -98,7 +100,9 @@ def check_lengths(lengths: list[int] | np.ndarray, alphabet: int) -> np.ndarray:
         return lens
     kraft = int(np.sum(1 << (MAX_CODE_BITS - used)))
     if kraft > 1 << MAX_CODE_BITS:
-        raise HuffmanTableError("Huffman code lengths oversubscribe the code space (not prefix-free)")
+        raise HuffmanTableError(
+            "Huffman code lengths oversubscribe the code space (not prefix-free)"
+        )
     if kraft < 1 << MAX_CODE_BITS:
         raise HuffmanTableError("Huffman code lengths leave bit patterns undecodable (incomplete)")
     return lens
@@ -200,7 +204,11 @@ def decode(
     ends = np.append(starts[1:], total_bits)
     sizes = np.full(nchunks, chunk, np.int64)
     sizes[-1] = count - chunk * (nchunks - 1)
-    if starts[0] != 0 or np.any(ends < starts) or np.any(ends - starts < sizes * lens[lens > 0].min()):
+    if (
+        starts[0] != 0
+        or np.any(ends < starts)
+        or np.any(ends - starts < sizes * lens[lens > 0].min())
+    ):
         raise DecodedLengthError("Huffman chunk offsets are not increasing or too close together")
     if np.any(ends - starts > sizes * MAX_CODE_BITS):
         raise DecodedLengthError("Huffman chunk holds more bits than its symbols can use")
@@ -244,6 +252,8 @@ def decode(
             f"its offsets span {int(ends[bad] - starts[bad])}"
         )
     flat = out.T.reshape(-1)
-    return flat[:count] if full == nchunks else np.concatenate(
-        [out[:, :full].T.reshape(-1), out[: sizes[-1], full]]
+    return (
+        flat[:count]
+        if full == nchunks
+        else np.concatenate([out[:, :full].T.reshape(-1), out[: sizes[-1], full]])
     )

@@ -179,7 +179,9 @@ def sparsify(
             attrs = dict(n.attrs)
             if n.op in ("Conv", "FusedConv"):
                 attrs.setdefault("kernel_shape", list(w.shape[2:]))
-                graph.nodes[i] = Node("SparseConv", list(n.inputs), n.outputs, attrs, DOMAIN, n.name)
+                graph.nodes[i] = Node(
+                    "SparseConv", list(n.inputs), n.outputs, attrs, DOMAIN, n.name
+                )
                 continue
             # SparseGemm wants op(B) transposed, i.e. [N, K] rows: Gemm transB=1 stores that
             trans_b = n.op != "MatMul" and attrs.pop("transB", 0)

@@ -20,7 +20,8 @@ class QuantConfig:
       (``percentile`` of the values, per tail) or ``"entropy"`` (KL divergence, TensorRT style).
     * ``per_channel``: one weight scale per output channel (default) or one per tensor.
     * ``symmetric``: int8 activations with zero point 0 (default: uint8, asymmetric).
-      Weights are always int8 symmetric.
+      Weights are symmetric 8-bit: ``weight_type`` ``"uint8"`` (zero point 128, the default:
+      onnxruntime's AVX2 u8s8 kernels saturate int16 pair sums, u8u8 ones do not) or ``"int8"``.
     * ``exclude``: ``fnmatch`` patterns on a layer's name, first output name or op type; matching
       layers stay in float.
     * ``max_drop``: the accuracy gate, in percentage points of top-1 (accuracy against labels
@@ -44,6 +45,7 @@ class QuantConfig:
     percentile: float = 99.999
     num_bins: int = 2048
     batch_size: int = 64
+    weight_type: Literal["int8", "uint8"] = "uint8"
     float16_compute: bool = False
     keep_io_types: bool = True
     layer_report_samples: int = 512

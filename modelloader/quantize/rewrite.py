@@ -358,7 +358,11 @@ def _static_weights(
         axis = 0 if n.attrs.get("transB", 0) else 1
     else:
         axis = 1
-    q, ws, wz = quantize_weight(w, axis if config.per_channel else None)
+    q, ws, wz = quantize_weight(
+        w,
+        axis if config.per_channel else None,
+        np.uint8 if config.weight_type == "uint8" else np.int8,
+    )
     nodes = []
     qn, sn, zn = (
         nm.const(q, f"{n.inputs[1]}_quantized"),
@@ -422,6 +426,10 @@ def dynamic(g: Graph, config: QuantConfig) -> tuple[Graph, list[Layer]]:
     return g, layers
 
 
+def _wtype(config: QuantConfig) -> type:
+    return np.uint8 if config.weight_type == "uint8" else np.int8
+
+
 def _dq_input(nm: _Names, x: str) -> tuple[Node, str, str, str]:
     xq, xs, xz = nm.fresh(f"{x}_quantized"), nm.fresh(f"{x}_scale"), nm.fresh(f"{x}_zero_point")
     return Node("DynamicQuantizeLinear", [x], [xq, xs, xz]), xq, xs, xz
@@ -457,10 +465,10 @@ def _dynamic_matmul(g: Graph, nm: _Names, n: Node, config: QuantConfig) -> list[
             if not _is_f32_const(g, n.inputs[2]):
                 return None
             bias = np.asarray(g.constants[n.inputs[2]], np.float32) * np.float32(beta)
-    q, ws, _ = quantize_weight(w, 1 if config.per_channel else None)
+    q, ws, wz = quantize_weight(w, 1 if config.per_channel else None, _wtype(config))
     dq, xq, xs, xz = _dq_input(nm, n.inputs[0])
     acc = nm.fresh("acc")
-    zero = nm.const(np.asarray(0, np.int8), "w_zero_point")
+    zero = nm.const(np.asarray(wz.reshape(-1)[0]), "w_zero_point")
     mm = Node(
         "MatMulInteger", [xq, nm.const(q, f"{n.inputs[1]}_quantized"), xz, zero], [acc], name=n.name
     )
@@ -476,12 +484,12 @@ def _dynamic_conv(g: Graph, nm: _Names, n: Node, config: QuantConfig) -> list[No
         bias = np.asarray(g.constants[n.inputs[2]], np.float32).reshape(
             (1, -1) + (1,) * (w.ndim - 2)
         )
-    q, ws, _ = quantize_weight(w, 0 if config.per_channel else None)
+    q, ws, wz = quantize_weight(w, 0 if config.per_channel else None, _wtype(config))
     if ws.ndim:
         ws = ws.reshape((1, -1) + (1,) * (w.ndim - 2))
     dq, xq, xs, xz = _dq_input(nm, n.inputs[0])
     acc = nm.fresh("acc")
-    zero = nm.const(np.asarray(0, np.int8), "w_zero_point")
+    zero = nm.const(np.asarray(wz.reshape(-1)[0]), "w_zero_point")
     conv = Node(
         "ConvInteger",
         [xq, nm.const(q, f"{n.inputs[1]}_quantized"), xz, zero],

@@ -1,7 +1,8 @@
 """Full-integer rows: TFLite int8/uint8/int16 ops run with integer arithmetic.
 
-Each builder returns False to decline (e.g. a hybrid op whose activations are
-float), which sends the op through the table's dequantize/float/quantize fallback.
+Each builder returns False to decline, which sends the op through the table's
+dequantize/float/quantize fallback. Hybrid ops (float activations, constant int8
+filters) go to ``ops/hybrid.py``.
 Fused activations are applied by ``convert_op`` as an integer clamp afterwards.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from modelloader.importers.tflite.ops import hybrid
 from modelloader.importers.tflite.ops.nn import _dilations, _pads, _strides
 from modelloader.importers.tflite.reader import Quant, TFLOperator
 from modelloader.importers.tflite.table import TFLContext, nchw_to_nhwc, nhwc_to_nchw, tfl_qop
@@ -42,6 +44,8 @@ def _sz(ctx: TFLContext, q: Quant, dt: np.dtype) -> list[str]:
 
 @tfl_qop("CONV_2D", "DEPTHWISE_CONV_2D")
 def conv(op: TFLOperator, ctx: TFLContext) -> bool:
+    if hybrid.is_hybrid(op, ctx):
+        return hybrid.conv(op, ctx)
     xy, qw = _xy(ctx, op), ctx.quant(op.inputs[1])
     if xy is None or qw is None or ctx.const(op.inputs[1]) is None:
         return False
@@ -80,6 +84,8 @@ def _pads4(
 
 @tfl_qop("FULLY_CONNECTED")
 def fully_connected(op: TFLOperator, ctx: TFLContext) -> bool:
+    if hybrid.is_hybrid(op, ctx):
+        return hybrid.fully_connected(op, ctx)
     xy, qw = _xy(ctx, op), ctx.quant(op.inputs[1])
     if xy is None or qw is None:
         return False

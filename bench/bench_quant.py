@@ -1,0 +1,155 @@
+"""int8 vs float32 latency and model size for ResNet-18/50-shaped models (random weights).
+
+``bench_quant()`` builds each model with onnx.helper, quantizes it with ``modelloader.quantize``
+(static, per-channel, calibrated on a few random images) and times modelloader (float32 and
+int8 QDQ -> integer ops) and, when installed, onnxruntime on the same files. Returns one dict
+per model; ``python bench/bench_quant.py [resnet18,resnet50]`` prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+import modelloader
+from modelloader.quantize import QuantConfig, quantize
+
+LAYERS = {"resnet18": ("basic", [2, 2, 2, 2]), "resnet50": ("bottleneck", [3, 4, 6, 3])}
+
+
+def build_resnet(name: str, size: int = 224, seed: int = 0) -> onnx.ModelProto:
+    """A ResNet-18/50-shaped ONNX model (Conv+BN folded into Conv bias, Relu, residual Add)."""
+    kind, blocks = LAYERS[name]
+    rng = np.random.default_rng(seed)
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    k = [0]
+
+    def conv(x: str, cin: int, cout: int, ks: int, stride: int, relu: bool) -> str:
+        k[0] += 1
+        w = (rng.standard_normal((cout, cin, ks, ks)) * np.sqrt(2 / (cin * ks * ks))).astype(
+            np.float32
+        )
+        b = (rng.standard_normal(cout) * 0.01).astype(np.float32)
+        wn, bn, y = f"w{k[0]}", f"b{k[0]}", f"c{k[0]}"
+        inits.extend([numpy_helper.from_array(w, wn), numpy_helper.from_array(b, bn)])
+        p = ks // 2
+        nodes.append(
+            helper.make_node(
+                "Conv", [x, wn, bn], [y], kernel_shape=[ks, ks], strides=[stride] * 2, pads=[p] * 4
+            )
+        )
+        if relu:
+            nodes.append(helper.make_node("Relu", [y], [y + "r"]))
+            return y + "r"
+        return y
+
+    x = conv("input", 3, 64, 7, 2, True)
+    nodes.append(
+        helper.make_node("MaxPool", [x], ["mp"], kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4)
+    )
+    x, cin = "mp", 64
+    exp = 1 if kind == "basic" else 4
+    for stage, n in enumerate(blocks):
+        width = 64 * 2**stage
+        for i in range(n):
+            stride = 2 if i == 0 and stage > 0 else 1
+            if kind == "basic":
+                y = conv(conv(x, cin, width, 3, stride, True), width, width, 3, 1, False)
+            else:
+                y = conv(x, cin, width, 1, 1, True)
+                y = conv(y, width, width, 3, stride, True)
+                y = conv(y, width, width * exp, 1, 1, False)
+            sc = (
+                x
+                if stride == 1 and cin == width * exp
+                else conv(x, cin, width * exp, 1, stride, False)
+            )
+            k[0] += 1
+            nodes.append(helper.make_node("Add", [y, sc], [f"a{k[0]}"]))
+            nodes.append(helper.make_node("Relu", [f"a{k[0]}"], [f"r{k[0]}"]))
+            x, cin = f"r{k[0]}", width * exp
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"]))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["flat"]))
+    fw = (rng.standard_normal((1000, cin)) * 0.01).astype(np.float32)
+    inits += [
+        numpy_helper.from_array(fw, "fcw"),
+        numpy_helper.from_array(np.zeros(1000, np.float32), "fcb"),
+    ]
+    nodes.append(helper.make_node("Gemm", ["flat", "fcw", "fcb"], ["logits"], transB=1))
+    g = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])],
+        inits,
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _time(fn, runs: int) -> float:
+    fn()
+    ts = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts)) * 1e3
+
+
+def bench_quant(names: list[str] | None = None, runs: int = 5, size: int = 224) -> list[dict]:
+    """Per model: float32/int8 latency (ms, median) in modelloader and onnxruntime, and size."""
+    rows = []
+    rng = np.random.default_rng(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names or list(LAYERS):
+            fp = Path(tmp) / f"{name}.onnx"
+            onnx.save(build_resnet(name, size), str(fp))
+            calib = [
+                {"input": rng.standard_normal((1, 3, size, size)).astype(np.float32)}
+                for _ in range(4)
+            ]
+            q = quantize(fp, QuantConfig(eval_split=0.0, layer_report_samples=1), calib)
+            qp = Path(tmp) / f"{name}.int8.onnx"
+            q.save(qp)
+            x = calib[0]
+            fm = modelloader.load(fp)
+            row = {
+                "model": name,
+                "size_fp32_mb": fp.stat().st_size / 1e6,
+                "size_int8_mb": qp.stat().st_size / 1e6,
+                "ml_fp32_ms": _time(lambda m=fm, x=x: m.predict(x), runs),
+                "ml_int8_ms": _time(lambda m=q, x=x: m.predict(x), runs),
+            }
+            try:
+                import onnxruntime as ort
+
+                for tag, p in (("fp32", fp), ("int8", qp)):
+                    s = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+                    row[f"ort_{tag}_ms"] = _time(lambda s=s, x=x: s.run(None, x), runs)
+            except ImportError:
+                pass
+            rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    cols = list(rows[0])
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        out.append(
+            "| "
+            + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in r.values())
+            + " |"
+        )
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(table(bench_quant(sys.argv[1].split(",") if len(sys.argv) > 1 else None)))
