@@ -4,7 +4,7 @@ PYTHON ?= python
 .PHONY: install demo test bench lint example conformance-allowlist
 
 install:
-	$(PYTHON) -m pip install -e '.[test]'
+	$(PYTHON) -m pip install -e '.[test,coreml]'
 
 demo: install
 	modelloader run models/digits_mlp.onnx models/digits_mlp_input.npy

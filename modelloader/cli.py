@@ -387,3 +387,13 @@ def _human(n: int) -> str:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+def _register_tools() -> None:
+    """Commands that live beside their feature packages."""
+    from modelloader.quantize.cli import quantize
+
+    main.add_command(quantize)
+
+
+_register_tools()

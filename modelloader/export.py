@@ -380,6 +380,74 @@ def _tflite_fc(node: Node, s: _Scope) -> list[Node]:
     return nodes + _clamp(s, node, cur, y, xdt) if cur != y else nodes
 
 
+def _hybrid_weight(s: _Scope, node: Node) -> np.ndarray:
+    """The float weights of a hybrid op: int8 values times their (per-channel) scales."""
+    w, ws = s.get_const(node.inputs[1]), s.get_const(node.inputs[2])
+    if w is None or ws is None:
+        raise _NotLowerable(f"{node.op} with weights computed at run time")
+    ws = np.asarray(ws, np.float32).reshape(-1)
+    shape = (
+        (-1,) + (1,) * (w.ndim - 1)
+        if ws.size > 1 and node.op != "TFLiteHybridDepthwiseConv"
+        else (-1,)
+    )
+    return w.astype(np.float32) * (ws.reshape(shape) if ws.size > 1 else ws[0])
+
+
+@_lowers("TFLiteHybridConv", "TFLiteHybridDepthwiseConv")
+def _tflite_hybrid_conv(node: Node, s: _Scope) -> list[Node]:
+    """Hybrid (dynamic-range) conv as float Conv on dequantized weights.
+
+    ONNX has no op that quantizes activations the way TFLite's hybrid kernels do, so
+    the export computes in float: it differs from the .tflite run by the activation
+    quantization error (about 1e-3 relative), not by a semantic change.
+    """
+    a, x = node.attrs, node.inputs[0]
+    wf = _hybrid_weight(s, node)  # OHWI, or [1, KH, KW, C*M] for depthwise
+    depthwise = node.op == "TFLiteHybridDepthwiseConv"
+    w_oihw = wf.transpose(3, 0, 1, 2) if depthwise else wf.transpose(0, 3, 1, 2)
+    group = 1
+    xn, yn = s.fresh("nchw"), s.fresh("conv")
+    conv_in = [xn, s.const(w_oihw, "w")]
+    if len(node.inputs) > 3 and node.inputs[3]:
+        conv_in.append(node.inputs[3])
+    nodes = [_n("Transpose", [x], [xn], perm=[0, 3, 1, 2])]
+    attrs = {
+        "strides": list(a.get("strides", (1, 1))),
+        "dilations": list(a.get("dilations", (1, 1))),
+        "pads": [a.get("pads", (0, 0, 0, 0))[i] for i in (0, 1, 2, 3)],
+    }
+    if depthwise:  # [1, KH, KW, C*M] -> (C*M, 1, KH, KW), one group per input channel
+        group = w_oihw.shape[0] // int(a.get("depth_multiplier", 1))
+    nodes.append(_n("Conv", conv_in, [yn], group=group, **attrs))
+    nodes.append(_n("Transpose", [yn], [node.outputs[0]], perm=[0, 2, 3, 1]))
+    return nodes
+
+
+@_lowers("TFLiteHybridFullyConnected")
+def _tflite_hybrid_fc(node: Node, s: _Scope) -> list[Node]:
+    """Hybrid FULLY_CONNECTED as Reshape + Gemm on dequantized weights (see above)."""
+    x, y = node.inputs[0], node.outputs[0]
+    wf = _hybrid_weight(s, node)  # [units, K]
+    units, k = wf.shape
+    rows, out = s.fresh("rows"), s.fresh("fc")
+    gemm_in = [rows, s.const(wf, "w")]
+    if len(node.inputs) > 3 and node.inputs[3]:
+        gemm_in.append(node.inputs[3])
+    nodes = [
+        _n("Reshape", [x, s.i64([-1, k])], [rows]),
+        _n("Gemm", gemm_in, [out if node.attrs.get("keep_num_dims") else y], transB=1),
+    ]
+    if node.attrs.get("keep_num_dims"):
+        lead, shape = s.fresh("lead"), s.fresh("shape")
+        nodes += [
+            _n("Shape", [x], [lead], end=-1),
+            _n("Concat", [lead, s.i64([units])], [shape], axis=0),
+            _n("Reshape", [out, shape], [y]),
+        ]
+    return nodes
+
+
 @_lowers("TFLiteAdd", "TFLiteSub", "TFLiteMul")
 def _tflite_binary(node: Node, s: _Scope) -> list[Node]:
     a = node.attrs

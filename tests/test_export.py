@@ -256,6 +256,12 @@ def test_tflite_fixture_through_onnxruntime(name: str, entry: dict) -> None:
             _within_quanta(o, got[o], np.asarray(mine[o]), tol)  # against modelloader
         elif want.dtype.kind in "biu":
             np.testing.assert_array_equal(got[o], mine[o], err_msg=o)
+        elif entry["kind"] == "dynamic_int8":
+            # ONNX cannot quantize activations as TFLite's hybrid kernels do, so the export
+            # runs float on dequantized weights: off by the 8-bit activation quantization
+            # error, which is bounded relative to the output's range, not per element.
+            err = np.abs(got[o].astype(np.float64) - want).max()
+            assert err <= 0.05 * np.abs(want).max(), f"{o}: {err} vs range {np.abs(want).max()}"
         else:  # float models: the export must reproduce modelloader's result on the .tflite
             np.testing.assert_allclose(
                 got[o], mine[o], rtol=tol["rtol"], atol=tol["atol"], err_msg=o

@@ -11,6 +11,7 @@ engine in float64, which is exact for 8/16-bit operands."""
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Sequence
@@ -133,6 +134,31 @@ def window_view(
     return as_strided(xp, shape=shape, strides=strides_, writeable=False)
 
 
+def _tup(v: Sequence[int] | None) -> tuple[int, ...] | None:
+    return None if v is None else tuple(int(e) for e in v)
+
+
+@functools.lru_cache(maxsize=1024)
+def _geometry(
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    auto_pad: str,
+    dilations: tuple[int, ...] | None,
+    kernel_shape: tuple[int, ...] | None,
+    pads: tuple[int, ...] | None,
+    strides: tuple[int, ...] | None,
+) -> tuple[list[int], list[int], list[int], list[int], list[int]]:
+    """(kernel, strides, dilations, pads, out spatial) of a conv, cached per shapes/attrs.
+
+    Callers must not mutate the returned lists."""
+    r = len(x_shape) - 2
+    k = list(kernel_shape) if kernel_shape else list(w_shape[2:])
+    s = list(strides) if strides else [1] * r
+    d = list(dilations) if dilations else [1] * r
+    p, out_sp = resolve_pads(x_shape[2:], k, s, d, pads, auto_pad)
+    return k, s, d, p, out_sp
+
+
 def _defaults(
     x: np.ndarray, kshape: Sequence[int] | None, w_shape: Sequence[int], strides, dilations
 ) -> tuple[list[int], list[int], list[int]]:
@@ -203,9 +229,24 @@ def _conv_float(
     n, c = x.shape[:2]
     m = w.shape[0]
     r = x.ndim - 2
-    k, s, d = _defaults(x, kernel_shape, w.shape, strides, dilations)
-    p, out_sp = resolve_pads(x.shape[2:], k, s, d, pads, auto_pad)
+    k, s, d, p, out_sp = _geometry(
+        x.shape,
+        w.shape,
+        auto_pad,
+        _tup(dilations),
+        _tup(kernel_shape),
+        _tup(pads),
+        _tup(strides),
+    )
     hw = math.prod(out_sp)
+    if group == 1 and n == 1 and not any(p) and all(v == 1 for v in k) and all(v == 1 for v in s):
+        # pointwise: one matmul straight from the input into the output, no copies
+        out = np.empty((1, m) + tuple(out_sp), x.dtype)
+        xs = x.reshape(c, hw) if x.flags.c_contiguous else np.ascontiguousarray(x).reshape(c, hw)
+        np.matmul(w.reshape(m, c), xs, out=out.reshape(m, hw))
+        if b is not None:
+            out += b.astype(x.dtype, copy=False).reshape((m,) + (1,) * r)
+        return out
     cg, mg = c // group, m // group
     kk = math.prod(k)
     bias = None if b is None else b.astype(x.dtype, copy=False).reshape((m,) + (1,) * r)

@@ -171,6 +171,7 @@ def hybrid_depthwise_conv(
     strides: list[int] = (1, 1),  # type: ignore[assignment]
     dilations: list[int] = (1, 1),  # type: ignore[assignment]
     pads: list[int] = (0, 0, 0, 0),  # type: ignore[assignment]
+    depth_multiplier: int = 1,
 ) -> np.ndarray:
     """modelloader TFLiteHybridDepthwiseConv: TFLite hybrid DEPTHWISE_CONV_2D (x NHWC float32,
     w [1, KH, KW, C*M] int8, output channel c*M+j reads input channel c).
@@ -180,7 +181,9 @@ def hybrid_depthwise_conv(
     """
     n, h, wd, c = x.shape
     _, kh, kw, co = w.shape
-    m = co // c
+    m = depth_multiplier
+    if c * m != co:
+        raise ValueError(f"depthwise filter has {co} channels, input {c} x multiplier {m}")
     q, xs, zp = _quantize(x.reshape(n, -1), True)
     xz = (q - zp[:, None]).reshape(n, h, wd, c)
     if m > 1:

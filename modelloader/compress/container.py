@@ -299,7 +299,7 @@ def read_container(data: Any, name: str = "<container>") -> Container:
     compression = get_field(header, "compression", dict, where)
     section = view[PREFIX + hlen : n - CHECKSUM]
     refs: list[dict] = []
-    _blob_refs(header["graph"], refs)
+    _blob_refs(get_field(header, "graph", dict, where), refs)
     _check_blob_layout(refs, len(section))
 
     def read(ref: Any) -> memoryview:
@@ -351,7 +351,11 @@ def _read_value(spec: Any, where: str) -> Value:
         raise HeaderSchemaError(f"{where}: bad shape {shape!r}")
     kinds = {k.value: k for k in ValueKind}
     kind, elem = spec.get("kind", "tensor"), spec.get("elem_kind")
-    if not isinstance(kind, str) or kind not in kinds or not (elem is None or (isinstance(elem, str) and elem in kinds)):
+    if (
+        not isinstance(kind, str)
+        or kind not in kinds
+        or not (elem is None or (isinstance(elem, str) and elem in kinds))
+    ):
         raise HeaderSchemaError(f"{where}: unknown value kind {kind!r}/{elem!r}")
     dtype = None
     if dt is not None:
@@ -512,6 +516,7 @@ def load_model(data: Any, name: str = "<container>") -> Any:
 
     c = read_container(data, name)
     g = c.graph
+    _check_names(g, set(), "graph")
     try:
         _densify_before_batchnorm(g)
         optimize(g, registry)
@@ -539,3 +544,24 @@ def _densify_before_batchnorm(g: Graph) -> None:
             w = g.constants.get(n.inputs[1])
             if isinstance(w, SparseTensor):
                 g.constants[n.inputs[1]] = w.to_dense()
+
+
+def _check_names(g: Graph, outer: set[str], where: str) -> None:
+    """Every name a node reads is a graph input, a constant, an earlier output or (in a
+    subgraph) visible from the enclosing graph; every graph output is produced."""
+    defined = outer | {v.name for v in g.inputs} | set(g.constants)
+    produced = {o for n in g.nodes for o in n.outputs if o}
+    for n in g.nodes:
+        for x in n.inputs:
+            if x and x not in defined and x not in produced:
+                raise GraphStructureError(
+                    f"{where}: {n.label()} reads '{x}', which nothing defines"
+                )
+        for sub in n.subgraphs():
+            _check_names(sub, defined | produced, f"{where}/{n.label()}")
+    missing = [o.name for o in g.outputs if o.name not in defined | produced]
+    if missing:
+        raise GraphStructureError(f"{where}: outputs {missing} are never produced")
+    dup = len(produced) != sum(1 for n in g.nodes for o in n.outputs if o)
+    if dup or produced & ({v.name for v in g.inputs} | set(g.constants)):
+        raise GraphStructureError(f"{where}: a value is produced twice")

@@ -56,7 +56,11 @@ def load_eval(spec: EvalSpec) -> Callable[[Any], float]:
 
 
 def accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
-    """Top-1 accuracy: argmax of the model's first 2-D float output against labels ``y``."""
+    """Top-1 accuracy: argmax of the model's first 2-D float output against labels ``y``
+    (``x`` is reshaped to the model's input shape when only the rank differs)."""
+    shape = model.inputs[0].shape
+    if shape is not None and x.ndim != len(shape) and all(isinstance(d, int) for d in shape[1:]):
+        x = x.reshape(-1, *shape[1:])  # e.g. flat 8x8 digits for an NCHW model
     out = model.predict(x)
     scores = next(v for v in out.values() if getattr(v, "ndim", 0) == 2 and v.dtype.kind == "f")
     return float(np.mean(np.argmax(scores, axis=1) == np.asarray(y).reshape(-1)))

@@ -65,7 +65,28 @@ def paths(obj, prefix=()):
             yield from paths(v, (*prefix, i))
 
 
-JUNK = [None, True, -1, 0, 1, 7, 63, 64, 2**31, 2**63, 10**30, 1.5, float("nan"), "", "x", "float32", [], [1], {}, {"offset": 0, "length": 1}]
+JUNK = [
+    None,
+    True,
+    -1,
+    0,
+    1,
+    7,
+    63,
+    64,
+    2**31,
+    2**63,
+    10**30,
+    1.5,
+    float("nan"),
+    "",
+    "x",
+    "float32",
+    [],
+    [1],
+    {},
+    {"offset": 0, "length": 1},
+]
 
 
 def mutate_header(header: dict, rng: np.random.Generator) -> dict:
@@ -80,7 +101,9 @@ def mutate_header(header: dict, rng: np.random.Generator) -> dict:
     if r < 0.15 and isinstance(parent, dict):
         del parent[p[-1]]
     elif r < 0.6 and isinstance(old, int) and not isinstance(old, bool):
-        parent[p[-1]] = int(old + rng.choice([-65, -64, -8, -1, 1, 2, 8, 64, 1 << 20, -old, 1 << 40]))
+        parent[p[-1]] = int(
+            old + rng.choice([-65, -64, -8, -1, 1, 2, 8, 64, 1 << 20, -old, 1 << 40])
+        )
     elif r < 0.7 and isinstance(old, list) and old:
         del old[rng.integers(len(old))]
     else:
@@ -127,7 +150,12 @@ def test_fuzz_mutated_containers(container: bytes) -> None:
         elif kind == 1:  # truncation
             data = data[: rng.integers(len(data))]
         elif kind == 2:  # lying header length
-            struct.pack_into("<Q", data, len(MAGIC) + 2, [0, 1, 63, 64, hend - PREFIX + 64, len(data), 2**40, 2**64 - 1][rng.integers(8)])
+            struct.pack_into(
+                "<Q",
+                data,
+                len(MAGIC) + 2,
+                [0, 1, 63, 64, hend - PREFIX + 64, len(data), 2**40, 2**64 - 1][rng.integers(8)],
+            )
         elif kind == 3:  # lying version / magic
             data[rng.integers(len(MAGIC) + 2)] ^= 1 << rng.integers(8)
         elif kind in (4, 5, 6):  # forged header field, checksum recomputed
@@ -141,7 +169,12 @@ def test_fuzz_mutated_containers(container: bytes) -> None:
         outcomes[out] = outcomes.get(out, 0) + 1
     assert sum(outcomes.values()) == CASES
     # the typed errors do the rejecting (a sample of them must each have fired)
-    for err in ("ContainerChecksumError", "ContainerTruncatedError", "HeaderSchemaError", "BlobRangeError"):
+    for err in (
+        "ContainerChecksumError",
+        "ContainerTruncatedError",
+        "HeaderSchemaError",
+        "BlobRangeError",
+    ):
         assert outcomes.get(err, 0) > 0, (err, outcomes)
 
 
@@ -173,5 +206,8 @@ def test_each_violation_has_its_type(container: bytes) -> None:
     raises(BlobRangeError, with_codec(lambda c: c["positions"]["blob"].update(offset=1 << 20)))
     raises(CodebookError, with_codec(lambda c: c["values"].update(bits=1)))
     raises(HuffmanTableError, with_codec(lambda c: c["positions"]["lengths"].__setitem__(0, 9)))
-    raises(DecodedLengthError, with_codec(lambda c: c["positions"].update(total_bits=c["positions"]["total_bits"] + 8)))
+    raises(
+        DecodedLengthError,
+        with_codec(lambda c: c["positions"].update(total_bits=c["positions"]["total_bits"] + 8)),
+    )
     assert issubclass(ContainerError, modelloader.ModelFormatError)

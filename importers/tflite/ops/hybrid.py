@@ -58,7 +58,8 @@ def conv(op: TFLOperator, ctx: TFLContext) -> bool:
     ins = [ctx.name(x), ctx.name(w), _w_scale(ctx, w), *_bias(ctx, op, 2)]
     out = [ctx.name(op.outputs[0])]
     if op.name == "DEPTHWISE_CONV_2D":
-        ctx.node("TFLiteHybridDepthwiseConv", ins, out, ML, **attrs)
+        multiplier = ctx.shape(w)[3] // ctx.shape(x)[3]
+        ctx.node("TFLiteHybridDepthwiseConv", ins, out, ML, depth_multiplier=multiplier, **attrs)
         return True
     q = ctx.quant(w)
     assert q is not None

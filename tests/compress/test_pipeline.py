@@ -1,0 +1,138 @@
+"""End to end: compress the shipped digits classifier, reload it by magic, run it sparse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import modelloader
+from modelloader.compress import SparseTensor, compress
+from modelloader.compress.cli import compress_cmd
+from modelloader.compress.sparse import sparsify
+from modelloader.errors import CompressionAccuracyError
+from modelloader.ir import Graph, Node, Value
+from modelloader.kernels.cpu.conv import fused_conv
+from modelloader.kernels.cpu.gemm import fused_gemm
+from modelloader.kernels.cpu.sparse import sparse_conv, sparse_gemm
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+TEST = MODELS / "digits_test.npz"
+
+
+def test_digits_strongest_setting_within_one_point(tmp_path: Path) -> None:
+    # the strongest setting found (no retraining) within 1 point: 40% pruned, 3-bit palettes
+    out = tmp_path / "digits.mldc"
+    r = compress(
+        MODELS / "digits_mlp.onnx", prune=0.4, palettize_bits=3, eval=TEST, max_drop=1.0, output=out
+    )
+    assert r.accuracy is not None and r.accuracy.drop <= 1.0
+    o, _, _, h = r.report.totals()
+    assert o / h > 8  # weights + biases
+    m = modelloader.load(out)
+    assert m.format == "mldc"
+    layers = m.compression["layers"]
+    assert (
+        layers["fc1.weight"]["codec"].startswith("sparse(")
+        and "palette3+huffman" in layers["fc1.weight"]["codec"]
+    )
+    with np.load(TEST) as d:
+        x = d["X"]
+    np.testing.assert_array_equal(m.predict(x)["label"], r.model.predict(x)["label"])
+
+
+def test_accuracy_gate_refuses(tmp_path: Path) -> None:
+    out = tmp_path / "x.mldc"
+    with pytest.raises(CompressionAccuracyError):
+        compress(
+            MODELS / "digits_mlp.onnx",
+            prune=0.9,
+            palettize_bits=2,
+            eval=TEST,
+            max_drop=1.0,
+            output=out,
+        )
+    assert not out.exists()
+
+
+def test_cli(tmp_path: Path) -> None:
+    out = tmp_path / "c.mldc"
+    res = CliRunner().invoke(
+        compress_cmd,
+        [
+            str(MODELS / "digits_cnn.onnx"),
+            str(out),
+            "--prune",
+            "0.5",
+            "--prune-layer",
+            "conv1.weight=0.2",
+            "--palettize",
+            "5",
+            "--eval",
+            str(TEST.parent / "digits_test.npz"),
+            "--max-drop",
+            "100",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "total" in res.output and "accuracy" in res.output and out.exists()
+    bad = CliRunner().invoke(
+        compress_cmd, [str(MODELS / "digits_mlp.onnx"), str(out), "--prune-layer", "nope=0.5"]
+    )
+    assert bad.exit_code != 0 and "no weight layer" in bad.output
+
+
+def _pruned(rng: np.random.Generator, shape: tuple[int, ...], density: float) -> np.ndarray:
+    w = rng.standard_normal(shape).astype(np.float32)
+    return w * (rng.random(shape) < density)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_sparse_gemm_matches_dense(batch: int) -> None:
+    rng = np.random.default_rng(0)
+    w = _pruned(rng, (40, 70), 0.1)
+    x = rng.standard_normal((batch, 70)).astype(np.float32)
+    c = rng.standard_normal(40).astype(np.float32)
+    want = fused_gemm(x, w, c, transB=1, alpha=0.5, activation="Relu")
+    got = sparse_gemm(x, SparseTensor.from_dense(w), c, alpha=0.5, activation="Relu")
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    got_t = sparse_gemm(
+        x, SparseTensor.from_dense(w.T.copy()).transposed(), c, alpha=0.5, activation="Relu"
+    )
+    np.testing.assert_allclose(got_t, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kw", [dict(pads=[1, 1, 1, 1]), dict(strides=[2, 2]), dict(dilations=[2, 2], pads=[2, 2, 2, 2])]
+)
+def test_sparse_conv_matches_dense(kw: dict) -> None:
+    rng = np.random.default_rng(1)
+    w = _pruned(rng, (8, 5, 3, 3), 0.1)
+    x = rng.standard_normal((2, 5, 11, 9)).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    want = fused_conv(x, w, b, activation="Relu", **kw)
+    got = sparse_conv(x, SparseTensor.from_dense(w), b, activation="Relu", **kw)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_sparsify_picks_sparse_below_threshold_and_densifies_above() -> None:
+    rng = np.random.default_rng(2)
+    g = Graph(
+        inputs=[Value("x", np.dtype(np.float32), (1, 30))],
+        outputs=[Value("z", np.dtype(np.float32), (1, 10))],
+        nodes=[Node("MatMul", ["x", "a"], ["y"]), Node("Gemm", ["y", "b"], ["z"], {"transB": 1})],
+        constants={
+            "a": SparseTensor.from_dense(_pruned(rng, (30, 20), 0.05)),
+            "b": SparseTensor.from_dense(_pruned(rng, (10, 20), 0.9)),
+        },
+    )
+    dense = {k: v.to_dense() for k, v in g.constants.items()}
+    assert sparsify(g) == {"a": "sparse", "b": "dense"}
+    assert [n.op for n in g.nodes] == ["SparseGemm", "Gemm"]
+    m = modelloader.Model(g, format="mldc", optimize_graph=False)
+    x = rng.standard_normal((1, 30)).astype(np.float32)
+    np.testing.assert_allclose(
+        m.predict(x)["z"], x @ dense["a"] @ dense["b"].T, rtol=1e-4, atol=1e-5
+    )
