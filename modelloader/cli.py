@@ -385,10 +385,6 @@ def _human(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
-
-
 def _register_tools() -> None:
     """Commands that live beside their feature packages."""
     from modelloader.quantize.cli import quantize
@@ -397,3 +393,7 @@ def _register_tools() -> None:
 
 
 _register_tools()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
