@@ -13,9 +13,15 @@ demo: install
 test:
 	$(PYTHON) -m pytest -n 2 -q
 
+# OpenBLAS's coretype overrides slow numpy's BLAS here; benchmarks drop them for themselves only.
+BENCH_ENV = env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE
+
 # Builds ../shared/bench models into bench/.models/ once; writes bench/results.md.
 bench:
+	$(PYTHON) -m pip install -q -e '.[bench,compress]'
 	$(PYTHON) bench/bench.py
+	$(BENCH_ENV) $(PYTHON) bench/bench_quant.py
+	$(BENCH_ENV) $(PYTHON) bench/bench_compress.py
 
 lint:
 	ruff check . && ruff format --check .

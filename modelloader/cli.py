@@ -302,6 +302,20 @@ def info(model: str, sha256: str | None, timeout: float, cache_dir: pathlib.Path
             prefix = "" if kind == "tensor" else f"{kind} of "
             dtype = "?" if i.dtype is None else str(i.dtype)
             click.echo(f"  {i.name:<{width}}  {prefix}{dtype}  {_format_shape(i.shape)}")
+    storage = getattr(m, "weight_storage", None)
+    if storage:
+        click.echo(f"weights: {storage}")
+    compression = getattr(m, "compression", None)
+    if compression:
+        layers = compression.get("layers", {})
+        click.echo(
+            f"compression: {compression.get('original_bytes', 0):,} -> "
+            f"{compression.get('stored_bytes', 0):,} bytes of weights "
+            f"({compression.get('ratio', 0):.1f}x for the file)"
+        )
+        width = max((len(k) for k in layers), default=0)
+        for name, entry in layers.items():
+            click.echo(f"  {name:<{width}}  {_describe_compression(entry)}")
     hist = m.op_histogram
     click.echo(f"ops ({sum(hist.values())} nodes, {len(hist)} types):")
     width = max((len(op) for op in hist), default=0)
@@ -369,6 +383,18 @@ def convert(
         click.echo(line)
 
 
+def _describe_compression(entry: Any) -> str:
+    """One line per compressed layer: codec chain, ratio, density, how it runs."""
+    if not isinstance(entry, dict):
+        return str(entry)
+    parts = []
+    for key in ("codec", "ratio", "density", "execution"):
+        if key in entry:
+            v = entry[key]
+            parts.append(f"{key} {v:.3g}" if isinstance(v, float) else f"{key} {v}")
+    return ", ".join(parts) or str(entry)
+
+
 def _format_shape(shape: tuple[int | str | None, ...] | None) -> str:
     """``("batch", 3, None)`` -> ``[batch, 3, ?]``; unknown rank -> ``?``."""
     if shape is None:
@@ -387,9 +413,11 @@ def _human(n: int) -> str:
 
 def _register_tools() -> None:
     """Commands that live beside their feature packages."""
+    from modelloader.compress.cli import compress_cmd
     from modelloader.quantize.cli import quantize
 
     main.add_command(quantize)
+    main.add_command(compress_cmd, "compress")
 
 
 _register_tools()

@@ -29,7 +29,7 @@ import numpy as np
 
 from modelloader.compress import codecs
 from modelloader.compress.codecs import field as get_field
-from modelloader.compress.codecs import int_field, only_keys
+from modelloader.compress.codecs import only_keys
 from modelloader.compress.sparse import SparseTensor
 from modelloader.errors import (
     BlobOverlapError,
@@ -230,9 +230,9 @@ def _blob_refs(obj: Any, out: list[dict], depth: int = 0, names: bool = False) -
 def _check_blob_layout(refs: list[dict], section: int) -> None:
     spans = []
     for r in refs:
-        off = int_field(r, "offset", 0, section, "blob")
-        ln = int_field(r, "length", 0, section, "blob")
-        if off + ln > section:
+        off = get_field(r, "offset", int, "blob")
+        ln = get_field(r, "length", int, "blob")
+        if off < 0 or ln < 0 or off + ln > section:
             raise BlobRangeError(
                 f"blob [{off}, {off + ln}) ends past the {section}-byte data section"
             )
@@ -508,7 +508,7 @@ def load_model(data: Any, name: str = "<container>") -> Any:
     Palettized weights are densified here, once: a per-run codebook look-up costs more than
     the product it feeds (docs/container.md, "Execution").
     """
-    from modelloader.api import Model
+    from modelloader.api import Model, op_histogram
     from modelloader.compress.sparse import sparsify
     from modelloader.errors import ModelLoaderError
     from modelloader.kernels.cpu import registry
@@ -517,11 +517,13 @@ def load_model(data: Any, name: str = "<container>") -> Any:
     c = read_container(data, name)
     g = c.graph
     _check_names(g, set(), "graph")
+    imported_ops = op_histogram(g)
     try:
         _densify_before_batchnorm(g)
         optimize(g, registry)
         decisions = sparsify(g)
         model = Model(g, format="mldc", size_bytes=c.size, source=name, optimize_graph=False)
+        model.op_histogram = imported_ops  # the model as stored, not as planned
     except ModelLoaderError:
         raise
     except Exception as e:  # a checked header can still describe a graph that does not plan

@@ -195,7 +195,7 @@ def compress(
     model = (
         model_or_path
         if isinstance(model_or_path, modelloader.Model)
-        else modelloader.load(model_or_path)
+        else modelloader.load(model_or_path, optimize=False)
     )
     graph = model.graph
     kinds = weight_layers(graph)
