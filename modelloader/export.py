@@ -30,7 +30,7 @@ import math
 import os
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -822,6 +822,15 @@ def _upsample(node: Node, s: _Scope) -> list[Node]:
     return [_n("Resize", [node.inputs[0], "", node.inputs[1]], node.outputs, **attrs)]
 
 
+@_std("Transpose")
+def _transpose(node: Node, s: _Scope) -> list[Node]:
+    """Negative perm entries (valid for the kernel, as NumPy) become ONNX's non-negative ones."""
+    perm = node.attrs.get("perm")
+    if perm is None or all(p >= 0 for p in perm):
+        return [node]
+    return [replace(node, attrs={**node.attrs, "perm": [p % len(perm) for p in perm]})]
+
+
 @_std("MaxPool")
 def _max_pool(node: Node, s: _Scope) -> list[Node]:
     """onnxruntime has no int16/int32 MaxPool: run it in float32 (exact for these values)."""
@@ -1007,6 +1016,28 @@ _TYPE_CODES = {
 # --------------------------------------------------------------------------- writing
 
 
+def _fold_to_constants(node: Node, s: _Scope) -> bool:
+    """Evaluates a node with only constant inputs (e.g. compressed-weight decoders) and
+    exports its outputs as initializers. False if that is not possible."""
+    from modelloader.kernels.cpu import registry
+
+    if node.op in NOT_EXPORTABLE or any(True for _ in node.subgraphs()):
+        return False
+    args = [s.get_const(i) if i else None for i in node.inputs]
+    if any(a is None for a, i in zip(args, node.inputs) if i):
+        return False
+    fn = registry.lookup(node.op, node.domain, getattr(args[0], "dtype", None) if args else None)
+    if fn is None or getattr(fn, "stateful", False):
+        return False
+    out = fn(*args, **node.attrs)
+    outs = list(out) if isinstance(out, (tuple, list)) and len(node.outputs) > 1 else [out]
+    for name, value in zip(node.outputs, outs):
+        if name:
+            arr = np.asarray(value)
+            s.constants[name], s.dtypes[name], s.ranks[name] = arr, arr.dtype, arr.ndim
+    return True
+
+
 class _Writer:
     def __init__(self, opset: int, external: _External | None) -> None:
         self.opset = opset
@@ -1071,6 +1102,8 @@ class _Writer:
             for n in out:
                 self._lower(n, s)  # registers domains, checks schemas
             return out
+        if _fold_to_constants(node, s):
+            return []
         self.problems[key] += 1
         self.reasons[key] = NOT_EXPORTABLE.get(node.op, "no ONNX equivalent")
         return []
