@@ -3,22 +3,37 @@
 ``bench_quant()`` builds each model with onnx.helper, quantizes it with ``modelloader.quantize``
 (static, per-channel, calibrated on a few random images) and times modelloader (float32 and
 int8 QDQ -> integer ops) and, when installed, onnxruntime on the same files. Returns one dict
-per model; ``python bench/bench_quant.py [resnet18,resnet50]`` prints a Markdown table.
+per model; ``python bench/bench_quant.py [resnet18,resnet50] [--runs N] [--generic]`` prints a
+Markdown table (``--generic`` also times int8 with the generic integer kernels, i.e. without
+the dtype-specialised fast kernels of ``kernels/cpu/qconv_fast.py``).
+
+Latencies are the minimum over ``runs`` runs (the machine may be shared). Run directly, the
+script drops OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE for itself (they slow numpy's BLAS here):
+it re-executes itself without them before numpy loads; importing it changes nothing.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-import tempfile
-import time
-from pathlib import Path
 
-import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
+_BLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+if __name__ == "__main__" and any(v in os.environ for v in _BLAS_OVERRIDES):
+    _env = {k: v for k, v in os.environ.items() if k not in _BLAS_OVERRIDES}
+    os.execve(sys.executable, [sys.executable, *sys.argv], _env)
 
-import modelloader
-from modelloader.quantize import QuantConfig, quantize
+import contextlib  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import modelloader  # noqa: E402
+from modelloader.kernels.cpu._registry import registry  # noqa: E402
+from modelloader.quantize import QuantConfig, quantize  # noqa: E402
 
 LAYERS = {"resnet18": ("basic", [2, 2, 2, 2]), "resnet50": ("bottleneck", [3, 4, 6, 3])}
 
@@ -100,11 +115,30 @@ def _time(fn, runs: int) -> float:
         t = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t)
-    return float(np.median(ts)) * 1e3
+    return float(np.min(ts)) * 1e3
 
 
-def bench_quant(names: list[str] | None = None, runs: int = 5, size: int = 224) -> list[dict]:
-    """Per model: float32/int8 latency (ms, median) in modelloader and onnxruntime, and size."""
+@contextlib.contextmanager
+def generic_int_kernels():
+    """Within the block, models loaded use the generic integer kernels (the dtype-specialised
+    ones from kernels/cpu/qconv_fast.py are hidden from the registry)."""
+    saved = dict(registry._specs)
+    try:
+        for key, specs in saved.items():
+            keep = [sp for sp in specs if not sp.fn.__module__.endswith("qconv_fast")]
+            if len(keep) != len(specs):
+                registry._specs[key] = keep
+        yield
+    finally:
+        registry._specs.clear()
+        registry._specs.update(saved)
+
+
+def bench_quant(
+    names: list[str] | None = None, runs: int = 10, size: int = 224, generic: bool = False
+) -> list[dict]:
+    """Per model: float32/int8 latency (ms, min of ``runs``) in modelloader and onnxruntime,
+    their int8/float32 ratios, and file sizes; ``generic`` adds int8 on the generic kernels."""
     rows = []
     rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,19 +154,27 @@ def bench_quant(names: list[str] | None = None, runs: int = 5, size: int = 224) 
             q.save(qp)
             x = calib[0]
             fm = modelloader.load(fp)
+            qm = modelloader.load(qp)
             row = {
                 "model": name,
                 "size_fp32_mb": fp.stat().st_size / 1e6,
                 "size_int8_mb": qp.stat().st_size / 1e6,
                 "ml_fp32_ms": _time(lambda m=fm, x=x: m.predict(x), runs),
-                "ml_int8_ms": _time(lambda m=q, x=x: m.predict(x), runs),
+                "ml_int8_ms": _time(lambda m=qm, x=x: m.predict(x), runs),
             }
+            row["ml_int8/fp32"] = row["ml_int8_ms"] / row["ml_fp32_ms"]
+            if generic:
+                with generic_int_kernels():
+                    gm = modelloader.load(qp)
+                    row["ml_int8_generic_ms"] = _time(lambda m=gm, x=x: m.predict(x), runs)
+                row["ml_int8_generic/fp32"] = row["ml_int8_generic_ms"] / row["ml_fp32_ms"]
             try:
                 import onnxruntime as ort
 
                 for tag, p in (("fp32", fp), ("int8", qp)):
                     s = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
                     row[f"ort_{tag}_ms"] = _time(lambda s=s, x=x: s.run(None, x), runs)
+                row["ort_int8/fp32"] = row["ort_int8_ms"] / row["ort_fp32_ms"]
             except ImportError:
                 pass
             rows.append(row)
@@ -152,4 +194,12 @@ def table(rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    print(table(bench_quant(sys.argv[1].split(",") if len(sys.argv) > 1 else None)))
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="?", default=None, help="comma-separated: resnet18,resnet50")
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--generic", action="store_true", help="also time the generic int kernels")
+    args = ap.parse_args()
+    names = args.models.split(",") if args.models else None
+    print(table(bench_quant(names, runs=args.runs, generic=args.generic)))
