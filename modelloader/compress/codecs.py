@@ -195,6 +195,9 @@ def decode_stream(spec: Any, bits: int, count: int, read: BlobReader, where: str
         lengths = field(spec, "lengths", list, where)
         if not all(isinstance(x, int) and not isinstance(x, bool) for x in lengths):
             raise HeaderSchemaError(f"{where}: Huffman 'lengths' must be integers")
+        pre = getattr(read, "decoded", {}).get(id(spec))
+        if pre is not None and pre.size == count:  # batch-decoded by the container reader
+            return pre
         return huffman.decode(
             read(spec["blob"]),
             count=count,
@@ -316,13 +319,35 @@ def relative_positions(flat_nonzero: np.ndarray, index_bits: int) -> tuple[np.nd
     return sym, out_pos
 
 
-def best_index_bits(flat_nonzero: np.ndarray, value_bits: float, lo: int = 2, hi: int = 8) -> int:
-    """The relative-index width minimising (entries incl. fillers) * (index + value bits)."""
+def best_index_bits(
+    flat_nonzero: np.ndarray,
+    value_bits: float,
+    lo: int = 2,
+    hi: int = 8,
+    *,
+    entropy_coded: bool = False,
+) -> int:
+    """The relative-index width minimising the stored bits of positions and values.
+
+    Fixed width: (entries incl. fillers) * (index + value bits). Entropy coded (Huffman on
+    both streams): the index stream costs its empirical entropy, so wide indices (few
+    fillers) win unless the gaps are short; each filler still costs an index and a value.
+    """
     gaps = np.diff(np.asarray(flat_nonzero, np.int64), prepend=-1)
     best, cost = hi, math.inf
+    hist = np.bincount(gaps - 1) if entropy_coded and gaps.size else None
     for b in range(lo, hi + 1):
-        entries = gaps.size + int(((gaps - 1) >> b).sum())
-        c = entries * (b + value_bits)
+        fillers = int(((gaps - 1) >> b).sum())
+        entries = gaps.size + fillers
+        if hist is not None:
+            # symbols: gap - 1 mod 2**b for real entries, 2**b - 1 for each filler
+            span = 1 << b
+            sym = np.bincount(np.arange(hist.size) & (span - 1), weights=hist, minlength=span)
+            sym[span - 1] += fillers
+            q = sym[sym > 0] / entries
+            c = entries * float(-(q * np.log2(q)).sum()) + fillers * value_bits
+        else:
+            c = entries * (b + value_bits)
         if c < cost:
             best, cost = b, c
     return best

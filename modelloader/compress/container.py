@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from modelloader.compress import codecs
+from modelloader.compress import codecs, huffman
 from modelloader.compress.codecs import field as get_field
 from modelloader.compress.codecs import only_keys
 from modelloader.compress.sparse import SparseTensor
@@ -35,6 +35,7 @@ from modelloader.errors import (
     BlobOverlapError,
     BlobRangeError,
     ContainerChecksumError,
+    ContainerError,
     ContainerMagicError,
     ContainerTruncatedError,
     ContainerVersionError,
@@ -302,14 +303,94 @@ def read_container(data: Any, name: str = "<container>") -> Container:
     _blob_refs(get_field(header, "graph", dict, where), refs)
     _check_blob_layout(refs, len(section))
 
-    def read(ref: Any) -> memoryview:
-        ref = get_field({"blob": ref}, "blob", dict, "blob")
-        off, ln = ref["offset"], ref["length"]
-        return section[off : off + ln]
-
+    read = _Reader(section)
+    read.prefetch(header["graph"])
     out = Container(Graph(), size=n, compression=compression)
     out.graph = _read_graph(get_field(header, "graph", dict, where), read, out, "graph", 0)
     return out
+
+
+class _Reader:
+    """``read(ref)``: a blob of the (layout-checked) data section. ``decoded`` maps
+    ``id(stream spec)`` to its symbols, Huffman-decoded for all weights in one batch."""
+
+    def __init__(self, section: memoryview) -> None:
+        self.section = section
+        self.decoded: dict[int, np.ndarray] = {}
+
+    def __call__(self, ref: Any) -> memoryview:
+        ref = get_field({"blob": ref}, "blob", dict, "blob")
+        off, ln = ref["offset"], ref["length"]
+        return self.section[off : off + ln]
+
+    def prefetch(self, graph: Any) -> None:
+        """Decodes every well-formed Huffman stream of the top graph's constants in one
+        lock-step pass (``huffman.decode_many``). Anything odd is left to the per-tensor
+        path, which checks it in order and raises the precise error; so is everything
+        if the batch fails."""
+        specs: list[dict] = []
+
+        def walk(c: Any, depth: int = 0) -> None:
+            if not isinstance(c, dict) or depth > 4:
+                return
+            if c.get("kind") == "huffman":
+                specs.append(c)
+                return
+            for k in ("indices", "positions", "values"):
+                walk(c.get(k), depth + 1)
+
+        consts = graph.get("constants") if isinstance(graph, dict) else None
+        for t in consts.values() if isinstance(consts, dict) else ():
+            walk(t.get("codec") if isinstance(t, dict) else None)
+        jobs, keep = [], []
+        for sp in specs:
+            try:
+                lengths = sp["lengths"]
+                job = {k: sp[k] for k in ("count", "alphabet", "chunk", "total_bits")}
+                ok = all(type(v) is int for v in job.values()) and all(
+                    type(x) is int for x in lengths
+                )
+                if not ok or not isinstance(lengths, list):
+                    continue
+                job["blob"], job["lengths"] = self(sp["blob"]), lengths
+            except (KeyError, TypeError, ContainerError):
+                continue
+            jobs.append(job)
+            keep.append(sp)
+        if len(jobs) < 2:
+            return
+        try:
+            res = huffman.decode_many(jobs)
+        except ContainerError:
+            return
+        self.decoded = {id(sp): r for sp, r in zip(keep, res)}
+
+
+def _folded_weights(nodes: Any) -> set[str]:
+    """Weights of Convs feeding a BatchNormalization (folded into them at load, densely):
+    decoded dense at once rather than as a SparseTensor densified later. A best-effort
+    scan of the unchecked node list; ``_densify_before_batchnorm`` stays the rule."""
+    if not isinstance(nodes, list):
+        return set()
+    ok = [n for n in nodes if isinstance(n, dict)]
+
+    def names(n: dict, key: str) -> list:
+        v = n.get(key)
+        return [x for x in v if isinstance(x, str)] if isinstance(v, list) else []
+
+    bn_in = {
+        names(n, "inputs")[0]
+        for n in ok
+        if n.get("op") == "BatchNormalization" and names(n, "inputs")
+    }
+    return {
+        names(n, "inputs")[1]
+        for n in ok
+        if n.get("op") == "Conv"
+        and len(names(n, "inputs")) > 1
+        and names(n, "outputs")
+        and names(n, "outputs")[0] in bn_in
+    }
 
 
 def _str(spec: Any, key: str, where: str) -> str:
@@ -443,10 +524,11 @@ def _read_graph(
     for i, v in enumerate(get_field(spec, "values", list, where)):
         val = _read_value(v, f"{where}.values[{i}]")
         g.values[val.name] = val
+    dense = _folded_weights(spec.get("nodes"))
     for k, t in get_field(spec, "constants", dict, where).items():
         if len(k) > MAX_NAME:
             raise SizeCapError(f"{where}: constant name longer than {MAX_NAME}")
-        arr, rec = _read_tensor(t, read, f"{where}.constants[{k!r}]", weights=True)
+        arr, rec = _read_tensor(t, read, f"{where}.constants[{k!r}]", weights=k not in dense)
         g.constants[k] = arr
         if depth == 0:
             out.tensors[k] = rec

@@ -25,7 +25,11 @@ from modelloader.errors import DecodedLengthError, HuffmanTableError
 MAX_CODE_BITS = 16
 #: chunks decoded in lock-step; fewer, longer chunks mean more Python steps per symbol
 TARGET_CHUNKS = 32768
-MIN_CHUNK = 64
+#: each chunk costs a u32 offset: 1024-symbol chunks keep that at 1/32 bit per symbol
+#: (64-symbol chunks cost 0.5 bit, ~10 % of a pruned layer). The container decodes all
+#: tensors' chunks together (``decode_many``), so short streams still run in parallel.
+MIN_CHUNK = 1024
+SHORT, SHORT_CHUNK = 16384, 64
 MAX_CHUNK = 1 << 24
 MAX_SYMBOLS = 1 << 31
 
@@ -84,9 +88,17 @@ def check_lengths(lengths: list[int] | np.ndarray, alphabet: int) -> np.ndarray:
 
     Raises ``HuffmanTableError``.
     """
-    if not all(isinstance(x, (int, np.integer)) and 0 <= x <= MAX_CODE_BITS for x in lengths):
+    try:
+        lens = np.asarray(lengths, np.int64)
+    except (TypeError, ValueError, OverflowError):
+        lens = None
+    if (
+        lens is None
+        or lens.ndim != 1
+        or not all(isinstance(x, (int, np.integer)) for x in lengths)
+        or (lens.size and (lens.min() < 0 or lens.max() > MAX_CODE_BITS))
+    ):
         raise HuffmanTableError(f"Huffman code lengths must be integers in [0, {MAX_CODE_BITS}]")
-    lens = np.asarray(lengths, np.int64)
     if lens.ndim != 1 or lens.size != alphabet:
         raise HuffmanTableError(f"Huffman table has {lens.size} code lengths, expected {alphabet}")
     if lens.size and (lens.min() < 0 or lens.max() > MAX_CODE_BITS):
@@ -129,7 +141,9 @@ def encode(symbols: np.ndarray, alphabet: int, chunk: int | None = None) -> Huff
     lens = code_lengths(np.bincount(sym, minlength=alphabet))
     codes = canonical_codes(lens)
     if chunk is None:
-        chunk = max(MIN_CHUNK, -(-n // TARGET_CHUNKS))
+        # short streams (< SHORT symbols, < 1 KiB of offsets) keep short chunks: decoded
+        # alone they then take few lock-step passes
+        chunk = SHORT_CHUNK if n < SHORT else max(MIN_CHUNK, -(-n // TARGET_CHUNKS))
     sym_len = lens[sym]
     ends = np.cumsum(sym_len)
     total = int(ends[-1]) if n else 0
@@ -157,18 +171,35 @@ def encode(symbols: np.ndarray, alphabet: int, chunk: int | None = None) -> Huff
 
 
 def decode_table(lens: np.ndarray) -> tuple[np.ndarray, int]:
-    """``symbol << 8 | length`` for every ``bits``-bit window of a complete code."""
+    """``symbol << 8 | length`` for every ``bits``-bit window of a complete code.
+
+    Canonical codes are consecutive in (length, symbol) order, so the table is each
+    symbol's entry repeated over the ``2**(bits - length)`` windows its code prefixes."""
     bits = int(lens.max()) if lens.size else 0
-    codes = canonical_codes(lens)
-    table = np.zeros(1 << bits, np.uint32)
-    for s in np.flatnonzero(lens).tolist():
-        lo = int(codes[s]) << (bits - int(lens[s]))
-        hi = (int(codes[s]) + 1) << (bits - int(lens[s]))
-        table[lo:hi] = s << 8 | int(lens[s])
+    used = np.flatnonzero(lens)
+    used = used[np.lexsort((used, lens[used]))]
+    ln = lens[used].astype(np.int64)
+    table = np.repeat((used << 8 | ln).astype(np.uint32), 1 << (bits - ln))
+    if table.size != 1 << bits:  # only complete codes reach here (check_lengths)
+        raise HuffmanTableError("Huffman code lengths do not fill the code space")
     return table, bits
 
 
-def decode(
+@dataclass
+class _Prepared:
+    """One validated stream, ready for the lock-step pass (``result`` set when trivial)."""
+
+    count: int
+    raw: np.ndarray | None = None
+    starts: np.ndarray | None = None
+    ends: np.ndarray | None = None
+    sizes: np.ndarray | None = None
+    table: np.ndarray | None = None
+    bits: int = 0
+    result: np.ndarray | None = None
+
+
+def _prepare(
     blob: bytes | memoryview,
     *,
     count: int,
@@ -176,13 +207,8 @@ def decode(
     alphabet: int,
     chunk: int,
     total_bits: int,
-) -> np.ndarray:
-    """Decodes ``count`` symbols (uint16) from a blob written by ``encode``.
-
-    Every header field is checked first; afterwards each chunk must have consumed exactly
-    the bits up to the next chunk's offset (the last one: ``total_bits``).
-    Raises ``HuffmanTableError`` or ``DecodedLengthError``.
-    """
+) -> _Prepared:
+    """Every header check of ``decode``; the bitstream itself is read by ``_lockstep``."""
     lens = check_lengths(lengths, alphabet)
     if not 1 <= chunk <= MAX_CHUNK or not 0 <= count <= MAX_SYMBOLS or total_bits >= 1 << 31:
         raise DecodedLengthError(f"Huffman chunk size {chunk} / count {count} out of range")
@@ -197,7 +223,7 @@ def decode(
     if count == 0:
         if total_bits:
             raise DecodedLengthError("an empty Huffman stream must have no bits")
-        return np.zeros(0, np.uint16)
+        return _Prepared(0, result=np.zeros(0, np.uint16))
     if not lens.any():
         raise HuffmanTableError("a non-empty Huffman stream has no codes")
     starts = np.frombuffer(data[:head], "<u4").astype(np.int64)
@@ -217,43 +243,140 @@ def decode(
         # one symbol, code "0": the stream is ``count`` zero bits
         if total_bits != count or any(data[head:]):
             raise DecodedLengthError("a one-symbol Huffman stream must be `count` zero bits")
-        return np.full(count, used[0], np.uint16)
+        return _Prepared(count, result=np.full(count, used[0], np.uint16))
     table, bits = decode_table(lens)
     raw = np.frombuffer(data[head:], np.uint8)
+    return _Prepared(count, raw, starts, ends, sizes, table, bits)
+
+
+def decode(
+    blob: bytes | memoryview,
+    *,
+    count: int,
+    lengths: list[int],
+    alphabet: int,
+    chunk: int,
+    total_bits: int,
+) -> np.ndarray:
+    """Decodes ``count`` symbols (uint16) from a blob written by ``encode``.
+
+    Every header field is checked first; afterwards each chunk must have consumed exactly
+    the bits up to the next chunk's offset (the last one: ``total_bits``).
+    Raises ``HuffmanTableError`` or ``DecodedLengthError``.
+    """
+    return decode_many(
+        [
+            dict(
+                blob=blob,
+                count=count,
+                lengths=lengths,
+                alphabet=alphabet,
+                chunk=chunk,
+                total_bits=total_bits,
+            )
+        ]
+    )[0]
+
+
+def decode_many(streams: list[dict]) -> list[np.ndarray]:
+    """Decodes several streams (each ``decode``'s keyword arguments) in one lock-step pass.
+
+    The chunks of all streams advance together: one Python step per symbol of the longest
+    chunk, not per stream, so a model's hundred small tensors cost one pass of ~``chunk``
+    NumPy steps. Same checks and errors as ``decode``.
+    """
+    prep = [_prepare(**s) for s in streams]
+    _lockstep([p for p in prep if p.result is None])
+    return [p.result for p in prep]  # type: ignore[misc]
+
+
+def _lockstep(prep: list[_Prepared]) -> None:
+    if not prep:
+        return
+    # one byte buffer for all streams; chunk offsets, table bases, window shifts per chunk
+    byte_base = np.cumsum([0] + [p.raw.size for p in prep])  # type: ignore[union-attr]
+    tab_base = np.cumsum([0] + [p.table.size for p in prep])  # type: ignore[union-attr]
+    out_base = np.cumsum([0] + [p.count for p in prep])
+    maxchunk = max(int(p.sizes.max()) for p in prep)  # type: ignore[union-attr]
     # w[i] = bytes i..i+3 big-endian: any code starts within the 32-bit window at pos >> 3.
     # A corrupt chunk can run at most chunk * MAX_CODE_BITS bits past its start: pad for it.
-    pad = np.zeros(raw.size + 2 * chunk + 8, np.uint32)
-    pad[: raw.size] = raw
+    pad = np.zeros(int(byte_base[-1]) + 2 * maxchunk + 8, np.uint32)
+    for p, b in zip(prep, byte_base):
+        pad[b : b + p.raw.size] = p.raw  # type: ignore[union-attr]
     win = pad[:-3] << 24 | pad[1:-2] << 16 | pad[2:-1] << 8 | pad[3:]
-    out = np.empty((chunk, nchunks), np.uint16)
-    pos = starts.astype(np.uint32)
-    full = nchunks if sizes[-1] == chunk else nchunks - 1
-    shift = np.uint32(32 - bits)
-    w = np.empty(nchunks, np.uint32)
-    a = np.empty(nchunks, np.uint32)
-    # lock-step over all chunks: one gather into the stream + one table look-up per step.
-    # The code is complete (checked), so every window decodes to some symbol.
-    for t in range(chunk):
-        n = nchunks if t < sizes[-1] else full
+    del pad
+    table = np.concatenate([p.table for p in prep])  # type: ignore[misc]
+    sizes = np.concatenate([p.sizes for p in prep])  # type: ignore[misc]
+    starts = np.concatenate([p.starts + 8 * b for p, b in zip(prep, byte_base)])  # type: ignore[operator]
+    ends = np.concatenate([p.ends + 8 * b for p, b in zip(prep, byte_base)])  # type: ignore[operator]
+    nch = [p.sizes.size for p in prep]  # type: ignore[union-attr]
+    shift = np.repeat(np.array([32 - p.bits for p in prep], np.uint32), nch)
+    tbase = np.repeat(tab_base[:-1].astype(np.uint32), nch)
+    outoff = np.concatenate(
+        [
+            o + np.arange(p.sizes.size, dtype=np.int64) * int(p.sizes[0])  # type: ignore[union-attr]
+            for p, o in zip(prep, out_base)
+        ]
+    )
+    # longest chunks first, so the chunks still running at step t are a prefix
+    order = np.argsort(-sizes, kind="stable")
+    sizes, shift, tbase, outoff = sizes[order], shift[order], tbase[order], outoff[order]
+    pos_t = np.uint32 if 8 * win.size < 1 << 32 else np.uint64
+    pos = starts[order].astype(pos_t)
+    active = np.searchsorted(-sizes, -np.arange(maxchunk), side="left")  # sizes > t
+    n0 = sizes.size
+    w = np.empty(n0, pos_t)
+    a = np.empty(n0, pos_t)
+    idx = np.empty(n0, np.int64)
+    total = int(out_base[-1])
+    # near-uniform chunk sizes (the usual case): rows of a (step, chunk) array, written
+    # contiguously; otherwise scatter each step's symbols to their flat output slots
+    grid = maxchunk * n0 <= 2 * total + 4096
+    out = np.empty((maxchunk, n0) if grid else total, np.uint16)
+    seven = pos_t(7)
+    wide = pos_t is np.uint64
+    # lock-step over all chunks: one gather into the streams + one table look-up per step.
+    # Every code is complete (checked), so every window decodes to some symbol.
+    for t in range(maxchunk):
+        n = int(active[t])
         p, wn, an = pos[:n], w[:n], a[:n]
-        np.take(win, p >> 3, out=wn)
-        np.bitwise_and(p, 7, out=an)
+        np.right_shift(p, 3, out=an)
+        np.take(win, an, out=wn)
+        np.bitwise_and(p, seven, out=an)
         np.left_shift(wn, an, out=wn)
-        np.right_shift(wn, shift, out=wn)
+        if wide:
+            np.bitwise_and(wn, 0xFFFFFFFF, out=wn)
+        np.right_shift(wn, shift[:n], out=wn)
+        np.add(wn, tbase[:n], out=wn)
         np.take(table, wn, out=an)
-        np.right_shift(an, 8, out=out[t, :n], casting="unsafe")
+        if grid:
+            np.right_shift(an, 8, out=out[t, :n], casting="unsafe")
+        else:
+            np.add(outoff[:n], t, out=idx[:n])
+            out[idx[:n]] = an >> 8
         np.bitwise_and(an, 0xFF, out=an)
         p += an
-    pos = pos.astype(np.int64)
-    if not np.array_equal(pos, ends):
-        bad = int(np.flatnonzero(pos != ends)[0])
+    got = np.empty(n0, np.int64)
+    got[order] = pos
+    if not np.array_equal(got, ends):
+        bad = int(np.flatnonzero(got != ends)[0])
         raise DecodedLengthError(
-            f"Huffman chunk {bad} decoded {int(pos[bad] - starts[bad])} bits, "
+            f"Huffman chunk {bad} decoded {int(got[bad] - starts[bad])} bits, "
             f"its offsets span {int(ends[bad] - starts[bad])}"
         )
-    flat = out.T.reshape(-1)
-    return (
-        flat[:count]
-        if full == nchunks
-        else np.concatenate([out[:, :full].T.reshape(-1), out[: sizes[-1], full]])
-    )
+    if not grid:
+        for p, o in zip(prep, out_base):
+            p.result = out[o : o + p.count]
+        return
+    rows = np.empty((n0, maxchunk), np.uint16)
+    rows[order] = out.T  # chunk j's symbols in row j, chunks back in stream order
+    del out
+    c0 = 0
+    for p in prep:
+        c1 = c0 + p.sizes.size  # type: ignore[union-attr]
+        ch, last = int(p.sizes[0]), int(p.sizes[-1])  # type: ignore[index]
+        if ch == maxchunk and last == ch:
+            p.result = rows[c0:c1].reshape(-1)
+        else:
+            p.result = np.concatenate([rows[c0 : c1 - 1, :ch].reshape(-1), rows[c1 - 1, :last]])
+        c0 = c1

@@ -122,7 +122,7 @@ def _encode_weight(
     density = nz.size / max(w.size, 1)
     vbits = bits or 32
     if rate > 0:
-        ibits = codecs.best_index_bits(nz, vbits)
+        ibits = codecs.best_index_bits(nz, vbits, entropy_coded=cfg.huffman)
         sym, pos = codecs.relative_positions(nz, ibits)
         entries = p.reshape(-1)[pos]
         pruned_bytes = math.ceil(pos.size * (32 + ibits) / 8)

@@ -127,3 +127,27 @@ def test_huffman_rejects_bad_tables() -> None:
     for lengths in ([1, 1, 1], [2, 2, 2, 0], [17, 1], [0, 0, 0, 2]):
         with pytest.raises(HuffmanTableError):
             huffman.check_lengths(lengths, len(lengths))
+
+
+def test_decode_many_matches_single_streams():
+    """The container's batched lock-step decode gives each stream's own decode, for
+    mixed chunk sizes, alphabets, one-symbol and empty streams."""
+    rng = np.random.default_rng(7)
+    streams = [
+        huffman.encode(rng.integers(0, k, n), k, chunk=c)
+        for n, k, c in ((1000, 4, 7), (5000, 256, 64), (70000, 32, 700), (1, 2, 1), (0, 8, 64))
+    ]
+    streams.append(huffman.encode(np.full(50, 3), 8))
+    jobs = [
+        dict(
+            blob=h.blob,
+            count=h.count,
+            lengths=h.lengths,
+            alphabet=len(h.lengths),
+            chunk=h.chunk,
+            total_bits=h.total_bits,
+        )
+        for h in streams
+    ]
+    for got, job in zip(huffman.decode_many(jobs), jobs):
+        np.testing.assert_array_equal(got, huffman.decode(**job))
