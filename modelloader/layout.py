@@ -52,9 +52,26 @@ _CLAMPED = frozenset({"TFLiteConv", "TFLiteFullyConnected", "TFLiteAdd", "TFLite
 
 def optimize_layout(g: Graph) -> Graph:
     """Cancels and sinks Transpose nodes of ``g`` (top level) in place; returns ``g``."""
+    if not any(n.op == "Transpose" and not n.domain for n in g.nodes):
+        return g
+    _fold_constant_transposes(g)
     while _step(g):
         pass
     return g
+
+
+def _fold_constant_transposes(g: Graph) -> None:
+    """Turns every Transpose of a constant (weight re-layouts) into a constant, in one sweep."""
+    pinned = {o.name for o in g.outputs}
+    kept = []
+    for n in g.nodes:
+        c = g.constants.get(n.inputs[0]) if n.op == "Transpose" and n.inputs else None
+        if c is None or n.domain or n.outputs[0] in pinned:
+            kept.append(n)
+            continue
+        c = np.asarray(c)
+        g.constants[n.outputs[0]] = np.ascontiguousarray(np.transpose(c, _perm(n, c.ndim)))
+    g.nodes[:] = kept
 
 
 # --------------------------------------------------------------------------- helpers
@@ -379,12 +396,8 @@ def fuse_integer_clip(g: Graph) -> Graph:
             lo_c, hi_c = bounds
             if any(v is not None and float(v) != int(v) for v in (lo_c, hi_c)):
                 continue
-            lo = max(int(v) for v in (k.attrs.get("act_min"), lo_c) if v is not None) if (
-                k.attrs.get("act_min") is not None or lo_c is not None
-            ) else None
-            hi = min(int(v) for v in (k.attrs.get("act_max"), hi_c) if v is not None) if (
-                k.attrs.get("act_max") is not None or hi_c is not None
-            ) else None
+            lo = _tighter(max, k.attrs.get("act_min"), lo_c)
+            hi = _tighter(min, k.attrs.get("act_max"), hi_c)
             if lo is not None and hi is not None and lo > hi:
                 continue
             attrs = dict(k.attrs)
@@ -397,3 +410,7 @@ def fuse_integer_clip(g: Graph) -> Graph:
     g.nodes[:] = [n for k, n in enumerate(g.nodes) if k not in dead]
     return g
 
+
+def _tighter(pick, a: float | None, b: float | None) -> int | None:
+    vals = [int(v) for v in (a, b) if v is not None]
+    return pick(vals) if vals else None

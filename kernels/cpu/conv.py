@@ -135,7 +135,7 @@ def window_view(
 
 
 def _tup(v: Sequence[int] | None) -> tuple[int, ...] | None:
-    return None if v is None else tuple(int(e) for e in v)
+    return None if v is None else tuple(v)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -188,7 +188,37 @@ def phase_taps(
     columns are the tap's values and whose last Wq - ow columns are junk to be cropped.
     """
     n, c, h, w = x.shape
-    oh, ow = out_sp
+    wq, hq, taps = _flat_geometry(h, w, tuple(p), tuple(k), tuple(s), tuple(d), tuple(out_sp))
+    shape = (n, c, hq * s[0], wq * s[1])
+    xp, fresh = bordered(shape, x.dtype, fill, (p[0], p[1], h, w))
+    if fresh:
+        # fill only the border once; later calls of this geometry rewrite only the interior
+        xp[:, :, : p[0]] = fill
+        xp[:, :, p[0] + h :] = fill
+        xp[:, :, p[0] : p[0] + h, : p[1]] = fill
+        xp[:, :, p[0] : p[0] + h, p[1] + w :] = fill
+    xp[:, :, p[0] : p[0] + h, p[1] : p[1] + w] = x
+    if s[0] == 1 and s[1] == 1:
+        src = xp.reshape(n, c, 1, 1, hq * wq)
+    else:
+        src = scratch("phases", (n, c, s[0], s[1], hq, wq), x.dtype)
+        np.copyto(src, xp.reshape(n, c, hq, s[0], wq, s[1]).transpose(0, 1, 3, 5, 2, 4))
+        src = src.reshape(n, c, s[0], s[1], hq * wq)
+    return src, wq, taps
+
+
+@functools.lru_cache(maxsize=256)
+def _flat_geometry(
+    h: int,
+    w: int,
+    p: tuple[int, ...],
+    k: tuple[int, ...],
+    s: tuple[int, ...],
+    d: tuple[int, ...],
+    out_sp: tuple[int, ...],
+) -> tuple[int, int, list[tuple[int, int, int]]]:
+    """(Wq, Hq, taps) of phase_taps for one geometry (callers must not mutate taps)."""
+    oh = out_sp[0]
     taps = []
     for ki in range(k[0]):
         qa, a = divmod(ki * d[0], s[0])
@@ -197,20 +227,30 @@ def phase_taps(
             taps.append((a, b, qa, qb))
     wq = -(-(w + p[1] + p[3]) // s[1])
     hq = max(-(-(h + p[0] + p[2]) // s[0]), oh + max(t[2] for t in taps)) + 1
-    xp = scratch("pad", (n, c, hq * s[0], wq * s[1]), x.dtype)
-    # fill only the border, then copy the interior
-    xp[:, :, : p[0]] = fill
-    xp[:, :, p[0] + h :] = fill
-    xp[:, :, p[0] : p[0] + h, : p[1]] = fill
-    xp[:, :, p[0] : p[0] + h, p[1] + w :] = fill
-    xp[:, :, p[0] : p[0] + h, p[1] : p[1] + w] = x
-    if s[0] == 1 and s[1] == 1:
-        src = xp.reshape(n, c, 1, 1, hq * wq)
-    else:
-        src = scratch("phases", (n, c, s[0], s[1], hq, wq), x.dtype)
-        np.copyto(src, xp.reshape(n, c, hq, s[0], wq, s[1]).transpose(0, 1, 3, 5, 2, 4))
-        src = src.reshape(n, c, s[0], s[1], hq * wq)
-    return src, wq, [(a, b, qa * wq + qb) for a, b, qa, qb in taps]
+    return wq, hq, [(a, b, qa * wq + qb) for a, b, qa, qb in taps]
+
+
+def bordered(
+    shape: tuple[int, ...], dtype: np.dtype, fill: float, interior: tuple[int, ...]
+) -> tuple[np.ndarray, bool]:
+    """A per-thread padded-input buffer kept per (shape, dtype, fill, interior box), so its
+    border keeps the fill value between calls; returns (buffer, whether the border needs
+    filling). Only the interior may be written by callers."""
+    dtype = np.dtype(dtype)
+    if math.prod(shape) * dtype.itemsize > _SCRATCH_MAX // 4:
+        return np.empty(shape, dtype), True
+    cache = getattr(_scratch, "bordered", None)
+    if cache is None:
+        cache = _scratch.bordered = {}
+    key = (shape, dtype.str, float(fill), interior)
+    buf = cache.get(key)
+    if buf is not None:
+        return buf, False
+    buf = np.empty(shape, dtype)
+    if sum(b.nbytes for b in cache.values()) + buf.nbytes > _SCRATCH_MAX:
+        cache.clear()  # bounded: at most _SCRATCH_MAX bytes kept per thread
+    cache[key] = buf
+    return buf, True
 
 
 def _conv_float(
@@ -261,8 +301,19 @@ def _conv_float(
         ext = out_sp[0] * wq
         # depthwise convs are the cg == 1 case: a batch of (1, k*k) @ (k*k, ext) products
         cols = scratch("cols", (n, c, kk, ext), x.dtype)
-        for t, (a, bb, off) in enumerate(taps):
-            cols[:, :, t] = src[:, :, a, bb, off : off + ext]
+        if s == [1, 1]:
+            # every tap is one flat slice of the single phase: one strided copy of them all
+            st = src.strides
+            view = as_strided(
+                src,
+                (n, c, k[0], k[1], ext),
+                (st[0], st[1], st[4] * d[0] * wq, st[4] * d[1], st[4]),
+                writeable=False,
+            )
+            np.copyto(cols.reshape(n, c, k[0], k[1], ext), view)
+        else:
+            for t, (a, bb, off) in enumerate(taps):
+                cols[:, :, t] = src[:, :, a, bb, off : off + ext]
         cols = cols.reshape(n, group, cg * kk, ext)
         acc = scratch("acc", (n, group, mg, ext), x.dtype)
         wg = w.reshape(group, mg, cg * kk)
@@ -292,7 +343,10 @@ def _conv_float(
         else:
             np.matmul(wg, xs, out=o3)
     else:
-        xp = pad_input(x, p, slot="pad")
+        if r == 2 and any(p) and min(p) >= 0:
+            xp = _zero_bordered(x, p)
+        else:
+            xp = pad_input(x, p, slot="pad")
         view = window_view(xp, k, s, d, out_sp)
         cols = scratch("cols", (n, c) + tuple(k) + tuple(out_sp), x.dtype)
         np.copyto(cols, view)
@@ -305,6 +359,17 @@ def _conv_float(
     if bias is not None:
         out += bias
     return out
+
+
+def _zero_bordered(x: np.ndarray, p: Sequence[int]) -> np.ndarray:
+    """x zero-padded by non-negative 2-D pads [top, left, bottom, right] in a kept buffer."""
+    n, c, h, w = x.shape
+    shape = (n, c, h + p[0] + p[2], w + p[1] + p[3])
+    xp, fresh = bordered(shape, x.dtype, 0.0, (p[0], p[1], h, w))
+    if fresh:
+        xp.fill(0)
+    xp[:, :, p[0] : p[0] + h, p[1] : p[1] + w] = x
+    return xp
 
 
 def _compute_dtype(x: np.ndarray) -> np.dtype:
@@ -346,6 +411,10 @@ def apply_activation(y: np.ndarray, activation: str, params: Sequence[float]) ->
         else:
             np.copyto(y, y * alpha, where=y < 0)
     elif activation == "Clip":
+        if len(params) > 1:
+            # one pass (NaN stays NaN; lo > hi gives hi everywhere, as max-then-min does)
+            np.clip(y, t(params[0]), t(params[1]), out=y)
+            return y
         if len(params) > 0:
             np.maximum(y, const_like(params[0], y), out=y)
         if len(params) > 1:

@@ -16,14 +16,15 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from collections.abc import Sequence
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from modelloader.kernels.cpu._registry import kernel, registry
+from modelloader.kernels.cpu.conv import _conv_float
 
 MS = "com.microsoft"
 ML = "modelloader"
@@ -661,30 +662,25 @@ def _list(v: float | int | Sequence, dtype) -> np.ndarray:
 def _finish(acc, mult, y_zp, act_min, act_max, dtype, axis, wide: bool = False) -> np.ndarray:
     """acc -> MultiplyByQuantizedMultiplier + y_zp, clamped to [act_min, act_max] (or dtype);
     ``wide``: the int64-accumulator variant used by 16x8 (int16 activation) kernels."""
-    q, sh = tflite_quantize_multiplier(mult)
+    if np.ndim(mult) == 0:
+        q, sh = _quantize_scalar(float(mult))
+    else:
+        q, sh = tflite_quantize_multiplier(mult)
     if axis is not None:
         q, sh = _along(q, acc.ndim, axis), _along(sh, acc.ndim, axis)
     if wide:
-        y = tflite_multiply_by_quantized_multiplier_int64(acc, q, sh) + int(y_zp)
+        y = tflite_multiply_by_quantized_multiplier_int64(acc, q, sh)
     else:
-        y = tflite_multiply_by_quantized_multiplier(acc, q, sh) + int(y_zp)
+        y = tflite_multiply_by_quantized_multiplier(acc, q, sh)
+    y = np.asarray(y, np.int64)
+    if y is acc or not y.flags.writeable:
+        y = y.copy()
+    y += int(y_zp)
     lo, hi = _irange(dtype)
     lo = lo if act_min is None else max(lo, int(act_min))
     hi = hi if act_max is None else min(hi, int(act_max))
-    return np.clip(y, lo, hi).astype(dtype)
-
-
-def _im2col(xp: np.ndarray, k, s, d, out_sp, group: int) -> np.ndarray:
-    """(N, C, H, W) padded -> (N, G, C/G*kh*kw, oh*ow) columns (one copy)."""
-    n, c = xp.shape[:2]
-    st = xp.strides
-    view = as_strided(
-        xp,
-        shape=(n, c, k[0], k[1], out_sp[0], out_sp[1]),
-        strides=(st[0], st[1], st[2] * d[0], st[3] * d[1], st[2] * s[0], st[3] * s[1]),
-        writeable=False,
-    )
-    return view.reshape(n, group, (c // group) * k[0] * k[1], out_sp[0] * out_sp[1])
+    np.clip(y, lo, hi, out=y)
+    return y.astype(dtype)
 
 
 _WCACHE: dict[int, tuple] = {}
@@ -692,9 +688,9 @@ _WCACHE: dict[int, tuple] = {}
 
 def _conv_weights(
     w: np.ndarray, w_zp, bias: np.ndarray | None, x_dtype: np.dtype, x_zp: int, group: int
-) -> tuple[np.ndarray, type, np.ndarray | None]:
-    """(w - w_zp) as an exact float BLAS operand (group, M/group, K), its float type and the
-    bias as (1, M, 1, 1) int64; cached per weight array while it lives (weights are constants)."""
+) -> tuple[np.ndarray, type, np.ndarray | None, int]:
+    """(w - w_zp) as an exact float BLAS operand (group, M/group, K), its float type, the
+    bias as (1, M, 1, 1) int64 and a bound of |accumulator|; cached per weight array while it lives (weights are constants)."""
     key = (id(w), id(bias), np.dtype(x_dtype).str, int(x_zp), group, str(w_zp))
     hit = _WCACHE.get(key)
     if hit is not None and hit[0]() is w and (bias is None or hit[1]() is bias):
@@ -709,7 +705,9 @@ def _conv_weights(
     ft = np.float32 if cg * kh * kw * bound_x * bound_w < _F32_EXACT else np.float64
     wmat = wi.astype(ft).reshape(group, m // group, cg * kh * kw)
     b64 = None if bias is None else np.asarray(bias).astype(np.int64).reshape(1, m, 1, 1)
-    out = (wmat, ft, b64)
+    # |accumulator| bound: whether the int32 requantization below cannot overflow
+    bound = cg * kh * kw * bound_x * bound_w + (0 if b64 is None else int(np.abs(b64).max()))
+    out = (wmat, ft, b64, bound)
     try:
         refs = (weakref.ref(w), (lambda: None) if bias is None else weakref.ref(bias))
     except TypeError:  # not weak-referenceable: no caching
@@ -750,25 +748,81 @@ def tflite_conv(
     + y_zp, act_min, act_max). w_scale/w_zp: scalar or per-output-channel list. pads:
     [top, left, bottom, right]; act_min/act_max default to the dtype range.
     """
-    n, c, h, wd = x.shape
-    m, cg, kh, kw = w.shape
-    k, s, d = (kh, kw), list(strides), list(dilations)
-    p = list(pads)
-    oh = (h + p[0] + p[2] - ((kh - 1) * d[0] + 1)) // s[0] + 1
-    ow = (wd + p[1] + p[3] - ((kw - 1) * d[1] + 1)) // s[1] + 1
-    wmat, ft, bias64 = _conv_weights(w, w_zp, bias, x.dtype, x_zp, group)
-    if kh == kw == 1 and s == [1, 1] and not any(p):
-        cols = np.subtract(x, ft(x_zp), dtype=ft).reshape(n, group, cg, h * wd)
-    else:
-        xp = np.zeros((n, c, h + p[0] + p[2], wd + p[1] + p[3]), ft)
-        inner = xp[:, :, p[0] : p[0] + h, p[1] : p[1] + wd]
-        np.subtract(x, ft(x_zp), out=inner, dtype=ft)
-        cols = _im2col(xp, k, s, d, (oh, ow), group)
-    acc = np.matmul(wmat, cols).reshape(n, m, oh, ow).astype(np.int64)
+    m = w.shape[0]
+    wmat, ft, bias64, bound = _conv_weights(w, w_zp, bias, x.dtype, x_zp, group)
+    # the exact integer conv is a float conv of x - x_zp (zero padding = x_zp) and w - w_zp
+    acc = _conv_float(
+        np.subtract(x, ft(x_zp), dtype=ft),
+        wmat.reshape(w.shape),
+        None,
+        auto_pad="NOTSET",
+        dilations=dilations,
+        group=group,
+        kernel_shape=None,
+        pads=pads,
+        strides=strides,
+    ).astype(np.int64)
     if bias64 is not None:
         acc += bias64
+    if x.dtype != np.int16 and bound < (1 << 30):
+        q, right, y_off = _requant_params(x_scale, w_scale, y_scale, m)
+        return _requant_into(acc, q, right, y_off, y_zp, act_min, act_max, x.dtype)
     mult = float(x_scale) * _list(w_scale, np.float64) / float(y_scale)
     return _finish(acc, mult, y_zp, act_min, act_max, x.dtype, 1, x.dtype == np.int16)
+
+
+_QCACHE: dict[tuple, tuple] = {}
+
+
+def _requant_params(
+    x_scale: float, w_scale: float | Sequence[float], y_scale: float, m: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Per-output-channel (Q31 multiplier, right shift, rounding offset) shaped (1, M, 1, 1)
+    for the fast requantization, or right = None where a left shift needs the general path."""
+    ws = tuple(float(v) for v in _list(w_scale, np.float64))
+    key = (float(x_scale), ws, float(y_scale), m)
+    hit = _QCACHE.get(key)
+    if hit is not None:
+        return hit
+    mult = float(x_scale) * np.asarray(ws, np.float64) / float(y_scale)
+    q, sh = tflite_quantize_multiplier(mult)
+    q = np.broadcast_to(q, (m,)).reshape(1, m, 1, 1)
+    sh = np.broadcast_to(sh, (m,)).reshape(1, m, 1, 1)
+    if sh.max() > 0 or q.min() < 0:
+        out = (q, sh, None)
+    else:
+        right = -sh
+        out = (q, right, np.where(right > 0, np.int64(1) << np.maximum(right - 1, 0), 0))
+    if len(_QCACHE) > 4096:
+        _QCACHE.clear()
+    _QCACHE[key] = out
+    return out
+
+
+def _requant_into(acc, q, right, off, y_zp, act_min, act_max, dtype) -> np.ndarray:
+    """TFLite requantization of an int64 accumulator we own (|acc| < 2**30), computed in
+    place as in _mbqm_right."""
+    if off is None:  # general path (left shifts)
+        y = tflite_multiply_by_quantized_multiplier(acc, q, right) + int(y_zp)
+    else:
+        acc *= q
+        acc += 1 << 30
+        # |acc| < 2**30 (the caller's bound) and q < 2**31: the high half and the rounding
+        # below stay inside int32, so finish there (half the memory traffic)
+        y = np.right_shift(acc, 31, out=np.empty(acc.shape, np.int32), casting="unsafe")
+        if right.any():
+            neg = y >> 31
+            if not (right > 0).all():
+                neg &= -(right > 0).astype(np.int32)
+            y += neg
+            y += off.astype(np.int32)
+            y >>= right.astype(np.int32)
+        y += np.int32(y_zp)
+    lo, hi = _irange(dtype)
+    lo = lo if act_min is None else max(lo, int(act_min))
+    hi = hi if act_max is None else min(hi, int(act_max))
+    np.clip(y, lo, hi, out=y)
+    return y.astype(dtype)
 
 
 @kernel("TFLiteFullyConnected", domain=ML)
@@ -813,14 +867,30 @@ def _tflite_addsub(a, b, a_scale, a_zp, b_scale, b_zp, y_scale, y_zp, act_min, a
     left_shift = 15 if dt == np.int16 else 20
     # as PrepareGeneralSubOp / add.cc Prepare: float-typed 2*max(scale), then double ratios
     twice_max = float(2 * max(np.float32(a_scale), np.float32(b_scale)))
-    ma = tflite_quantize_multiplier(float(np.float32(a_scale)) / twice_max)
-    mb = tflite_quantize_multiplier(float(np.float32(b_scale)) / twice_max)
+    ma = _quantize_scalar(float(np.float32(a_scale)) / twice_max)
+    mb = _quantize_scalar(float(np.float32(b_scale)) / twice_max)
     mo = twice_max / float(np.float32((1 << left_shift) * np.float32(y_scale)))
-    va = (a.astype(np.int64) - int(a_zp)) << left_shift
-    vb = (b.astype(np.int64) - int(b_zp)) << left_shift
+    va = np.subtract(a, int(a_zp), dtype=np.int64)
+    va <<= left_shift
+    vb = np.subtract(b, int(b_zp), dtype=np.int64)
+    vb <<= left_shift
     sa = tflite_multiply_by_quantized_multiplier(va, *ma)
     sb = tflite_multiply_by_quantized_multiplier(vb, *mb)
-    return _finish(sa + sign * sb, mo, y_zp, act_min, act_max, dt, None)
+    if sa.shape == np.broadcast_shapes(sa.shape, sb.shape) and sa is not va:
+        (np.add if sign > 0 else np.subtract)(sa, sb, out=sa)
+    else:
+        sa = sa + sb if sign > 0 else sa - sb
+    return _finish(sa, mo, y_zp, act_min, act_max, dt, None)
+
+
+@functools.lru_cache(maxsize=4096)
+def _quantize_scalar(real: float) -> tuple[np.ndarray, np.ndarray]:
+    """tflite_quantize_multiplier of one float, cached (kernels requantize with the same
+    scales on every call); the returned 0-d arrays are read-only."""
+    q, sh = tflite_quantize_multiplier(real)
+    q.flags.writeable = False
+    sh.flags.writeable = False
+    return q, sh
 
 
 @kernel("TFLiteAdd", domain=ML)
