@@ -59,6 +59,10 @@ class Registry:
 
         return deco
 
+    def specs(self, op: str, domain: str = "") -> tuple[KernelSpec, ...]:
+        """Every kernel registered for ``op``, dtype-restricted ones first."""
+        return tuple(self._specs.get((domain, op), ()))
+
     def supports(self, op: str, domain: str = "") -> bool:
         return (domain, op) in self._specs
 

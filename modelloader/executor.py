@@ -8,6 +8,7 @@ is immutable, so one plan serves many threads at once.
 
 from __future__ import annotations
 
+import heapq
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -87,15 +88,15 @@ def topological_order(graph: Graph, known: set[str]) -> list[Node]:
             users.setdefault(j, []).append(i)
     pending = [len(d) for d in deps]
     ready = [i for i, c in enumerate(pending) if c == 0]
+    heapq.heapify(ready)  # smallest index first: the file's order wherever it is valid
     order: list[int] = []
     while ready:
-        ready.sort(reverse=True)
-        i = ready.pop()
+        i = heapq.heappop(ready)
         order.append(i)
         for u in users.get(i, ()):
             pending[u] -= 1
             if pending[u] == 0:
-                ready.append(u)
+                heapq.heappush(ready, u)
     if len(order) != len(graph.nodes):
         stuck = [graph.nodes[i].label() for i, c in enumerate(pending) if c]
         raise ModelFormatError(
@@ -139,7 +140,7 @@ class Plan:
         )
 
     def _bind(self, node: Node) -> KernelFn:
-        specs = self.registry._specs.get((node.domain, node.op))
+        specs = self.registry.specs(node.op, node.domain)
         if not specs:
             raise UnsupportedOpError([(node.op, node.domain, 0)])
         if len(specs) == 1 and specs[0].dtypes is None:
@@ -158,8 +159,7 @@ class Plan:
         return dispatch
 
     def _is_stateful(self, node: Node) -> bool:
-        specs = self.registry._specs.get((node.domain, node.op)) or []
-        return any(is_stateful(sp.fn) for sp in specs)
+        return any(is_stateful(sp.fn) for sp in self.registry.specs(node.op, node.domain))
 
     def _subplans(self, node: Node, outer: set[str]) -> dict[str, Plan | list[Plan]]:
         subs: dict[str, Plan | list[Plan]] = {}
