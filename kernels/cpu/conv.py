@@ -289,6 +289,18 @@ def _conv_float(
         return out
     cg, mg = c // group, m // group
     kk = math.prod(k)
+    if (
+        group == c
+        and group > 1
+        and r == 2
+        and kk > 1
+        and s == [1, 1]
+        and d == [1, 1]
+        and min(p) >= 0
+        and p[0] + p[2] == k[0] - 1
+        and p[1] + p[3] == k[1] - 1
+    ):
+        return _depthwise_same(x, w, b, p, k)
     bias = None if b is None else b.astype(x.dtype, copy=False).reshape((m,) + (1,) * r)
     depthwise = group == c and mg == 1 and group > 1
 
@@ -359,6 +371,72 @@ def _conv_float(
     if bias is not None:
         out += bias
     return out
+
+
+def _depthwise_same(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, p: Sequence[int], k: Sequence[int]
+) -> np.ndarray:
+    """Stride-1, undilated, size-preserving 2-D depthwise conv (group == C, any multiplier).
+
+    The input is flattened per channel into a kept buffer with zero runs before and after, so
+    tap (i, j) is the contiguous run starting at ``i*W + j``: every tap lands in the im2col
+    buffer with one copy and no junk columns (so no crop), except the few positions that
+    wrap around a row edge, which are zeroed. A constant ones row in the column buffer
+    carries the bias through the batched matmul, which writes the output directly."""
+    n, c, h, wd = x.shape
+    m = w.shape[0]
+    mg = m // c
+    kk = k[0] * k[1]
+    hw = h * wd
+    key = (x.shape, x.dtype.str, tuple(p), tuple(k))
+    plans = getattr(_scratch, "dw_plans", None)
+    if plans is None:
+        plans = _scratch.dw_plans = {}
+    plan = plans.get(key)
+    if plan is None:
+        plan = _depthwise_plan(x.shape, x.dtype, p, k)
+        if plan[-1].nbytes <= _SCRATCH_MAX // 4:
+            if len(plans) >= 64:
+                plans.clear()  # bounded: at most 64 geometries (each <= 16 MiB) per thread
+            plans[key] = plan
+    xin, view, taps, edges, cols = plan
+    np.copyto(xin, x.reshape(n, c, hw))
+    np.copyto(taps, view)
+    for e in edges:
+        e.fill(0)
+    wk = w.reshape(c, mg, kk)
+    if b is None:
+        wg = np.concatenate((wk, np.zeros((c, mg, 1), wk.dtype)), axis=2)
+    else:
+        wg = np.concatenate((wk, b.astype(x.dtype, copy=False).reshape(c, mg, 1)), axis=2)
+    out = np.empty((n, m, h, wd), x.dtype)
+    np.matmul(wg, cols, out=out.reshape(n, c, mg, hw))
+    return out
+
+
+def _depthwise_plan(shape: tuple[int, ...], dtype: np.dtype, p: Sequence[int], k: Sequence[int]):
+    """Buffers and views of _depthwise_same for one geometry: (input slot, tap view of the
+    flat padded input, tap rows of the column buffer, wrap-around edges to zero, columns)."""
+    n, c, h, wd = shape
+    kh, kw = k
+    kk = kh * kw
+    hw = h * wd
+    lead = p[0] * wd + p[1]
+    xp = np.zeros((n, c, lead + hw + p[2] * wd + p[3]), dtype)
+    cols = np.ones((n, c, kk + 1, hw), dtype)  # row kk stays ones: it multiplies the bias
+    st = xp.strides
+    view = np.ndarray((n, c, kh, kw, hw), dtype, xp, 0, (st[0], st[1], st[2] * wd, st[2], st[2]))
+    taps = cols[:, :, :kk].reshape(n, c, kh, kw, hw)
+    rows = taps.reshape(n, c, kh, kw, h, wd)
+    edges = []
+    for j in range(kw):
+        # tap column j reads input column x + j - p[1]; outside [0, W) it wrapped a row edge
+        sh = j - p[1]
+        if sh < 0:
+            edges.append(rows[:, :, :, j, :, : min(-sh, wd)])
+        elif sh > 0:
+            edges.append(rows[:, :, :, j, :, max(wd - sh, 0) :])
+    return xp[:, :, lead : lead + hw], view, taps, edges, cols
 
 
 def _zero_bordered(x: np.ndarray, p: Sequence[int]) -> np.ndarray:

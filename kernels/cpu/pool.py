@@ -7,13 +7,14 @@ divisors are separable too: built per axis and broadcast."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
 import numpy as np
 
 from modelloader.kernels.cpu._registry import kernel
-from modelloader.kernels.cpu.conv import pad_input, resolve_pads, scratch, window_view
+from modelloader.kernels.cpu.conv import bordered, pad_input, resolve_pads, scratch, window_view
 
 
 def _geometry(
@@ -63,8 +64,10 @@ def _fold(x: np.ndarray, k, s, d, p, out_sp, fill: float, combine: np.ufunc) -> 
     ]
     shape = x.shape[:2] + tuple(x.shape[2 + i] + p[i] + p[r + i] + extra[i] for i in range(r))
     if any(p) or any(extra):
-        cur = scratch("pool_pad", shape, x.dtype)
-        cur.fill(fill)
+        # kept per geometry so the fill border is written once; only the interior is copied
+        cur, fresh = bordered(shape, x.dtype, fill, ("pool",) + tuple(p) + x.shape[2:])
+        if fresh:
+            cur.fill(fill)
         inner = tuple(slice(p[i], p[i] + x.shape[2 + i]) for i in range(r))
         cur[(slice(None), slice(None)) + inner] = x
     else:
@@ -199,15 +202,42 @@ def average_pool(
     cd = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float32)
     xf = x.astype(cd, copy=False)
     y = _fold(xf, k, s, d, p, out_sp, 0.0, np.add)
-    r = x.ndim - 2
+    y /= _divisor(
+        x.shape[2:],
+        tuple(k),
+        tuple(s),
+        tuple(d),
+        tuple(p),
+        tuple(out_sp),
+        bool(count_include_pad),
+        cd.str,
+    )
+    return y.astype(x.dtype, copy=False)
+
+
+@functools.lru_cache(maxsize=256)
+def _divisor(
+    in_sp: tuple[int, ...],
+    k: tuple[int, ...],
+    s: tuple[int, ...],
+    d: tuple[int, ...],
+    p: tuple[int, ...],
+    out_sp: tuple[int, ...],
+    include_pad: bool,
+    dtype: str,
+) -> np.ndarray:
+    """Read-only (1, 1, *out) AveragePool divisor (product of per-axis tap counts), cached per
+    geometry; a uniform divisor is a single broadcast element."""
+    r = len(in_sp)
+    cd = np.dtype(dtype)
     div = np.ones((1, 1) + (1,) * r, cd)
     for i in range(r):
-        cnt = _axis_counts(
-            x.shape[2 + i], k[i], s[i], d[i], p[i], p[i + r], out_sp[i], bool(count_include_pad)
-        )
+        cnt = _axis_counts(in_sp[i], k[i], s[i], d[i], p[i], p[i + r], out_sp[i], include_pad)
+        if (cnt == cnt[0]).all():
+            cnt = cnt[:1]
         div = div * cnt.astype(cd).reshape((1, 1) + (1,) * i + (-1,) + (1,) * (r - 1 - i))
-    y /= div
-    return y.astype(x.dtype, copy=False)
+    div.flags.writeable = False
+    return div
 
 
 @kernel("LpPool")
