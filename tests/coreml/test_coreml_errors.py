@@ -145,3 +145,17 @@ def test_unsupported_layers_listed() -> None:
 def test_onnx_still_detected() -> None:
     m = modelloader.load(Path(__file__).resolve().parents[2] / "models" / "digits_mlp.onnx")
     assert m.format == "onnx"
+
+
+def test_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With coremltools not importable, loading says which extra to install."""
+    import sys
+
+    from modelloader.errors import MissingExtraError
+
+    for mod in [m for m in sys.modules if m == "coremltools" or m.startswith("coremltools.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setitem(sys.modules, "coremltools", None)  # makes `import coremltools` fail
+    path = Path(__file__).resolve().parents[2] / "models" / "coreml" / "nn_classifier.mlmodel"
+    with pytest.raises(MissingExtraError, match=r"modelloader\[coreml\]"):
+        modelloader.load(path)
