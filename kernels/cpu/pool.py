@@ -58,6 +58,8 @@ def _fold(x: np.ndarray, k, s, d, p, out_sp, fill: float, combine: np.ufunc) -> 
     time (rows first: those passes run over whole contiguous rows), k_i folds per axis.
     """
     r = x.ndim - 2
+    if r == 2 and min(p) >= 0:
+        return _fold2d(x, k, s, d, p, out_sp, fill, combine)
     extra = [
         max(0, (out_sp[i] - 1) * s[i] + (k[i] - 1) * d[i] + 1 - (x.shape[2 + i] + p[i] + p[i + r]))
         for i in range(r)
@@ -100,6 +102,51 @@ def _fold(x: np.ndarray, k, s, d, p, out_sp, fill: float, combine: np.ufunc) -> 
                 combine(nxt, tap, out=nxt)
         cur = nxt
     return cur
+
+
+def _fold2d(x: np.ndarray, k, s, d, p, out_sp, fill: float, combine: np.ufunc) -> np.ndarray:
+    """2-D _fold over flat planes: every fold is one long contiguous 1-D ufunc call.
+
+    The padded input lies flat in a kept buffer (all planes back to back, a fill tail
+    after), so the row taps are the whole buffer shifted by ``t*d0*Wp`` and the column
+    taps the row result shifted by ``t*d1``: window sums/maxima land at each window's top
+    left corner (positions straddling a plane edge are junk and never read). One strided
+    copy then picks the output positions. Short rows or many small channels no longer
+    cost one inner numpy loop per row.
+    """
+    n, c, h, w = x.shape
+    oh, ow = out_sp
+    hp = max(h + p[0] + p[2], (oh - 1) * s[0] + (k[0] - 1) * d[0] + 1)
+    wp = max(w + p[1] + p[3], (ow - 1) * s[1] + (k[1] - 1) * d[1] + 1)
+    length = n * c * hp * wp
+    tail_w = (k[1] - 1) * d[1]
+    tail_h = (k[0] - 1) * d[0] * wp
+    total = length + tail_h + tail_w
+    buf, fresh = bordered((total,), x.dtype, fill, ("pool2d", n, c, h, w, hp, wp, p[0], p[1]))
+    if fresh:
+        buf.fill(fill)
+    img = buf[:length].reshape(n, c, hp, wp)
+    img[:, :, p[0] : p[0] + h, p[1] : p[1] + w] = x
+    span = length + tail_w
+    if k[0] > 1:
+        rows = scratch("pool_rows", (span,), x.dtype)
+        step = d[0] * wp
+        combine(buf[:span], buf[step : step + span], out=rows)
+        for t in range(2, k[0]):
+            combine(rows, buf[t * step : t * step + span], out=rows)
+    else:
+        rows = buf[:span]
+    if k[1] > 1:
+        cols = scratch("pool_cols", (length,), x.dtype)
+        combine(rows[:length], rows[d[1] : d[1] + length], out=cols)
+        for t in range(2, k[1]):
+            combine(cols, rows[t * d[1] : t * d[1] + length], out=cols)
+    else:
+        cols = rows[:length]
+    out = np.empty((n, c, oh, ow), x.dtype)
+    cv = cols.reshape(n, c, hp, wp)
+    np.copyto(out, cv[:, :, : (oh - 1) * s[0] + 1 : s[0], : (ow - 1) * s[1] + 1 : s[1]])
+    return out
 
 
 def _fill_min(dtype: np.dtype) -> float:
@@ -202,7 +249,7 @@ def average_pool(
     cd = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float32)
     xf = x.astype(cd, copy=False)
     y = _fold(xf, k, s, d, p, out_sp, 0.0, np.add)
-    y /= _divisor(
+    div = _divisor(
         x.shape[2:],
         tuple(k),
         tuple(s),
@@ -212,6 +259,9 @@ def average_pool(
         bool(count_include_pad),
         cd.str,
     )
+    # flattened spatial axes: one long inner loop per channel instead of one per output row
+    yf = y.reshape(y.shape[:2] + (-1,))
+    yf /= div.reshape(1, 1, -1)
     return y.astype(x.dtype, copy=False)
 
 
@@ -227,7 +277,7 @@ def _divisor(
     dtype: str,
 ) -> np.ndarray:
     """Read-only (1, 1, *out) AveragePool divisor (product of per-axis tap counts), cached per
-    geometry; a uniform divisor is a single broadcast element."""
+    geometry; a uniform divisor is a single broadcast element, any other one is full (1, 1, *out)."""
     r = len(in_sp)
     cd = np.dtype(dtype)
     div = np.ones((1, 1) + (1,) * r, cd)
@@ -236,6 +286,8 @@ def _divisor(
         if (cnt == cnt[0]).all():
             cnt = cnt[:1]
         div = div * cnt.astype(cd).reshape((1, 1) + (1,) * i + (-1,) + (1,) * (r - 1 - i))
+    if div.size > 1:
+        div = np.ascontiguousarray(np.broadcast_to(div, (1, 1) + tuple(out_sp)))
     div.flags.writeable = False
     return div
 
