@@ -3,7 +3,9 @@
 Planning (at load): topological order, constant folding, fusions (``passes``), kernel
 binding, and a liveness table so every intermediate is released right after its
 last use. A run only looks values up, calls kernels and drops dead values; a plan
-is immutable, so one plan serves many threads at once.
+is immutable, so one plan serves many threads at once. Dead intermediates nobody else
+references are recycled through a per-plan, per-thread :class:`buffers.Pool` that
+kernels draw their outputs from (``buffers.take``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from modelloader import buffers
 from modelloader.errors import ExecutionError, ModelFormatError, UnsupportedOpError
 from modelloader.ir import Graph, Node
 from modelloader.kernels.registry import KernelFn, Registry
@@ -67,6 +70,7 @@ class Step:
     subplans: dict[str, Plan | list[Plan]]
     release: tuple[str, ...]  # values dead after this step
     stateful: bool = False  # kernel takes ``state=``
+    recycle: tuple[str, ...] = ()  # the released values a step here produced (poolable)
 
 
 def topological_order(graph: Graph, known: set[str]) -> list[Node]:
@@ -128,6 +132,7 @@ class Plan:
         if missing:
             raise ModelFormatError(f"graph '{graph.name}' outputs {missing} are never produced")
         self.steps = self._schedule(nodes, outer)
+        self._local = threading.local()  # per-thread buffer pool (see ``buffers``)
         #: whether a run reads or writes RunState (here or in a subgraph)
         self.stateful = any(
             st.stateful
@@ -213,6 +218,7 @@ class Plan:
             for x in names:
                 last_use[x] = i
         keep = set(self.output_names) | set(self.constants) | set(self.outer_refs)
+        produced = {o for n in nodes for o in n.outputs if o}
         dead_at: dict[int, list[str]] = {}
         for name, i in last_use.items():
             if name not in keep:
@@ -221,6 +227,7 @@ class Plan:
         for i, n in enumerate(nodes):
             # outputs nobody reads are dead at once (e.g. unused optional outputs)
             unused = [o for o in n.outputs if o and o not in last_use and o not in keep]
+            release = tuple(dead_at.get(i, [])) + tuple(unused)
             fn = self._bind(n)
             steps.append(
                 Step(
@@ -230,8 +237,9 @@ class Plan:
                     outputs=tuple(n.outputs),
                     attrs={k: v for k, v in n.attrs.items() if not _is_graph_attr(v)},
                     subplans=self._subplans(n, visible),
-                    release=tuple(dead_at.get(i, [])) + tuple(unused),
+                    release=tuple(x for x in release if x not in produced),
                     stateful=self._is_stateful(n),
+                    recycle=tuple(x for x in release if x in produced),
                 )
             )
         return steps
@@ -259,11 +267,23 @@ class Plan:
         errors: non-finite inputs compute IEEE results silently (and numpy's error
         state is per thread).
         """
-        with np.errstate(all="ignore"):
-            return self._run(feeds, outer, state)
+        pool = getattr(self._local, "pool", None)
+        if pool is None:
+            pool = self._local.pool = buffers.Pool()
+        prev = buffers.activate(pool)
+        try:
+            with np.errstate(all="ignore"):
+                return self._run(feeds, outer, state, pool)
+        finally:
+            buffers.activate(prev)
+            pool.end_run()
 
     def _run(
-        self, feeds: dict[str, Any], outer: dict[str, Any] | None, state: RunState | None = None
+        self,
+        feeds: dict[str, Any],
+        outer: dict[str, Any] | None,
+        state: RunState | None,
+        pool: buffers.Pool,
     ) -> list[Any]:
         env: dict[str, Any] = dict(self.constants)
         if outer:
@@ -295,15 +315,29 @@ class Plan:
             for name, value in zip(step.outputs, results):
                 if name:
                     env[name] = value
+            # drop this frame's references first, so a dead value's refcount is exact
+            args = attrs = results = value = None
             for name in step.release:
                 env.pop(name, None)
-        return [env[o] for o in self.output_names]
+            for name in step.recycle:
+                pool.release(env, name)
+        return [_compact(env[o]) for o in self.output_names]
 
     def run_positional(
         self, args: Sequence[Any], outer: dict[str, Any], state: RunState | None = None
     ) -> list[Any]:
         """Runs as a subgraph body: positional inputs, enclosing scope ``outer``."""
         return self.run(dict(zip(self.input_names, args)), outer, state)
+
+
+def _compact(value: Any) -> Any:
+    """An output that views a much larger buffer (a small result served from a big pooled
+    one) as its own copy, so the caller's result does not pin the whole buffer."""
+    if type(value) is np.ndarray:
+        base = value.base
+        if type(base) is np.ndarray and base.nbytes > 2 * value.nbytes + buffers.MIN_BYTES:
+            return value.copy()
+    return value
 
 
 def _bound(

@@ -11,7 +11,8 @@ import functools
 import numpy as np
 
 from modelloader.kernels.cpu._registry import kernel
-from modelloader.kernels.cpu.elementwise import blockwise, erf
+from modelloader.kernels.cpu.conv import const_like
+from modelloader.kernels.cpu.elementwise import _BLOCK, blockwise, erf, pooled_out
 
 
 def _s(x: np.ndarray, v: float) -> np.generic:
@@ -36,8 +37,8 @@ def _half_via_f32(fn):
     return run
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    y = np.negative(x)
+def _sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    y = np.negative(x, out=out)
     with np.errstate(over="ignore"):  # exp(-x) -> inf gives the correct 0
         np.exp(y, out=y)
     y += _s(x, 1)
@@ -47,13 +48,20 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """1 / (1 + exp(-x)) in x's dtype, computed in cache-sized blocks."""
+    if x.size <= 2 * _BLOCK and x.dtype.kind == "f":
+        return _sigmoid(x, pooled_out(x))
     return blockwise(_sigmoid, x)
 
 
 @kernel("Relu")
 def relu(x: np.ndarray) -> np.ndarray:
     """ONNX Relu-14: max(x, 0)."""
-    return np.maximum(x, _s(x, 0))
+    out = pooled_out(x)
+    if out is None:
+        return np.maximum(x, _s(x, 0))
+    # against a same-shape zeros array numpy takes its SIMD path (a scalar does not)
+    zero = const_like(0.0, x) if x.dtype.kind == "f" else _s(x, 0)
+    return np.maximum(x, zero, out=out)
 
 
 @kernel("LeakyRelu")

@@ -6,7 +6,8 @@ Float convolutions are lowered to BLAS: 1x1 convs are one matmul over the input 
 from contiguous "extended row" slices of the padded input where that is cheap, else from one
 strided window view) and run one sgemm, or one batched matmul over groups. Depthwise convs are
 the one-channel-per-group case of that batched matmul. Work buffers are per-thread scratch,
-reused between calls; outputs are always fresh arrays. Integer convolutions run the same
+reused between calls; outputs are always fresh arrays (from the run's buffer pool,
+``modelloader.buffers``). Integer convolutions run the same
 engine in float64, which is exact for 8/16-bit operands."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from modelloader.buffers import take
 from modelloader.kernels.cpu._registry import kernel
 
 _FLOATS = (np.float32, np.float64)
@@ -281,7 +283,7 @@ def _conv_float(
     hw = math.prod(out_sp)
     if group == 1 and n == 1 and not any(p) and all(v == 1 for v in k) and all(v == 1 for v in s):
         # pointwise: one matmul straight from the input into the output, no copies
-        out = np.empty((1, m) + tuple(out_sp), x.dtype)
+        out = take((1, m) + tuple(out_sp), x.dtype)
         xs = x.reshape(c, hw) if x.flags.c_contiguous else np.ascontiguousarray(x).reshape(c, hw)
         np.matmul(w.reshape(m, c), xs, out=out.reshape(m, hw))
         if b is not None:
@@ -334,14 +336,14 @@ def _conv_float(
         else:
             np.matmul(wg, cols, out=acc)
         acc = acc.reshape(n, m, out_sp[0], wq)[..., : out_sp[1]]
-        out = np.empty((n, m) + tuple(out_sp), x.dtype)
+        out = take((n, m) + tuple(out_sp), x.dtype)
         if bias is not None:
             np.add(acc, bias, out=out)
         else:
             np.copyto(out, acc)
         return out
 
-    out = np.empty((n, m) + tuple(out_sp), x.dtype)
+    out = take((n, m) + tuple(out_sp), x.dtype)
     o3 = out.reshape(n, group, mg, hw)
     if kk == 1 and not any(p):
         # pointwise: strided subsampling (if any) then a plain matmul
@@ -409,7 +411,7 @@ def _depthwise_same(
         wg = np.concatenate((wk, np.zeros((c, mg, 1), wk.dtype)), axis=2)
     else:
         wg = np.concatenate((wk, b.astype(x.dtype, copy=False).reshape(c, mg, 1)), axis=2)
-    out = np.empty((n, m, h, wd), x.dtype)
+    out = take((n, m, h, wd), x.dtype)
     np.matmul(wg, cols, out=out.reshape(n, c, mg, hw))
     return out
 

@@ -16,6 +16,7 @@ import ml_dtypes
 import numpy as np
 from onnx import TensorProto, helper
 
+from modelloader.buffers import MIN_BYTES, take
 from modelloader.kernels.cpu._registry import kernel
 
 
@@ -36,14 +37,59 @@ def blockwise(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarr
     if x.size <= 2 * _BLOCK:
         return fn(x)
     flat = np.ascontiguousarray(x).reshape(-1)
-    out = np.empty(flat.shape, x.dtype)
+    out = take(flat.shape, x.dtype)
     for i in range(0, flat.size, _BLOCK):
         out[i : i + _BLOCK] = fn(flat[i : i + _BLOCK])
     return out.reshape(x.shape)
 
 
+def pooled_out(x: np.ndarray) -> np.ndarray | None:
+    """A recycled output buffer shaped like ``x`` for a same-dtype elementwise result, or None
+    where x is small or not a plain numeric array (the ufunc then allocates as usual)."""
+    if type(x) is np.ndarray and x.nbytes >= MIN_BYTES and x.dtype.kind in "biufc":
+        return take(x.shape, x.dtype)
+    return None
+
+
+def broadcast_out(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    """A recycled output buffer for ``fn(a, b)`` where both are plain arrays of one numeric
+    dtype (so the ufunc result has that dtype), else None."""
+    if (
+        type(a) is not np.ndarray
+        or type(b) is not np.ndarray
+        or a.dtype != b.dtype
+        or max(a.nbytes, b.nbytes) < MIN_BYTES
+        or a.dtype.kind not in "biufc"
+    ):
+        return None
+    sa, sb = a.shape, b.shape
+    if sa == sb:
+        shape = sa
+    elif _covers(sa, sb):
+        shape = sa
+    elif _covers(sb, sa):
+        shape = sb
+    else:
+        shape = np.broadcast_shapes(sa, sb)
+    return take(shape, a.dtype)
+
+
+def _covers(big: tuple[int, ...], small: tuple[int, ...]) -> bool:
+    """Whether ``small`` broadcasts to ``big`` unchanged."""
+    if len(small) > len(big):
+        return False
+    for i in range(1, len(small) + 1):
+        if small[-i] != 1 and small[-i] != big[-i]:
+            return False
+    return True
+
+
 def _unary(fn: np.ufunc):
     def run(x: np.ndarray) -> np.ndarray:
+        if x.dtype.kind in "fc":
+            out = pooled_out(x)
+            if out is not None:
+                return fn(x, out=out)
         return _as(fn(x), x.dtype)
 
     return run
@@ -170,6 +216,9 @@ def isinf(x: np.ndarray, *, detect_negative: int = 1, detect_positive: int = 1) 
 
 def _binary(fn: np.ufunc):
     def run(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        out = broadcast_out(a, b)
+        if out is not None:
+            return fn(a, b, out=out)
         return _as(fn(a, b), a.dtype)
 
     return run
@@ -193,6 +242,9 @@ def div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
                 r = np.remainder(a, b)
                 q = q + ((r != 0) & ((a < 0) ^ (b < 0))).astype(q.dtype)
         return _as(q, a.dtype)
+    out = broadcast_out(a, b)
+    if out is not None:
+        return np.divide(a, b, out=out)
     return _as(np.divide(a, b), a.dtype)
 
 
@@ -293,13 +345,14 @@ def where(cond: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 @kernel("Clip")
 def clip(x: np.ndarray, min: np.ndarray | None = None, max: np.ndarray | None = None) -> np.ndarray:  # noqa: A002 - ONNX input names
     """ONNX Clip-13: clamp to [min, max] (omitted bounds are open); min > max gives max."""
+    if min is None and max is None:
+        return x
+    out = pooled_out(x)
     if min is not None and max is not None:
-        return np.clip(x, _as(min, x.dtype), _as(max, x.dtype))
+        return np.clip(x, _as(min, x.dtype), _as(max, x.dtype), out=out)
     if min is not None:
-        return np.maximum(x, _as(min, x.dtype))
-    if max is not None:
-        return np.minimum(x, _as(max, x.dtype))
-    return x
+        return np.maximum(x, _as(min, x.dtype), out=out)
+    return np.minimum(x, _as(max, x.dtype), out=out)
 
 
 # ----------------------------------------------------------------------------- casts

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from modelloader.buffers import take
 from modelloader.kernels.cpu._registry import kernel
 from modelloader.kernels.cpu.conv import bordered, pad_input, resolve_pads, scratch, window_view
 
@@ -78,7 +79,7 @@ def _fold(x: np.ndarray, k, s, d, p, out_sp, fill: float, combine: np.ufunc) -> 
         ax = 2 + i
         last = i == r - 1
         shape = shape[:ax] + (out_sp[i],) + shape[ax + 1 :]
-        nxt = np.empty(shape, x.dtype) if last else scratch(f"pool_{i % 2}", shape, x.dtype)
+        nxt = take(shape, x.dtype) if last else scratch(f"pool_{i % 2}", shape, x.dtype)
         st = s[i]
         if last and st > 1:
             # split the innermost axis into stride phases so every tap is a contiguous run
@@ -143,7 +144,7 @@ def _fold2d(x: np.ndarray, k, s, d, p, out_sp, fill: float, combine: np.ufunc) -
             combine(cols, rows[t * d[1] : t * d[1] + length], out=cols)
     else:
         cols = rows[:length]
-    out = np.empty((n, c, oh, ow), x.dtype)
+    out = take((n, c, oh, ow), x.dtype)
     cv = cols.reshape(n, c, hp, wp)
     np.copyto(out, cv[:, :, : (oh - 1) * s[0] + 1 : s[0], : (ow - 1) * s[1] + 1 : s[1]])
     return out

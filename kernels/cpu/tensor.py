@@ -8,6 +8,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from modelloader.buffers import MIN_BYTES, take
 from modelloader.kernels.cpu._registry import kernel
 
 # ONNX TensorProto.DataType -> NumPy dtype, for ops with a ``dtype`` attribute.
@@ -58,7 +59,15 @@ def reshape(data: np.ndarray, shape: np.ndarray, *, allowzero: int = 0) -> np.nd
     dims = _ints(shape)
     if not allowzero:
         dims = [data.shape[i] if d == 0 else d for i, d in enumerate(dims)]
-    return data.reshape(dims)
+    if data.flags.c_contiguous or type(data) is not np.ndarray or data.nbytes < MIN_BYTES:
+        return data.reshape(dims)
+    try:
+        return np.reshape(data, dims, copy=False)  # a view where the strides allow one
+    except (ValueError, TypeError):  # a copy is needed (TypeError: NumPy < 2.1, no copy=)
+        pass
+    out = take(data.shape, data.dtype)
+    np.copyto(out, data)
+    return out.reshape(dims)
 
 
 @kernel("Transpose")
@@ -127,6 +136,20 @@ def tile(data: np.ndarray, repeats: np.ndarray) -> np.ndarray:
 @kernel("Concat")
 def concat(*inputs: np.ndarray, axis: int) -> np.ndarray:
     """ONNX Concat-13."""
+    first = inputs[0]
+    if (
+        type(first) is np.ndarray
+        and first.ndim
+        and all(
+            type(v) is np.ndarray and v.dtype == first.dtype and v.ndim == first.ndim
+            for v in inputs
+        )
+    ):
+        ax = _axis(axis, first.ndim)
+        shape = list(first.shape)
+        shape[ax] = sum(v.shape[ax] for v in inputs)
+        out = take(tuple(shape), first.dtype)
+        return np.concatenate(inputs, axis=ax, out=out)
     return np.concatenate(inputs, axis=axis)
 
 
