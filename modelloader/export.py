@@ -448,6 +448,25 @@ def _tflite_hybrid_fc(node: Node, s: _Scope) -> list[Node]:
     return nodes
 
 
+@_lowers("QLinearConvClip", "QLinearConvAdd")
+def _qlinear_conv_fused(node: Node, s: _Scope) -> list[Node]:
+    """modelloader.qpasses' fused 8-bit conv tails -> QLinearConv [+ QLinearAdd] [+ Clip]."""
+    attrs = {k: v for k, v in node.attrs.items() if k not in ("act_min", "act_max")}
+    ins = list(node.inputs[:9])
+    while ins and not ins[-1]:
+        ins.pop()
+    out, zp = node.outputs[0], node.inputs[7]
+    y = s.fresh("qconv") if _has_act(node) or node.op == "QLinearConvAdd" else out
+    nodes = [_n("QLinearConv", ins, [y], **attrs)]
+    if node.op == "QLinearConvAdd":
+        c = s.fresh("qadd") if _has_act(node) else out
+        nodes.append(_n("QLinearAdd", [y, *node.inputs[9:16]], [c], domain=MS))
+        y, zp = c, (node.inputs[15] if len(node.inputs) > 15 and node.inputs[15] else zp)
+    zc = s.get_const(zp)
+    dt = np.dtype(np.uint8) if zc is None else np.asarray(zc).dtype
+    return nodes + (_clamp(s, node, y, out, dt) if _has_act(node) else [])
+
+
 @_lowers("TFLiteAdd", "TFLiteSub", "TFLiteMul")
 def _tflite_binary(node: Node, s: _Scope) -> list[Node]:
     a = node.attrs

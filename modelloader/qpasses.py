@@ -14,6 +14,11 @@ defines for them, so the run does int32 accumulation and the spec's requantizati
   ``Concat`` -> ``com.microsoft.QLinearConcat``;
 * a ``Relu`` or constant ``Clip`` between the op and its ``QuantizeLinear`` becomes an integer
   clamp (exact: quantization is monotonic);
+* a ``QLinearConv`` whose output only feeds a ``QLinearAdd`` (a residual connection) becomes
+  ``modelloader.QLinearConvAdd``, with the integer clamp after the add folded in too (and,
+  with ``FUSE_CLIP``, one that only feeds an integer clamp ``modelloader.QLinearConvClip``):
+  same integers, the kernels requantize the conv exactly as ``QLinearConv`` does, then
+  add/clamp;
 * data-movement ops whose input and output share scale and zero point (``MaxPool``,
   ``Reshape``, ``Flatten``, ``Transpose``, ``Squeeze``, ``Unsqueeze``, ``Identity``) run on
   the integers directly; ``Relu`` with equal parameters becomes ``Max(q, zero_point)``.
@@ -405,7 +410,98 @@ def integerize(g: Graph) -> int:
             g.nodes[:] = [m for m in g.nodes if id(m) not in gone]
             c.absorbed.clear()
     _drop_dead(g)
+    if _fuse_conv_tails(g):
+        _drop_dead(g)
     return replaced
+
+
+ML = "modelloader"
+#: QLinearConv -> integer Clip as one QLinearConvClip (saves the uint8 Clip pass, ~1% of an
+#: int8 ResNet; off while tests/quantize count QLinearConv nodes of the optimised graph)
+FUSE_CLIP = False
+
+
+def _int_clip(c: _Ctx, n: Node | None, dt: np.dtype) -> tuple[int | None, int | None] | None:
+    """(lo, hi) of a Clip with constant scalar integer bounds of dtype ``dt`` (None: open)."""
+    if n is None or n.op != "Clip" or n.domain or len(n.outputs) != 1 or not n.outputs[0]:
+        return None
+    bounds: list[int | None] = []
+    for k in (1, 2):
+        name = n.inputs[k] if len(n.inputs) > k else ""
+        v = c.const(name) if name else None
+        if name and (v is None or v.size != 1 or v.dtype != dt):
+            return None
+        bounds.append(None if v is None else int(v.reshape(-1)[0]))
+    lo, hi = bounds
+    if lo is not None and hi is not None and lo > hi:
+        return None
+    return lo, hi
+
+
+def _fuse_conv_tails(g: Graph) -> bool:
+    """QLinearConv -> Clip: QLinearConvClip; QLinearConv -> QLinearAdd [-> Clip]:
+    QLinearConvAdd (modelloader domain, see kernels/cpu/qconv_fast.py). Whether any fused."""
+    if not any(n.op == "QLinearConv" and not n.domain for n in g.nodes):
+        return False
+    c = _Ctx(g)
+    gone: set[int] = set()
+    #: the fused node takes the place of the last node it absorbs (its inputs exist there)
+    put: dict[int, Node] = {}
+    for n in list(g.nodes):
+        if n.op != "QLinearConv" or n.domain or len(n.inputs) < 8 or id(n) in gone:
+            continue
+        y = n.outputs[0] if len(n.outputs) == 1 else ""
+        zp = c.const(n.inputs[7]) if n.inputs[7] else None
+        if not y or zp is None or zp.dtype not in _INT8 or zp.size != 1:
+            continue
+        nxt = _single_consumer(c, y)
+        if nxt is None or id(nxt) in gone:
+            continue
+        ins = list(n.inputs[:9]) + [""] * (9 - len(n.inputs[:9]))
+        if nxt.op == "QLinearAdd" and nxt.domain == MS and len(nxt.inputs) >= 7:
+            add = list(nxt.inputs) + [""] * (8 - len(nxt.inputs))
+            if add[0] == y and add[3] != y:
+                mine, other = add[1:3], add[3:6]
+            elif add[3] == y and add[0] != y:  # (the add's float arithmetic commutes)
+                mine, other = add[4:6], add[0:3]
+            else:
+                continue
+            out = nxt.outputs[0]
+            attrs = dict(n.attrs)
+            czp = c.const(add[7]) if add[7] else None
+            cdt = czp.dtype if czp is not None else zp.dtype
+            last = nxt
+            clip_node = _single_consumer(c, out)
+            bounds = _int_clip(c, clip_node, cdt)
+            if clip_node is not None and bounds is not None and id(clip_node) not in gone:
+                last = clip_node
+                out = clip_node.outputs[0]
+                _set_bounds(attrs, bounds)
+            gone.update((id(n), id(nxt), id(last)))
+            put[id(last)] = Node("QLinearConvAdd", ins + mine + other + add[6:8], [out], attrs,
+                                 domain=ML, name=n.name)  # fmt: skip
+        else:
+            bounds = _int_clip(c, nxt, zp.dtype)
+            if bounds is None or not FUSE_CLIP:
+                continue
+            attrs = dict(n.attrs)
+            _set_bounds(attrs, bounds)
+            gone.update((id(n), id(nxt)))
+            while ins and not ins[-1]:
+                ins.pop()
+            put[id(nxt)] = Node(
+                "QLinearConvClip", ins, [nxt.outputs[0]], attrs, domain=ML, name=n.name
+            )
+    if gone:
+        g.nodes[:] = [put.get(id(m), m) for m in g.nodes if id(m) not in gone or id(m) in put]
+    return bool(gone)
+
+
+def _set_bounds(attrs: dict[str, Any], bounds: tuple[int | None, int | None]) -> None:
+    if bounds[0] is not None:
+        attrs["act_min"] = bounds[0]
+    if bounds[1] is not None:
+        attrs["act_max"] = bounds[1]
 
 
 def _drop_dead(g: Graph) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
 
 import modelloader
 from modelloader.cli import main
@@ -439,3 +440,32 @@ def test_cli_convert_unexportable(tmp_path: Path) -> None:
     assert r.exit_code == 1
     assert "error: cannot export" in r.output and "ReadVariable" in r.output
     assert not out.exists()
+
+
+def test_fused_integer_conv_tails_export() -> None:
+    """qpasses' QLinearConvAdd (conv + residual QLinearAdd + Relu) lowers to standard ops."""
+    from modelloader.quantize import QuantConfig, quantize
+
+    rng = np.random.default_rng(1)
+    w = (rng.standard_normal((4, 4, 3, 3)) * 0.3).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("Add", ["c", "x"], ["a"]),
+            helper.make_node("Relu", ["a"], ["y"]),
+        ],
+        "res",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        initializer=[numpy_helper.from_array(w, "w")],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    calib = [{"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)} for _ in range(8)]
+    q = quantize(proto.SerializeToString(), config=QuantConfig(mode="static"), calibration=calib)
+    m = modelloader.load(to_onnx(q.export_graph).SerializeToString())
+    assert any(n.op in ("QLinearConvAdd", "QLinearConvClip") for n in m.graph.nodes)
+    out = to_onnx(m.graph)
+    assert not any(n.domain == "modelloader" for n in out.graph.node)
+    x = calib[0]["x"]
+    got = _run(out, {"x": x}, None)["y"]
+    np.testing.assert_array_equal(got, m.predict(x)["y"])

@@ -12,12 +12,20 @@ float64:
   bound stays below 2**24 (one chunk for every ResNet conv up to K = 1152, two or three for
   the 3x3x512 ones); chunk results are summed exactly in float64.
 * The weight side ((w - w_zp) as float32 chunks, the chunk plan, the bias) is prepared once per
-  weight array (cached by identity while the array lives; weights are constants).
+  weight array (cached by identity while the array lives; weights are constants), and so is
+  each conv call's geometry and requantization parameters.
 * im2col reads a uint8/int8 padded buffer (4x smaller than float32; its border holds x_zp) and
-  writes (x - x_zp) as float32 columns in one pass; work buffers are per-thread and reused.
-* Requantization repeats the generic kernels' arithmetic operation for operation (float64
-  multiply by the same multiplier, np.rint half-to-even, zero point, saturate for ONNX
-  QLinearConv/QLinearMatMul; float32 for QGemm), so results are identical.
+  writes float32 columns in one pass, as contiguous "extended row" slices when the output is
+  wide (like the float Conv); work buffers are per-thread and reused. Where exact, the bias
+  rides in the sgemm as one more weight column against a row of ones, and a nonzero x_zp
+  moves into that bias (-x_zp * sum(w)) instead of being subtracted from every column.
+* QLinearConv requantization is float32 where that is provably identical to the generic
+  kernel's float64 (see ``_requant``: only products that land exactly on a half-integer are
+  recomputed in float64); float64 as the generic kernel otherwise. QLinearMatMul repeats the
+  generic float64 arithmetic, QGemm its float32 arithmetic, so results are identical.
+* ``modelloader.QLinearConvAdd`` / ``QLinearConvClip`` (from ``modelloader.qpasses``): the
+  residual com.microsoft QLinearAdd and/or integer clamp that follow a QLinearConv, applied
+  in the same pass over the requantized conv output (bit for bit as the separate ops).
 
 Anything outside the fast paths (non-2-D convs, negative pads, per-row a_zero_point, bias
 that could overflow int32...) is handed to the generic kernel.
@@ -38,7 +46,13 @@ from modelloader.kernels.cpu import gemm as _gemm
 from modelloader.kernels.cpu import qlinear as _ql
 from modelloader.kernels.cpu._registry import kernel
 
+try:  # outputs from the executor's pool of dead intermediates (no fresh page faults)
+    from modelloader.buffers import take as _take
+except ImportError:  # pragma: no cover - older executor
+    _take = np.empty
+
 MS = "com.microsoft"
+ML = "modelloader"
 _INT8 = [np.uint8, np.int8]
 _LIMIT = (1 << 24) - 1  # float32 holds every integer of magnitude <= 2**24
 _INT32_MAX = (1 << 31) - 1
@@ -53,8 +67,9 @@ def _scratch(slot: str, shape: tuple[int, ...], dtype) -> np.ndarray:
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes > _KEEP:
         return np.empty(shape, dtype)
-    bufs = getattr(_tls, "bufs", None)
-    if bufs is None:
+    try:
+        bufs = _tls.bufs
+    except AttributeError:
         bufs = _tls.bufs = {}
     buf = bufs.get(slot)
     if buf is None or buf.size < nbytes:
@@ -173,7 +188,43 @@ def _exact_matmul(prep: _Prepared, cols: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- QLinearConv
 
 
-def _conv_prep(w: np.ndarray, w_zp, b: np.ndarray | None, group: int, a: int, bb: int):
+class _ConvPrep:
+    """Everything about a QLinearConv's constant operands that the fast path needs: the
+    prepared weights, the bias (float64 (1, m, 1)), ``f32`` (every acc + bias is an integer of
+    magnitude <= 2**24, see _requant) and, then, for group 1, ``wb``: the float32 weights with
+    the bias as one more column (cols get a row of ones: the sgemm adds the bias, exactly).
+    ``raw``: the columns hold x itself, not x - x_zp; the bias carries -x_zp * sum(w) instead
+    (exact integers either way; saves the subtraction when x_zp != 0)."""
+
+    __slots__ = ("prep", "bias", "f32", "wb", "raw")
+
+    def __init__(self, prep: _Prepared, bias, f32: bool, wb, raw: bool) -> None:
+        self.prep, self.bias, self.f32, self.wb, self.raw = prep, bias, f32, wb, raw
+
+    def unusable(self) -> _ConvPrep:
+        self.prep.chunks = None
+        return self
+
+
+def _conv_prep(w: np.ndarray, w_zp, b: np.ndarray | None, group: int, xdt: np.dtype, xz: int):
+    def plan(wi: np.ndarray, b64: np.ndarray | None, a: int, bb: int, raw: bool) -> _ConvPrep:
+        m = wi.shape[0] * wi.shape[1]
+        prep = _Prepared(wi, a, bb)
+        f32, wb = False, None
+        bias = None if b64 is None else b64.astype(np.float64).reshape(1, m, 1)
+        if prep.chunks is not None and len(prep.chunks) == 1:
+            # |acc + bias| per channel, over every input: float32 holds it exactly when <= 2**24
+            # (the bound covers every partial sum of the products and the bias, in any order)
+            wr = wi.reshape(m, -1)
+            sp, sn = np.maximum(wr, 0).sum(axis=1), np.maximum(-wr, 0).sum(axis=1)
+            bound = np.maximum(a * sp + bb * sn, bb * sp + a * sn)
+            if b64 is not None:
+                bound = bound + np.abs(b64)
+            f32 = int(bound.max(initial=0)) <= _LIMIT + 1
+            if f32 and group == 1 and bias is not None:
+                wb = np.concatenate([prep.mats[0][0], bias.reshape(m, 1)], axis=1, dtype=np.float32)
+        return _ConvPrep(prep, bias, f32, wb, raw)
+
     def build():
         m = w.shape[0]
         wi = w.astype(np.int64)
@@ -183,35 +234,30 @@ def _conv_prep(w: np.ndarray, w_zp, b: np.ndarray | None, group: int, a: int, bb
                 zp = zp.reshape((-1,) + (1,) * (w.ndim - 1))
             wi = wi - zp
         wi = wi.reshape(group, m // group, -1)
-        prep = _Prepared(wi, a, bb)
-        bias = None
+        a, bb = _xrange(xdt, xz)
+        b64 = None
         if b is not None:
-            b32 = np.asarray(b).astype(np.int32).reshape(-1)
+            b64 = np.asarray(b).astype(np.int32).reshape(-1).astype(np.int64) * np.ones(m, np.int64)
             # the generic kernel adds the bias in int32: stay clear of any wrap-around
-            bmax = int(np.abs(b32.astype(np.int64)).max(initial=0))
-            total = wi.shape[-1] * max(a, bb) * prep.absmax + bmax
-            if total > _INT32_MAX:
-                prep.chunks = None
-            bias = b32.astype(np.float64).reshape(1, m, 1)
-        return prep, bias
+            absmax = int(np.abs(wi).max(initial=0))
+            if wi.shape[-1] * max(a, bb) * absmax + int(np.abs(b64).max(initial=0)) > _INT32_MAX:
+                return _ConvPrep(_Prepared(wi, a, bb), None, False, None, False).unusable()
+        if xz:
+            ra, rb = _xrange(xdt, 0)
+            braw = (0 if b64 is None else b64) - xz * wi.reshape(m, -1).sum(axis=1)
+            cp = plan(wi, braw, ra, rb, True)
+            if cp.f32:
+                return cp
+        return plan(wi, b64, a, bb, False)
 
     arrays = tuple(v for v in (w, b, w_zp) if isinstance(v, np.ndarray))
-    return _cached(arrays, (b is None, w_zp is None, _scalar_key(w_zp), group, a, bb), build)
+    key = ("conv", b is None, w_zp is None, _scalar_key(w_zp), group, np.dtype(xdt).char, xz)
+    return _cached(arrays, key, build)
 
 
 def _scalar_key(v) -> object:
     """A cache-key part for a zero point that is not an ndarray (scalar or None)."""
     return None if v is None or isinstance(v, np.ndarray) else int(np.asarray(v).reshape(-1)[0])
-
-
-def _multiplier(x_scale, w_scale, y_scale, nd: int) -> np.ndarray:
-    # as conv.qlinear_conv: computed in the scales' own precision, then widened to float64
-    mult = np.asarray(x_scale) * np.asarray(w_scale) / np.asarray(y_scale)
-    return (
-        np.asarray(mult).astype(np.float64).reshape(-1, *([1] * nd))
-        if mult.size > 1
-        else (np.asarray(mult).astype(np.float64))
-    )
 
 
 def _finish_onnx(acc: np.ndarray, bias, mult, y_zero_point, out_dt) -> np.ndarray:
@@ -230,98 +276,329 @@ def _finish_onnx(acc: np.ndarray, bias, mult, y_zero_point, out_dt) -> np.ndarra
     return y.astype(out_dt)
 
 
-_BLOCK = 1 << 15  # float64 elements per requantization block (stays in L2)
+class _AddTail:
+    """com.microsoft QLinearAdd(a, a_s, a_zp, z, z_s, z_zp, c_s, c_zp) applied to the conv's
+    quantized output a, then clamped to ``clamp``: _qadd_formula's float32 arithmetic."""
 
+    __slots__ = ("z", "za", "ra", "zb", "rb", "zc", "lo", "hi", "dt")
 
-def _finish_rows(acc, bias, mult, y_zero_point, out_dt, n: int) -> np.ndarray:
-    """_finish_onnx for acc (n, m, hw) with per-channel (m, 1) bias/multiplier, computed in
-    cache-sized row blocks, with the zero point and the cast fused: clip(rint(v), lo - zp,
-    hi - zp) + zp equals clip(rint(v) + zp, lo, hi) for integer zp."""
-    _, m, hw = acc.shape
-    rows = acc.reshape(n * m, hw)
-    mult = np.asarray(mult, np.float64)
-    mult = np.broadcast_to(mult.reshape(-1, 1) if mult.size > 1 else mult.reshape(1, 1), (m, 1))
-    if n > 1:
-        mult = np.tile(mult, (n, 1))
-        bias = None if bias is None else np.tile(bias.reshape(m, 1), (n, 1))
-    elif bias is not None:
-        bias = bias.reshape(m, 1)
-    zp = 0 if y_zero_point is None else int(np.asarray(y_zero_point).reshape(-1)[0])
-    info = np.iinfo(out_dt)
-    lo, hi = float(info.min - zp), float(info.max - zp)
-    out = np.empty((n * m, hw), out_dt)
-    step = max(1, _BLOCK // max(hw, 1))
-    blk_all = _scratch("requant", (min(step, n * m), hw), np.float64)
-    zpf = np.float64(zp)
-    for r0 in range(0, n * m, step):
-        r1 = min(r0 + step, n * m)
-        blk = blk_all[: r1 - r0]
-        if bias is not None:
-            np.add(rows[r0:r1], bias[r0:r1], out=blk)
+    def __init__(self, z, za, ra, zb, rb, zc, lo, hi, dt) -> None:
+        self.z, self.za, self.ra, self.zb, self.rb = z, za, ra, zb, rb
+        self.zc, self.lo, self.hi, self.dt = zc, lo, hi, dt
+
+    def apply(
+        self, a: np.ndarray, ow: int, z: np.ndarray, tmp: np.ndarray, out: np.ndarray
+    ) -> None:
+        """a (float32, in place; a[..., :ow] counts) holds A - a_zp; z the block's B; writes
+        C into out."""
+        a *= self.ra
+        if self.zb:
+            np.subtract(z, self.zb, out=tmp, dtype=np.float32)
         else:
-            np.copyto(blk, rows[r0:r1])
-        blk *= mult[r0:r1]
-        np.rint(blk, out=blk)
-        np.clip(blk, lo, hi, out=blk)
-        np.add(blk, zpf, out=out[r0:r1], casting="unsafe")
-    return out
+            np.copyto(tmp, z, casting="unsafe")
+        tmp *= self.rb
+        tmp += a[..., :ow]
+        np.rint(tmp, out=tmp)
+        # clip(rint(y) + zc, lo, hi) == clip(rint(y), lo - zc, hi - zc) + zc: exact integers
+        # (or both saturated when |rint(y)| >= 2**24)
+        np.clip(tmp, self.lo, self.hi, out=tmp)
+        if self.zc:
+            np.add(tmp, self.zc, out=out, casting="unsafe")
+        else:
+            np.copyto(out, tmp, casting="unsafe")
+
+
+_BLOCK = 1 << 15  # float64 elements per requantization block (stays in L2)
+_BLOCK32 = 1 << 18  # float32 elements per requantization block
+
+
+class _Req:
+    """A conv's requantization: clip(rint((acc + bias) * mult) + zp, lo + zp, hi + zp) with
+    mult (rows, 1, 1) and bias (rows, 1, 1) (or None) in the working precision ``ft``."""
+
+    __slots__ = ("f32", "ft", "mult", "bias", "zp", "lo", "hi")
+
+    def __init__(self, f32: bool, mult, bias, zp: int, clamp: tuple[int, int]) -> None:
+        self.f32, self.ft = f32, np.float32 if f32 else np.float64
+        self.mult, self.bias, self.zp = mult, bias, zp
+        self.lo, self.hi = self.ft(clamp[0] - zp), self.ft(clamp[1] - zp)
+
+    @staticmethod
+    def make(f32: bool, mult, bias, zp: int, clamp: tuple[int, int], m: int) -> _Req:
+        """``mult``: the multiplier in the scales' own precision, as conv.qlinear_conv has it
+        (per tensor or per output channel); ``bias``: float64 per channel, still to add."""
+        mult = np.asarray(mult)
+        f32 = f32 and mult.dtype == np.float32 and bool(np.isfinite(mult).all())
+        ft = np.float32 if f32 else np.float64
+        mrow = np.ascontiguousarray(np.broadcast_to(mult.astype(ft).reshape(-1, 1, 1), (m, 1, 1)))
+        brow = None if bias is None else bias.reshape(m, 1, 1).astype(ft)
+        return _Req(f32, mrow, brow, zp, clamp)
+
+
+def _requant(
+    acc: np.ndarray, ow: int, req: _Req, out: np.ndarray, tail: _AddTail | None = None
+) -> None:
+    """Requantizes acc[..., :ow] (acc (n, m, oh, wq): exact integers in float32/float64, rows
+    contiguous; wq > ow: junk columns of extended-row im2col, processed and then dropped) into
+    ``out`` (n, m, oh, ow) as ``req`` says, as conv.requantize computes it (float64, half to
+    even), then ``tail`` if given.
+
+    Float32 when that is exact: ``req.f32`` says every v = acc + bias is an integer with |v| <=
+    2**24, so v is exact in float32, and with a float32 multiplier m, v*m (24 x 24 significant
+    bits) is exact in float64: the generic kernel rounds p = v*m itself. q = float32(v*m) is p
+    rounded once to nearest; rounding to nearest is monotonic and every half-integer h with
+    |h| < 2**23 is a float32, so q never crosses one: p < h gives q <= h, p > h gives q >= h.
+    So rint(q) == rint(p) unless q is exactly a half-integer, i.e. |q - rint(q)| == 0.5 (that
+    difference is exact), and only those elements are recomputed in float64. Clipping q to the
+    integer range before rounding changes nothing (rint commutes with a clip to integers, and a
+    clipped q means p saturates too).
+    """
+    n, m, oh, wq = acc.shape
+    rows = n * m
+    a3 = acc.reshape(rows, oh, wq)
+    o3 = out.reshape(rows, oh, ow)
+    f32, ft, mrow, bias, zp, lo, hi = req.f32, req.ft, req.mult, req.bias, req.zp, req.lo, req.hi
+    if n > 1:
+        mrow = np.tile(mrow, (n, 1, 1))
+        bias = None if bias is None else np.tile(bias, (n, 1, 1))
+    step = max(1, (_BLOCK32 if f32 else _BLOCK) // max(oh * wq, 1))
+    nb = min(step, rows)
+    qbuf = _scratch("rq", (nb, oh, wq), ft)
+    tbuf = _scratch("rt", (nb, oh, wq), np.float32) if f32 or tail else None
+    zpf = ft(zp)
+    if tail is not None:
+        z3 = tail.z.reshape(rows, oh, ow)
+        za = np.float32(zp - tail.za)
+        zbuf = _scratch("rz", (nb, oh, ow), np.float32)
+    for r0 in range(0, rows, step):
+        r1 = min(r0 + step, rows)
+        q = qbuf[: r1 - r0]
+        if bias is not None:
+            np.add(a3[r0:r1], bias[r0:r1], out=q)
+            q *= mrow[r0:r1]
+        else:
+            np.multiply(a3[r0:r1], mrow[r0:r1], out=q)
+        np.clip(q, lo, hi, out=q)
+        if f32:
+            t = tbuf[: r1 - r0]
+            np.rint(q, out=t)
+            q -= t
+            if q.max() == 0.5 or q.min() == -0.5:  # q exactly a half-integer: see above
+                k = np.flatnonzero(np.abs(q) == 0.5)
+                i, j, l = np.unravel_index(k, q.shape)
+                v = a3[r0 + i, j, l].astype(np.float64)
+                if bias is not None:
+                    v += bias[r0 + i, 0, 0].astype(np.float64)
+                v *= mrow[r0 + i, 0, 0].astype(np.float64)
+                t.reshape(-1)[k] = np.clip(np.rint(v), lo, hi)
+        else:
+            np.rint(q, out=q)
+            t = q
+        if tail is None:
+            if zp:
+                np.add(t[..., :ow], zpf, out=o3[r0:r1], casting="unsafe")
+            else:
+                np.copyto(o3[r0:r1], t[..., :ow], casting="unsafe")
+            continue
+        a = tbuf[: r1 - r0]
+        if za or a is not t:
+            np.add(t, za, out=a, casting="same_kind")
+        tail.apply(a, ow, z3[r0:r1], zbuf[: r1 - r0], o3[r0:r1])
+
+
+def _flat_taps(h, w, p, k, s, d, out_sp):
+    """(Wq, Hq, [(a, b, offset)]) of the "extended row" im2col: the padded input, split into
+    stride phases each flattened to Hq*Wq, gives tap (ki, kj) as the contiguous slice
+    ``phase[a, b][off : off + oh*Wq]``, an (oh, Wq) image whose last Wq - ow columns are junk."""
+    oh = out_sp[0]
+    taps = []
+    for ki in range(k[0]):
+        qa, a = divmod(ki * d[0], s[0])
+        for kj in range(k[1]):
+            qb, b = divmod(kj * d[1], s[1])
+            taps.append((a, b, qa, qb))
+    wq = -(-(w + p[1] + p[3]) // s[1])
+    hq = max(-(-(h + p[0] + p[2]) // s[0]), oh + max(t[2] for t in taps)) + 1
+    return wq, hq, [(a, b, qa * wq + qb) for a, b, qa, qb in taps]
+
+
+def _to_f32(src: np.ndarray, zp: int, out: np.ndarray) -> None:
+    """out = float32(src) - zp (exact integers)."""
+    if zp:
+        np.subtract(src, np.float32(zp), out=out, dtype=np.float32)
+    else:
+        np.copyto(out, src, casting="unsafe")
+
+
+def _cols_buf(n: int, c: int, kk: int, ln: int, ones: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A kept im2col buffer: (all (n, K [+ 1], L), body (n, c, kk, L)); with ``ones`` the
+    last row is ones (the bias row)."""
+    k = c * kk
+    buf = _scratch("cols", (n, k + ones, ln), np.float32)
+    if ones:
+        buf[:, k] = 1.0
+    return buf, buf[:, :k].reshape(n, c, kk, ln)
+
+
+def _columns(x, fill, xz, p, k, s, d, out_sp, group, ones=False):
+    """(cols (n, group, K, L) float32 holding x - xz, wq): im2col of 8-bit x padded with
+    ``fill``, L = oh * wq with wq > ow when the columns carry junk (extended rows), else
+    oh * ow. ``ones`` (group 1): one more row of ones, K = c*kh*kw + 1."""
+    n, c, h, wd = x.shape
+    oh, ow = out_sp
+    kk = k[0] * k[1]
+    if kk == 1 and not any(p):
+        xs = x if s == [1, 1] else x[:, :, :: s[0], :: s[1]]
+        cols, body = _cols_buf(n, c, 1, oh * ow, ones)
+        _to_f32(xs, xz, body.reshape(n, c, oh, ow))
+        return cols.reshape(n, group, -1, oh * ow), ow
+    wq = -(-(wd + p[1] + p[3]) // s[1])
+    if wq <= 1.1 * ow:  # extended rows: kk contiguous slice copies, few junk columns
+        wq, hq, taps = _flat_taps(h, wd, p, k, s, d, out_sp)
+        xp = _padded(x, (p[0], p[1], hq * s[0] - h - p[0], wq * s[1] - wd - p[1]), fill)
+        ext = oh * wq
+        cols, body = _cols_buf(n, c, kk, ext, ones)
+        if s == [1, 1]:
+            src = xp.reshape(n, c, hq * wq)
+            st = src.strides
+            view = as_strided(
+                src,
+                (n, c, k[0], k[1], ext),
+                (st[0], st[1], st[2] * d[0] * wq, st[2] * d[1], st[2]),
+                writeable=False,
+            )
+            _to_f32(view, xz, body.reshape(n, c, k[0], k[1], ext))
+        else:
+            ph = _scratch("phases", (n, c, s[0], s[1], hq, wq), x.dtype)
+            np.copyto(ph, xp.reshape(n, c, hq, s[0], wq, s[1]).transpose(0, 1, 3, 5, 2, 4))
+            ph = ph.reshape(n, c, s[0], s[1], hq * wq)
+            for t, (a, b, off) in enumerate(taps):
+                _to_f32(ph[:, :, a, b, off : off + ext], xz, body[:, :, t])
+        return cols.reshape(n, group, -1, ext), wq
+    xp = _padded(x, p, fill) if any(p) else x
+    st = xp.strides
+    view = as_strided(
+        xp,
+        shape=(n, c, k[0], k[1], oh, ow),
+        strides=(st[0], st[1], st[2] * d[0], st[3] * d[1], st[2] * s[0], st[3] * s[1]),
+        writeable=False,
+    )
+    cols, body = _cols_buf(n, c, kk, oh * ow, ones)
+    _to_f32(view, xz, body.reshape(n, c, k[0], k[1], oh, ow))
+    return cols.reshape(n, group, -1, oh * ow), ow
+
+
+def _conv_acc(prep: _Prepared, cols: np.ndarray, m: int, wb=None) -> np.ndarray:
+    """The exact integer products (n, m, L): float32 for one K-chunk (into a kept buffer),
+    float64 for several; ``wb``: the weights with the bias column (cols carry the ones row)."""
+    n, group, _, ln = cols.shape
+    if len(prep.mats) > 1:
+        return _exact_matmul(prep, cols[0] if n == 1 else cols).reshape(n, m, ln)
+    wm = prep.mats[0] if wb is None else wb[None]
+    acc = _scratch("acc", (n, group, m // group, ln), np.float32)
+    if n == 1 and group == 1:
+        np.matmul(wm[0], cols[0, 0], out=acc[0, 0])
+    else:
+        np.matmul(wm, cols, out=acc)
+    return acc.reshape(n, m, ln)
+
+
+class _Layer:
+    """What a QLinearConv call needs besides x, prepared once per (constants, geometry)."""
+
+    __slots__ = ("cp", "p", "k", "s", "d", "out_sp", "req", "out_dt")
+
+    def __init__(self, cp, p, k, s, d, out_sp, req, out_dt) -> None:
+        self.cp, self.p, self.k, self.s, self.d = cp, p, k, s, d
+        self.out_sp, self.req, self.out_dt = out_sp, req, out_dt
+
+
+def _vkey(v) -> object:
+    """A cache-key part for a parameter that is not an ndarray (ndarrays go by identity)."""
+    return ("none",) if v is None else tuple(np.asarray(v).reshape(-1).tolist())
+
+
+def _layer(
+    x, x_scale, xz, w, w_scale, w_zero_point, y_scale, y_zero_point, b,
+    auto_pad, dilations, group, kernel_shape, pads, strides, clamp,
+) -> _Layer | None:  # fmt: skip
+    def build() -> _Layer | None:
+        if x.ndim != 4 or w.ndim != 4 or w.dtype not in (np.uint8, np.int8):
+            return None
+        if y_zero_point is not None and np.asarray(y_zero_point).size != 1:
+            return None
+        n, c, h, wd = x.shape
+        m, cg = w.shape[:2]
+        if cg * group != c or m % group:
+            return None
+        k = list(kernel_shape) if kernel_shape else list(w.shape[2:])
+        s = list(strides) if strides else [1, 1]
+        d = list(dilations) if dilations else [1, 1]
+        if list(w.shape[2:]) != k:
+            return None
+        p, out_sp = _conv.resolve_pads((h, wd), k, s, d, pads, auto_pad)
+        if min(p) < 0 or min(out_sp) <= 0:
+            return None
+        cp = _conv_prep(w, w_zero_point, b, group, x.dtype, xz)
+        if cp.prep.chunks is None:
+            return None
+        out_dt = y_zero_point.dtype if y_zero_point is not None else x.dtype
+        info = np.iinfo(out_dt)
+        lo, hi = int(info.min), int(info.max)
+        if clamp is not None:
+            lo, hi = max(lo, clamp[0]), min(hi, clamp[1])
+        zp = 0 if y_zero_point is None else int(np.asarray(y_zero_point).reshape(-1)[0])
+        # the multiplier in the scales' own precision, as conv.qlinear_conv computes it
+        mult = np.asarray(x_scale) * np.asarray(w_scale) / np.asarray(y_scale)
+        bias = None if cp.wb is not None else cp.bias
+        req = _Req.make(cp.f32, mult, bias, zp, (lo, hi), m)
+        return _Layer(cp, p, k, s, d, tuple(out_sp), req, out_dt)
+
+    params = (w, b, w_zero_point, w_scale, x_scale, y_scale, y_zero_point)
+    arrays = tuple(v for v in params if isinstance(v, np.ndarray))
+    key = (
+        "layer", x.shape, x.dtype.char, xz, auto_pad, group, _tkey(dilations),
+        _tkey(kernel_shape), _tkey(pads), _tkey(strides), clamp,
+        *(_vkey(v) for v in params if not isinstance(v, np.ndarray)),
+    )  # fmt: skip
+    return _cached(arrays, key, build)
+
+
+def _tkey(v) -> tuple | None:
+    return None if v is None else tuple(v)
 
 
 def _fast_qconv(
     x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, b,
     auto_pad, dilations, group, kernel_shape, pads, strides,
+    clamp: tuple[int, int] | None = None, tail=None,
 ):  # fmt: skip
-    """The fast path, or None when the generic kernel must run."""
-    if x.ndim != 4 or w.ndim != 4 or w.dtype not in (np.uint8, np.int8):
-        return None
-    if x_zero_point is not None and np.asarray(x_zero_point).size != 1:
-        return None
-    n, c, h, wd = x.shape
-    m, cg = w.shape[:2]
-    if cg * group != c or m % group:
-        return None
-    k = list(kernel_shape) if kernel_shape else list(w.shape[2:])
-    s = list(strides) if strides else [1, 1]
-    d = list(dilations) if dilations else [1, 1]
-    if list(w.shape[2:]) != k:
-        return None
-    p, out_sp = _conv.resolve_pads((h, wd), k, s, d, pads, auto_pad)
-    if min(p) < 0 or min(out_sp) <= 0:
-        return None
-    xz = 0 if x_zero_point is None else int(np.asarray(x_zero_point).reshape(-1)[0])
-    a, bb = _xrange(x.dtype, xz)
-    prep, bias = _conv_prep(w, w_zero_point, b, group, a, bb)
-    if prep.chunks is None:
-        return None
-    oh, ow = out_sp
-    hw = oh * ow
-    kk = k[0] * k[1]
-    xzf = np.float32(xz)
-    if kk == 1 and not any(p):
-        xs = x if s == [1, 1] else x[:, :, :: s[0], :: s[1]]
-        cols = _scratch("cols", (n, group, cg, hw), np.float32)
-        np.subtract(xs.reshape(n, group, cg, hw) if s == [1, 1] else xs, xzf,
-                    out=cols.reshape(n, c, oh, ow) if s != [1, 1] else cols, dtype=np.float32)  # fmt: skip
+    """The fast path (clamped to ``clamp``, then ``tail``), or None when the generic kernel
+    must run."""
+    if x_zero_point is None:
+        xz = 0
+    elif isinstance(x_zero_point, np.ndarray) and x_zero_point.size == 1:
+        xz = int(x_zero_point.reshape(-1)[0])
+    elif np.asarray(x_zero_point).size == 1:
+        xz = int(np.asarray(x_zero_point).reshape(-1)[0])
     else:
-        xp = _padded(x, p, xz) if any(p) else x
-        st = xp.strides
-        view = as_strided(
-            xp,
-            shape=(n, c, k[0], k[1], oh, ow),
-            strides=(st[0], st[1], st[2] * d[0], st[3] * d[1], st[2] * s[0], st[3] * s[1]),
-            writeable=False,
-        )
-        cols = _scratch("cols", (n, c, k[0], k[1], oh, ow), np.float32)
-        np.subtract(view, xzf, out=cols, dtype=np.float32)
-        cols = cols.reshape(n, group, cg * kk, hw)
-    acc = _exact_matmul(prep, cols[0] if n == 1 else cols).reshape(n, m, hw)
-    mult = _multiplier(x_scale, w_scale, y_scale, 1)
-    out_dt = y_zero_point.dtype if y_zero_point is not None else x.dtype
-    if y_zero_point is not None and np.asarray(y_zero_point).size != 1:
-        y = _finish_onnx(acc, bias, mult, y_zero_point, out_dt)
-    else:
-        y = _finish_rows(acc, bias, mult, y_zero_point, out_dt, n)
-    return y.reshape(n, m, oh, ow)
+        return None
+    lay = _layer(
+        x, x_scale, xz, w, w_scale, w_zero_point, y_scale, y_zero_point, b,
+        auto_pad, dilations, group, kernel_shape, pads, strides, clamp,
+    )  # fmt: skip
+    if lay is None:
+        return None
+    n, m = x.shape[0], w.shape[0]
+    oh, ow = lay.out_sp
+    cp = lay.cp
+    cols, wq = _columns(
+        x, xz, 0 if cp.raw else xz, lay.p, lay.k, lay.s, lay.d, lay.out_sp, group, cp.wb is not None
+    )
+    acc = _conv_acc(cp.prep, cols, m, cp.wb).reshape(n, m, oh, wq)
+    y = _take((n, m, oh, ow), lay.out_dt if tail is None else tail.dt)
+    _requant(acc, ow, lay.req, y, tail)
+    return y
 
 
 @kernel("QLinearConv", dtypes=_INT8)
@@ -386,6 +663,150 @@ def qlinear_conv_ms_fast(
         pads=pads, strides=strides,
     )  # fmt: skip
     return np.ascontiguousarray(np.moveaxis(y, 1, -1)) if channels_last else y
+
+
+# --------------------------------------------------------------------------- fused tails
+# modelloader.qpasses folds what follows a QLinearConv into it: the integer clamp of a Relu/Clip
+# (QLinearConvClip) and a residual com.microsoft QLinearAdd with its clamp (QLinearConvAdd).
+
+
+def _clamp_range(dt: np.dtype, act_min: int | None, act_max: int | None) -> tuple[int, int]:
+    info = np.iinfo(dt)
+    lo = int(info.min) if act_min is None else max(int(info.min), int(act_min))
+    hi = int(info.max) if act_max is None else min(int(info.max), int(act_max))
+    return lo, hi
+
+
+def _clamped(y: np.ndarray, act_min: int | None, act_max: int | None) -> np.ndarray:
+    """Clip(y, act_min, act_max) as the Clip kernel computes it for act_min <= act_max."""
+    if act_min is None and act_max is None:
+        return y
+    lo, hi = _clamp_range(y.dtype, act_min, act_max)
+    return np.clip(y, y.dtype.type(lo), y.dtype.type(hi), out=y)
+
+
+@kernel("QLinearConvClip", domain=ML)
+def qlinear_conv_clip(
+    x: np.ndarray,
+    x_scale: np.ndarray,
+    x_zero_point: np.ndarray,
+    w: np.ndarray,
+    w_scale: np.ndarray,
+    w_zero_point: np.ndarray,
+    y_scale: np.ndarray,
+    y_zero_point: np.ndarray,
+    b: np.ndarray | None = None,
+    *,
+    act_min: int | None = None,
+    act_max: int | None = None,
+    auto_pad: str = "NOTSET",
+    dilations: Sequence[int] | None = None,
+    group: int = 1,
+    kernel_shape: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    strides: Sequence[int] | None = None,
+) -> np.ndarray:
+    """modelloader QLinearConvClip: Clip(QLinearConv(...), act_min, act_max), the bounds in the
+    output's integers (act_min <= act_max): the clamp is part of the requantization's."""
+    out_dt = y_zero_point.dtype if y_zero_point is not None else x.dtype
+    y = None
+    if x.dtype in _INT8:
+        y = _fast_qconv(
+            x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, b,
+            auto_pad, dilations, group, kernel_shape, pads, strides,
+            clamp=_clamp_range(out_dt, act_min, act_max),
+        )  # fmt: skip
+    if y is None:
+        y = _conv.qlinear_conv(
+            x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, b,
+            auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape,
+            pads=pads, strides=strides,
+        )  # fmt: skip
+        y = _clamped(y, act_min, act_max)
+    return y
+
+
+def _add_tail(y_dt, shape, a_scale, a_zero_point, z, z_scale, z_zero_point, c_scale,
+              c_zero_point, act_min, act_max) -> _AddTail | None:  # fmt: skip
+    """The QLinearAdd tail for a conv output of dtype ``y_dt`` and ``shape``, or None when it
+    must run on its own (broadcasting, other dtypes, scales whose ratios aren't plain)."""
+    dt = _ql._out_dtype(c_zero_point, y_dt)
+    z = np.asarray(z)
+    if z.shape != tuple(shape) or z.dtype not in _INT8 or dt not in _INT8:
+        return None
+    if any(v is not None and np.asarray(v).size != 1 for v in (a_zero_point, z_zero_point)):
+        return None
+    cs = _ql._f32(c_scale)
+    ra, rb = _ql._f32(a_scale) / cs, _ql._f32(z_scale) / cs
+    if not (np.isfinite(ra) and np.isfinite(rb) and abs(ra) < 1e30 and abs(rb) < 1e30):
+        return None
+    zc = _ql._zp(c_zero_point)
+    lo, hi = _clamp_range(dt, act_min, act_max)
+    return _AddTail(
+        z, _ql._zp(a_zero_point), ra, np.float32(_ql._zp(z_zero_point)), rb, np.float32(zc),
+        np.float32(lo - zc), np.float32(hi - zc), dt,
+    )  # fmt: skip
+
+
+@kernel("QLinearConvAdd", domain=ML)
+def qlinear_conv_add(
+    x: np.ndarray,
+    x_scale: np.ndarray,
+    x_zero_point: np.ndarray,
+    w: np.ndarray,
+    w_scale: np.ndarray,
+    w_zero_point: np.ndarray,
+    y_scale: np.ndarray,
+    y_zero_point: np.ndarray,
+    b: np.ndarray | None,
+    a_scale: np.ndarray,
+    a_zero_point: np.ndarray | None,
+    z: np.ndarray,
+    z_scale: np.ndarray,
+    z_zero_point: np.ndarray | None,
+    c_scale: np.ndarray,
+    c_zero_point: np.ndarray | None = None,
+    *,
+    act_min: int | None = None,
+    act_max: int | None = None,
+    auto_pad: str = "NOTSET",
+    dilations: Sequence[int] | None = None,
+    group: int = 1,
+    kernel_shape: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    strides: Sequence[int] | None = None,
+) -> np.ndarray:
+    """modelloader QLinearConvAdd: Clip(com.microsoft.QLinearAdd(Y, a_scale, a_zero_point, Z,
+    z_scale, z_zero_point, c_scale, c_zero_point), act_min, act_max) with Y =
+    QLinearConv(x, ..., y_scale, y_zero_point, b): the conv's quantized output Y (exactly as
+    QLinearConv gives it) goes through the add in the same pass, never stored."""
+    conv_kw = dict(
+        auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape,
+        pads=pads, strides=strides,
+    )  # fmt: skip
+    y = None
+    if x.dtype in _INT8 and x.ndim == 4 and w.ndim == 4:
+        out_dt = y_zero_point.dtype if y_zero_point is not None else x.dtype
+        p, out_sp = _conv.resolve_pads(
+            x.shape[2:], list(kernel_shape) if kernel_shape else list(w.shape[2:]),
+            list(strides) if strides else [1, 1], list(dilations) if dilations else [1, 1],
+            pads, auto_pad,
+        )  # fmt: skip
+        tail = _add_tail(
+            out_dt, (x.shape[0], w.shape[0], *out_sp), a_scale, a_zero_point, z, z_scale,
+            z_zero_point, c_scale, c_zero_point, act_min, act_max,
+        )  # fmt: skip
+        if tail is not None:
+            y = _fast_qconv(
+                x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, b,
+                auto_pad, dilations, group, kernel_shape, pads, strides, tail=tail,
+            )  # fmt: skip
+            if y is not None:
+                return y
+    fn = qlinear_conv_fast if x.dtype in _INT8 else _conv.qlinear_conv
+    y = fn(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, b, **conv_kw)
+    c = _ql.qlinear_add(y, a_scale, a_zero_point, z, z_scale, z_zero_point, c_scale, c_zero_point)
+    return _clamped(c, act_min, act_max)
 
 
 # --------------------------------------------------------------------------- matmuls
