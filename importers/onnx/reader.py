@@ -179,7 +179,9 @@ class _Importer:
                 f"initializer '{t.name}' declares shape {shape} ({count * dtype.itemsize} bytes) "
                 f"but holds {span.length} bytes; the model is corrupt"
             )
-        arr = np.frombuffer(self.buffer, dtype=dtype, count=count, offset=span.offset).reshape(shape)
+        arr = np.frombuffer(self.buffer, dtype=dtype, count=count, offset=span.offset).reshape(
+            shape
+        )
         if arr.flags.aligned:
             return arr
         arr = arr.copy()

@@ -10,7 +10,9 @@ import modelloader
 
 def _model(node, inputs, outputs):  # noqa: ANN001, ANN202
     g = helper.make_graph([node], "g", inputs, outputs)
-    return modelloader.load(helper.make_model(g, opset_imports=[helper.make_opsetid("", 22)]).SerializeToString())
+    return modelloader.load(
+        helper.make_model(g, opset_imports=[helper.make_opsetid("", 22)]).SerializeToString()
+    )
 
 
 def test_bernoulli_seeded_reproducible_and_unbiased() -> None:
