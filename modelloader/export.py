@@ -381,17 +381,14 @@ def _tflite_fc(node: Node, s: _Scope) -> list[Node]:
 
 
 def _hybrid_weight(s: _Scope, node: Node) -> np.ndarray:
-    """The float weights of a hybrid op: int8 values times their (per-channel) scales."""
+    """The float weights of a hybrid op: int8 values times their (per-channel) scales,
+    which run along the output axis: the first, or the last for depthwise filters."""
     w, ws = s.get_const(node.inputs[1]), s.get_const(node.inputs[2])
     if w is None or ws is None:
         raise _NotLowerable(f"{node.op} with weights computed at run time")
-    ws = np.asarray(ws, np.float32).reshape(-1)
-    shape = (
-        (-1,) + (1,) * (w.ndim - 1)
-        if ws.size > 1 and node.op != "TFLiteHybridDepthwiseConv"
-        else (-1,)
-    )
-    return w.astype(np.float32) * (ws.reshape(shape) if ws.size > 1 else ws[0])
+    shape = [1] * w.ndim
+    shape[-1 if node.op == "TFLiteHybridDepthwiseConv" else 0] = -1
+    return w.astype(np.float32) * np.asarray(ws, np.float32).reshape(shape)
 
 
 @_lowers("TFLiteHybridConv", "TFLiteHybridDepthwiseConv")
@@ -404,24 +401,29 @@ def _tflite_hybrid_conv(node: Node, s: _Scope) -> list[Node]:
     """
     a, x = node.attrs, node.inputs[0]
     wf = _hybrid_weight(s, node)  # OHWI, or [1, KH, KW, C*M] for depthwise
-    depthwise = node.op == "TFLiteHybridDepthwiseConv"
-    w_oihw = wf.transpose(3, 0, 1, 2) if depthwise else wf.transpose(0, 3, 1, 2)
-    group = 1
+    if node.op == "TFLiteHybridDepthwiseConv":  # -> (C*M, 1, KH, KW), a group per input channel
+        w_oihw = wf.transpose(3, 0, 1, 2)
+        group = w_oihw.shape[0] // int(a.get("depth_multiplier", 1))
+    else:
+        w_oihw, group = wf.transpose(0, 3, 1, 2), 1
     xn, yn = s.fresh("nchw"), s.fresh("conv")
     conv_in = [xn, s.const(w_oihw, "w")]
     if len(node.inputs) > 3 and node.inputs[3]:
         conv_in.append(node.inputs[3])
-    nodes = [_n("Transpose", [x], [xn], perm=[0, 3, 1, 2])]
-    attrs = {
-        "strides": list(a.get("strides", (1, 1))),
-        "dilations": list(a.get("dilations", (1, 1))),
-        "pads": [a.get("pads", (0, 0, 0, 0))[i] for i in (0, 1, 2, 3)],
-    }
-    if depthwise:  # [1, KH, KW, C*M] -> (C*M, 1, KH, KW), one group per input channel
-        group = w_oihw.shape[0] // int(a.get("depth_multiplier", 1))
-    nodes.append(_n("Conv", conv_in, [yn], group=group, **attrs))
-    nodes.append(_n("Transpose", [yn], [node.outputs[0]], perm=[0, 2, 3, 1]))
-    return nodes
+    conv = _n(
+        "Conv",
+        conv_in,
+        [yn],
+        group=group,
+        strides=list(a.get("strides", (1, 1))),
+        dilations=list(a.get("dilations", (1, 1))),
+        pads=list(a.get("pads", (0, 0, 0, 0))),
+    )
+    return [
+        _n("Transpose", [x], [xn], perm=[0, 3, 1, 2]),
+        conv,
+        _n("Transpose", [yn], [node.outputs[0]], perm=[0, 2, 3, 1]),
+    ]
 
 
 @_lowers("TFLiteHybridFullyConnected")

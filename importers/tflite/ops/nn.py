@@ -40,14 +40,11 @@ def _conv_weights(ctx: TFLContext, i: int, perm: list[int]) -> str:
     return ctx.tmp("Transpose", [w], perm=perm)
 
 
-@tfl_op("CONV_2D")
-def conv2d(op: TFLOperator, ctx: TFLContext) -> None:
-    """input NHWC, filter OHWI, bias O; grouped when input channels exceed the filter's."""
-    o, kh, kw, ci = ctx.shape(op.inputs[1])
-    cin = ctx.shape(op.inputs[0])[3]
+def _conv(op: TFLOperator, ctx: TFLContext, perm: list[int], group: int) -> None:
+    """NHWC float conv as Transpose -> ONNX Conv (filter permuted to OIHW) -> Transpose."""
+    kh, kw = ctx.shape(op.inputs[1])[1:3]
     s, d = _strides(op), _dilations(op)
-    w = _conv_weights(ctx, op.inputs[1], [0, 3, 1, 2])
-    ins = [nhwc_to_nchw(ctx, ctx.name(op.inputs[0])), w]
+    ins = [nhwc_to_nchw(ctx, ctx.name(op.inputs[0])), _conv_weights(ctx, op.inputs[1], perm)]
     if len(op.inputs) > 2 and op.inputs[2] >= 0:
         ins.append(ctx.float_const(op.inputs[2]))
     y = ctx.tmp(
@@ -57,31 +54,23 @@ def conv2d(op: TFLOperator, ctx: TFLContext) -> None:
         strides=list(s),
         dilations=list(d),
         pads=_pads(ctx, op, (kh, kw), s, d),
-        group=max(cin // ci, 1) if cin > 0 else 1,
+        group=group,
     )
     nchw_to_nhwc(ctx, y, ctx.name(op.outputs[0]))
+
+
+@tfl_op("CONV_2D")
+def conv2d(op: TFLOperator, ctx: TFLContext) -> None:
+    """input NHWC, filter OHWI, bias O; grouped when input channels exceed the filter's."""
+    ci = ctx.shape(op.inputs[1])[3]
+    cin = ctx.shape(op.inputs[0])[3]
+    _conv(op, ctx, [0, 3, 1, 2], max(cin // ci, 1) if cin > 0 else 1)
 
 
 @tfl_op("DEPTHWISE_CONV_2D")
 def depthwise(op: TFLOperator, ctx: TFLContext) -> None:
     """filter [1, H, W, Cin*multiplier]; output channel c*m + j reads input channel c."""
-    _, kh, kw, co = ctx.shape(op.inputs[1])
-    cin = ctx.shape(op.inputs[0])[3]
-    s, d = _strides(op), _dilations(op)
-    w = _conv_weights(ctx, op.inputs[1], [3, 0, 1, 2])
-    ins = [nhwc_to_nchw(ctx, ctx.name(op.inputs[0])), w]
-    if len(op.inputs) > 2 and op.inputs[2] >= 0:
-        ins.append(ctx.float_const(op.inputs[2]))
-    y = ctx.tmp(
-        "Conv",
-        ins,
-        kernel_shape=[kh, kw],
-        strides=list(s),
-        dilations=list(d),
-        pads=_pads(ctx, op, (kh, kw), s, d),
-        group=cin,
-    )
-    nchw_to_nhwc(ctx, y, ctx.name(op.outputs[0]))
+    _conv(op, ctx, [3, 0, 1, 2], ctx.shape(op.inputs[0])[3])
 
 
 @tfl_op("TRANSPOSE_CONV")
