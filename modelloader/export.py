@@ -178,6 +178,18 @@ def _activation(
     raise _NotLowerable(f"unknown fused activation {act!r}")
 
 
+def channel_shuffle(x: str, y: str, groups: int, channels: int, i64: Any, fresh: Any) -> list[Node]:
+    """ONNX nodes for FusedConv's ``shuffle``: Reshape (N, g, C/g, -1), Transpose, Reshape
+    back to x's shape. ``i64(values)`` names an int64 constant, ``fresh(hint)`` a new value."""
+    shape, split, swapped = fresh("shape"), fresh("split"), fresh("swapped")
+    return [
+        _n("Shape", [x], [shape]),
+        _n("Reshape", [x, i64([0, groups, channels // groups, -1])], [split]),
+        _n("Transpose", [split], [swapped], perm=[0, 2, 1, 3]),
+        _n("Reshape", [swapped, shape], [y]),
+    ]
+
+
 def _fused_tail(
     s: _Scope, node: Node, core: Node, residual: str, dtype: np.dtype | None
 ) -> list[Node]:
@@ -198,13 +210,23 @@ def _fused_tail(
 
 @_lowers("FusedConv")
 def _fused_conv(node: Node, s: _Scope) -> list[Node]:
-    attrs = {k: v for k, v in node.attrs.items() if k not in ("activation", "activation_params")}
+    drop = ("activation", "activation_params", "shuffle")
+    attrs = {k: v for k, v in node.attrs.items() if k not in drop}
     ins = [i for i in node.inputs[:3]]
     while ins and not ins[-1]:
         ins.pop()
     residual = node.inputs[3] if len(node.inputs) > 3 else ""
     core = _n("Conv", ins, [s.fresh("conv")], **attrs)
-    return _fused_tail(s, node, core, residual, s.dtype(node.inputs[0]))
+    groups = node.attrs.get("shuffle", 0)
+    if not groups:
+        return _fused_tail(s, node, core, residual, s.dtype(node.inputs[0]))
+    w = s.get_const(node.inputs[1])
+    if w is None:
+        raise _NotLowerable("a shuffled FusedConv needs a constant weight")
+    y = node.outputs[0]
+    pre = replace(node, outputs=[s.fresh("unshuffled")])
+    tail = _fused_tail(s, pre, core, residual, s.dtype(node.inputs[0]))
+    return tail + channel_shuffle(tail[-1].outputs[0], y, groups, w.shape[0], s.i64, s.fresh)
 
 
 @_lowers("FusedGemm")

@@ -2,7 +2,9 @@
 
 Fused ops live in the ``modelloader``
 domain: ``FusedConv(X, W, B, Z)`` computes ``act(Conv(X, W, B) + Z)`` and
-``FusedGemm(A, B, C)`` computes ``act(Gemm(A, B, C))``.
+``FusedGemm(A, B, C)`` computes ``act(Gemm(A, B, C))``. A channel shuffle (the
+Reshape/Transpose/Reshape idiom of ShuffleNet) after a conv becomes its ``shuffle``
+attribute, so the conv writes the shuffled layout instead of a copy being made.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def optimize(g: Graph, registry: Registry) -> Graph:
     _fold_batchnorm(g)
     if registry.supports("FusedConv", FUSED):
         _fuse(g, "Conv", "FusedConv", residual=True)
+        _fuse_shuffle(g)
     if registry.supports("FusedGemm", FUSED):
         _fuse(g, "Gemm", "FusedGemm", residual=False)
     return g
@@ -163,4 +166,56 @@ def _fuse(g: Graph, op: str, fused: str, residual: bool) -> None:
                 dead.add(nxt[0])
         if out != n.outputs[0] or len(inputs) != len(n.inputs):
             g.nodes[i] = Node(fused, inputs, [out], attrs, FUSED, n.name)
+    g.nodes[:] = [n for k, n in enumerate(g.nodes) if k not in dead]
+
+
+def _shape(g: Graph, name: str) -> tuple[int, ...] | None:
+    v = g.values.get(name)
+    if v is None or v.shape is None or not all(isinstance(d, int) for d in v.shape):
+        return None
+    return tuple(v.shape)
+
+
+def _fuse_shuffle(g: Graph) -> None:
+    """Conv -> Reshape (N, s, C/s, *sp) -> Transpose (0, 2, 1, ...) -> Reshape (N, C, *sp)
+    becomes one FusedConv with ``shuffle = s``."""
+    uses, cons = _uses(g), _consumers(g)
+    dead: set[int] = set()
+
+    def only_user(value: str, op: str) -> int | None:
+        nxt = cons.get(value, [])
+        if uses[value] != 1 or len(nxt) != 1 or nxt[0] in dead:
+            return None
+        n = g.nodes[nxt[0]]
+        return nxt[0] if n.op == op and not n.domain and n.inputs[0] == value else None
+
+    for i, n in enumerate(g.nodes):
+        if n.op not in ("Conv", "FusedConv") or n.domain not in ("", FUSED):
+            continue
+        if n.attrs.get("shuffle") or len(n.outputs) != 1 or n.inputs[1] not in g.constants:
+            continue
+        shape = _shape(g, n.outputs[0])
+        j = only_user(n.outputs[0], "Reshape")
+        k = only_user(g.nodes[j].outputs[0], "Transpose") if j is not None else None
+        m = only_user(g.nodes[k].outputs[0], "Reshape") if k is not None else None
+        if shape is None or m is None or len(shape) < 3:
+            continue
+        split = _shape(g, g.nodes[j].outputs[0])
+        rank = len(shape)
+        perm = list(g.nodes[k].attrs.get("perm", []))
+        if (
+            split is None
+            or len(split) != rank + 1
+            or split[0] != shape[0]
+            or split[1] * split[2] != shape[1]
+            or split[3:] != shape[2:]
+            or perm != [0, 2, 1, *range(3, rank + 1)]
+            or _shape(g, g.nodes[m].outputs[0]) != shape
+        ):
+            continue
+        attrs = dict(n.attrs, shuffle=split[1])
+        g.nodes[i] = Node(
+            "FusedConv", list(n.inputs), list(g.nodes[m].outputs), attrs, FUSED, n.name
+        )
+        dead.update((j, k, m))
     g.nodes[:] = [n for k, n in enumerate(g.nodes) if k not in dead]

@@ -16,6 +16,7 @@ import functools
 import math
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -566,9 +567,29 @@ def fused_conv(
     strides: Sequence[int] | None = None,
     activation: str = "",
     activation_params: Sequence[float] = (),
+    shuffle: int = 0,
 ) -> np.ndarray:
-    """modelloader FusedConv: act(Conv(X, W, B) + Z); Z is an optional residual of output shape."""
+    """modelloader FusedConv: act(Conv(X, W, B) + Z); Z is an optional residual of output shape.
+
+    ``shuffle = g > 0`` appends a channel shuffle with g groups: output channel ``j*g + i``
+    is channel ``i*(M/g) + j`` of the result (ONNX's Reshape/Transpose/Reshape idiom)."""
     cd = _compute_dtype(x)
+    if shuffle:
+        return _shuffled_conv(
+            x.astype(cd, copy=False),
+            w.astype(cd, copy=False),
+            b,
+            z,
+            auto_pad=auto_pad,
+            dilations=dilations,
+            group=group,
+            kernel_shape=kernel_shape,
+            pads=pads,
+            strides=strides,
+            activation=activation,
+            activation_params=activation_params,
+            shuffle=shuffle,
+        ).astype(x.dtype, copy=False)
     y = _conv_float(
         x.astype(cd, copy=False),
         w.astype(cd, copy=False),
@@ -584,6 +605,52 @@ def fused_conv(
         np.add(y, z, out=y, casting="unsafe")
     apply_activation(y, activation, activation_params)
     return y.astype(x.dtype, copy=False)
+
+
+def _shuffled_conv(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    z: np.ndarray | None,
+    *,
+    group: int,
+    shuffle: int,
+    activation: str,
+    activation_params: Sequence[float],
+    **geometry: Any,
+) -> np.ndarray:
+    """FusedConv with ``shuffle``. A pointwise conv with ``group == shuffle`` has its grouped
+    matmul write straight into the shuffled positions; any other conv shuffles a copy."""
+    n, m = x.shape[0], w.shape[0]
+    sp = x.shape[2:]
+    pointwise = (
+        group == shuffle
+        and all(v == 1 for v in w.shape[2:])
+        and not any(geometry["pads"] or ())
+        and all(v == 1 for v in geometry["strides"] or ())
+        and geometry["auto_pad"] in ("NOTSET", "VALID")
+    )
+    if not pointwise:
+        y = _conv_float(x, w, b, group=group, **geometry)
+        if z is not None:
+            np.add(y, z, out=y, casting="unsafe")
+        apply_activation(y, activation, activation_params)
+        out = take(y.shape, y.dtype)
+        g = shuffle
+        np.copyto(out.reshape(n, m // g, g, -1), y.reshape(n, g, m // g, -1).transpose(0, 2, 1, 3))
+        return out
+    hw, mg = math.prod(sp), m // group
+    out = take((n, m) + tuple(sp), x.dtype)
+    # (n, group, mg, hw) view of the shuffled output: group i, row j is channel j*group + i
+    view = out.reshape(n, mg, group, hw).transpose(0, 2, 1, 3)
+    xs = np.ascontiguousarray(x).reshape(n, group, x.shape[1] // group, hw)
+    np.matmul(w.reshape(group, mg, -1), xs, out=view)
+    if b is not None:
+        np.add(view, b.astype(x.dtype, copy=False).reshape(group, mg, 1), out=view)
+    if z is not None:
+        np.add(view, z.reshape(n, group, mg, hw), out=view, casting="unsafe")
+    apply_activation(out, activation, activation_params)
+    return out
 
 
 def col2im_add(

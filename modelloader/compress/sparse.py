@@ -131,7 +131,12 @@ def _eligible(node: Node, graph: Graph, name: str) -> str | None:
         return "fc"
     if node.op == "MatMul" and not node.domain and w.ndim == 2:
         return "fc"
-    if node.op in ("Conv", "FusedConv") and w.ndim >= 3 and node.attrs.get("group", 1) == 1:
+    if (
+        node.op in ("Conv", "FusedConv")
+        and w.ndim >= 3
+        and node.attrs.get("group", 1) == 1
+        and not node.attrs.get("shuffle")
+    ):
         return "conv"
     return None
 

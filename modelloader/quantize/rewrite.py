@@ -16,10 +16,12 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from modelloader.executor import topological_order
+from modelloader.export import channel_shuffle
 from modelloader.ir import Graph, Node, Value
 from modelloader.quantize.config import QuantConfig
 
@@ -66,11 +68,14 @@ def unfuse(g: Graph) -> Graph:
         attrs = dict(n.attrs)
         act = attrs.pop("activation", "")
         params = attrs.pop("activation_params", [])
+        groups = attrs.pop("shuffle", 0)
         op = n.op[len("Fused") :]
         ins = list(n.inputs)
         z = ins[3] if op == "Conv" and len(ins) > 3 else ""
         ins = ins[:3]
-        y = n.outputs[0]
+        y = shuffled = n.outputs[0]
+        if groups:
+            y = f"{shuffled}__unshuffled"
         cur = f"{y}__unfused{k}"
         k += 1
         out.append(Node(op, ins, [cur], attrs, name=n.name))
@@ -94,8 +99,28 @@ def unfuse(g: Graph) -> Graph:
             out.append(Node(act, [cur, *extra], [y], a))
         else:
             out[-1].outputs[0] = y
+        if groups:
+            out += channel_shuffle(
+                y, shuffled, groups, g.constants[n.inputs[1]].shape[0], _i64(g), _fresh(shuffled)
+            )
     g.nodes[:] = out
     return g
+
+
+def _i64(g: Graph) -> Any:
+    def const(values: Any) -> str:
+        name = f"__shuffle_shape{len(g.constants)}"
+        while name in g.constants:
+            name += "_"
+        g.constants[name] = np.asarray(values, np.int64).reshape(-1)
+        return name
+
+    return const
+
+
+def _fresh(base: str) -> Any:
+    count = iter(range(1 << 30))
+    return lambda hint: f"{base}__{hint}{next(count)}"
 
 
 def _layer_id(n: Node) -> str:
