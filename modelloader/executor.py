@@ -13,12 +13,13 @@ from __future__ import annotations
 import heapq
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from modelloader import buffers
+from modelloader import buffers, parallel
 from modelloader.errors import ExecutionError, ModelFormatError, UnsupportedOpError
 from modelloader.ir import Graph, Node
 from modelloader.kernels.registry import KernelFn, Registry
@@ -133,6 +134,8 @@ class Plan:
             raise ModelFormatError(f"graph '{graph.name}' outputs {missing} are never produced")
         self.steps = self._schedule(nodes, outer)
         self._local = threading.local()  # per-thread buffer pool (see ``buffers``)
+        #: whether a kernel here splits work over the intra-op team (``parallel``)
+        self.uses_team = self._uses_team()
         #: whether a run reads or writes RunState (here or in a subgraph)
         self.stateful = any(
             st.stateful
@@ -162,6 +165,21 @@ class Plan:
             return fn(*args, **kw)
 
         return dispatch
+
+    def _uses_team(self) -> bool:
+        for st in self.steps:
+            if any(
+                getattr(sp.fn, "uses_team", False)
+                for sp in self.registry.specs(st.node.op, st.node.domain)
+            ):
+                return True
+            for sp in st.subplans.values():
+                if any(p.uses_team for p in (sp if isinstance(sp, list) else [sp])):
+                    return True
+        return False
+
+    def _blas(self) -> AbstractContextManager[None]:
+        return parallel.serial_blas() if self.uses_team else nullcontext()
 
     def _is_stateful(self, node: Node) -> bool:
         return any(is_stateful(sp.fn) for sp in self.registry.specs(node.op, node.domain))
@@ -272,7 +290,7 @@ class Plan:
             pool = self._local.pool = buffers.Pool()
         prev = buffers.activate(pool)
         try:
-            with np.errstate(all="ignore"):
+            with np.errstate(all="ignore"), self._blas():
                 return self._run(feeds, outer, state, pool)
         finally:
             buffers.activate(prev)

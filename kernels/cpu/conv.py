@@ -23,6 +23,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from modelloader.buffers import take
 from modelloader.kernels.cpu._registry import kernel
+from modelloader.parallel import matmul
 
 _FLOATS = (np.float32, np.float64)
 
@@ -286,7 +287,7 @@ def _conv_float(
         # pointwise: one matmul straight from the input into the output, no copies
         out = take((1, m) + tuple(out_sp), x.dtype)
         xs = x.reshape(c, hw) if x.flags.c_contiguous else np.ascontiguousarray(x).reshape(c, hw)
-        np.matmul(w.reshape(m, c), xs, out=out.reshape(m, hw))
+        matmul(w.reshape(m, c), xs, out=out.reshape(m, hw))
         if b is not None:
             out += b.astype(x.dtype, copy=False).reshape((m,) + (1,) * r)
         return out
@@ -333,9 +334,9 @@ def _conv_float(
         acc = scratch("acc", (n, group, mg, ext), x.dtype)
         wg = w.reshape(group, mg, cg * kk)
         if n == 1 and group == 1:
-            np.matmul(wg[0], cols[0, 0], out=acc[0, 0])
+            matmul(wg[0], cols[0, 0], out=acc[0, 0])
         else:
-            np.matmul(wg, cols, out=acc)
+            matmul(wg, cols, out=acc)
         acc = acc.reshape(n, m, out_sp[0], wq)[..., : out_sp[1]]
         out = take((n, m) + tuple(out_sp), x.dtype)
         if bias is not None:
@@ -354,9 +355,9 @@ def _conv_float(
         xs = np.ascontiguousarray(xs).reshape(n, group, cg, hw)
         wg = w.reshape(group, mg, cg)
         if n == 1 and group == 1:
-            np.matmul(wg[0], xs[0, 0], out=o3[0, 0])
+            matmul(wg[0], xs[0, 0], out=o3[0, 0])
         else:
-            np.matmul(wg, xs, out=o3)
+            matmul(wg, xs, out=o3)
     else:
         if r == 2 and any(p) and min(p) >= 0:
             xp = _zero_bordered(x, p)
@@ -368,9 +369,9 @@ def _conv_float(
         cols = cols.reshape(n, group, cg * kk, hw)
         wg = w.reshape(group, mg, cg * kk)
         if n == 1 and group == 1:
-            np.matmul(wg[0], cols[0, 0], out=o3[0, 0])
+            matmul(wg[0], cols[0, 0], out=o3[0, 0])
         else:
-            np.matmul(wg, cols, out=o3)
+            matmul(wg, cols, out=o3)
     if bias is not None:
         out += bias
     return out
@@ -413,7 +414,7 @@ def _depthwise_same(
     else:
         wg = np.concatenate((wk, b.astype(x.dtype, copy=False).reshape(c, mg, 1)), axis=2)
     out = take((n, m, h, wd), x.dtype)
-    np.matmul(wg, cols, out=out.reshape(n, c, mg, hw))
+    matmul(wg, cols, out=out.reshape(n, c, mg, hw))
     return out
 
 
@@ -644,7 +645,7 @@ def _shuffled_conv(
     # (n, group, mg, hw) view of the shuffled output: group i, row j is channel j*group + i
     view = out.reshape(n, mg, group, hw).transpose(0, 2, 1, 3)
     xs = np.ascontiguousarray(x).reshape(n, group, x.shape[1] // group, hw)
-    np.matmul(w.reshape(group, mg, -1), xs, out=view)
+    matmul(w.reshape(group, mg, -1), xs, out=view)
     if b is not None:
         np.add(view, b.astype(x.dtype, copy=False).reshape(group, mg, 1), out=view)
     if z is not None:
@@ -742,7 +743,7 @@ def conv_transpose(
     hw = math.prod(in_sp)
     # cols[n, g, (mg, *k), hw] = W_g^T @ X_g
     wt = wf.reshape(group, cg, mg * kk).transpose(0, 2, 1)
-    cols = np.matmul(wt, np.ascontiguousarray(xf).reshape(n, group, cg, hw))
+    cols = matmul(wt, np.ascontiguousarray(xf).reshape(n, group, cg, hw))
     cols = cols.reshape((n, m) + tuple(k) + tuple(in_sp))
     y = col2im_add(cols, in_sp, k, s, d, pb, out_sp)
     y = np.ascontiguousarray(y)
@@ -955,7 +956,7 @@ def deform_conv(
     # -> cols (n, c, kk, oh*ow)
     cols = samples.transpose(0, 1, 5, 2, 3, 4).reshape(n, group, (c // group) * kk, oh * ow)
     wg = w.astype(cd, copy=False).reshape(group, m // group, (c // group) * kk)
-    y = np.matmul(wg, cols).reshape(n, m, oh, ow)
+    y = matmul(wg, cols).reshape(n, m, oh, ow)
     if b is not None:
         y += b.astype(cd, copy=False).reshape(m, 1, 1)
     return y.astype(x.dtype, copy=False)

@@ -13,6 +13,7 @@ import numpy as np
 
 from modelloader.kernels.cpu._registry import kernel
 from modelloader.kernels.cpu.conv import apply_activation, requantize
+from modelloader.parallel import matmul as blas_matmul
 
 _BLAS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -24,15 +25,15 @@ def _is_float(dt: np.dtype) -> bool:
 
 def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if a.dtype == b.dtype and a.dtype in _BLAS:
-        return np.matmul(a, b)
+        return blas_matmul(a, b)
     if _is_float(a.dtype) and _is_float(b.dtype):
         # float16/bfloat16: accumulate in float32 BLAS, round once to the input type
-        return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(a.dtype)
+        return blas_matmul(a.astype(np.float32), b.astype(np.float32)).astype(a.dtype)
     if a.dtype.kind in "iu" and b.dtype.kind in "iu" and max(a.itemsize, b.itemsize) <= 2:
         out_dt = np.result_type(a.dtype, b.dtype)
-        y = np.matmul(a.astype(np.float64), b.astype(np.float64))
+        y = blas_matmul(a.astype(np.float64), b.astype(np.float64))
         return y.astype(np.int64).astype(out_dt)
-    return np.matmul(a, b)
+    return blas_matmul(a, b)
 
 
 @kernel("MatMul")
@@ -55,7 +56,7 @@ def _gemm(
     aa = a.T if trans_a else a
     bb = b.T if trans_b else b
     if _is_float(cd):
-        y = np.matmul(aa.astype(cd, copy=False), bb.astype(cd, copy=False))
+        y = blas_matmul(aa.astype(cd, copy=False), bb.astype(cd, copy=False))
     else:
         y = _matmul(aa, bb).astype(cd)
     t = y.dtype.type
@@ -106,7 +107,7 @@ def fused_gemm(
 
 def _int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Exact int32 product of int32-valued operands via float64 BLAS."""
-    return np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.int32)
+    return blas_matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.int32)
 
 
 @kernel("MatMulInteger")

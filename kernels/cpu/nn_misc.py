@@ -8,6 +8,7 @@ import numpy as np
 from onnx.helper import tensor_dtype_to_np_dtype
 
 from modelloader.kernels.cpu._registry import kernel
+from modelloader.parallel import matmul
 
 # --------------------------------------------------------------------------- Attention
 
@@ -23,7 +24,7 @@ def _masked_softmax(x: np.ndarray) -> np.ndarray:
 
 def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Matmul that keeps the operand dtype (NumPy computes bfloat16 products in float32)."""
-    return np.matmul(a, b).astype(a.dtype, copy=False)
+    return matmul(a, b).astype(a.dtype, copy=False)
 
 
 def _split_heads(t: np.ndarray, heads: int | None) -> np.ndarray:
@@ -269,14 +270,14 @@ def flex_attention(
         ct = np.dtype(tensor_dtype_to_np_dtype(softmax_precision))
     else:
         ct = np.dtype(np.float32) if q.dtype.itemsize < 4 else q.dtype
-    scores = np.matmul(q * s, np.swapaxes(k * s, -1, -2)).astype(ct)
+    scores = matmul(q * s, np.swapaxes(k * s, -1, -2)).astype(ct)
     if score_mod is not None:
         scores = np.asarray(score_mod(scores)[0], dtype=ct)
     e = np.exp(scores - np.max(scores, axis=-1, keepdims=True))
     probs = e / np.sum(e, axis=-1, keepdims=True)
     if prob_mod is not None:
         probs = np.asarray(prob_mod(probs)[0], dtype=ct)
-    return np.matmul(probs, v.astype(ct)).astype(v.dtype)
+    return matmul(probs, v.astype(ct)).astype(v.dtype)
 
 
 # --------------------------------------------------------------------------- losses

@@ -45,6 +45,7 @@ from modelloader.kernels.cpu import conv as _conv
 from modelloader.kernels.cpu import gemm as _gemm
 from modelloader.kernels.cpu import qlinear as _ql
 from modelloader.kernels.cpu._registry import kernel
+from modelloader.parallel import matmul
 
 try:  # outputs from the executor's pool of dead intermediates (no fresh page faults)
     from modelloader.buffers import take as _take
@@ -170,8 +171,8 @@ def _exact_matmul(prep: _Prepared, cols: np.ndarray) -> np.ndarray:
 
     def mm(wm: np.ndarray, cc: np.ndarray) -> np.ndarray:
         if wm.shape[0] == 1 and cc.ndim == 3:  # one group: a plain 2-D sgemm
-            return np.matmul(wm[0], cc[0])[None]
-        return np.matmul(wm, cc)
+            return matmul(wm[0], cc[0])[None]
+        return matmul(wm, cc)
 
     if len(prep.mats) == 1:
         return mm(prep.mats[0], cols)
@@ -497,9 +498,9 @@ def _conv_acc(prep: _Prepared, cols: np.ndarray, m: int, wb=None) -> np.ndarray:
     wm = prep.mats[0] if wb is None else wb[None]
     acc = _scratch("acc", (n, group, m // group, ln), np.float32)
     if n == 1 and group == 1:
-        np.matmul(wm[0], cols[0, 0], out=acc[0, 0])
+        matmul(wm[0], cols[0, 0], out=acc[0, 0])
     else:
-        np.matmul(wm, cols, out=acc)
+        matmul(wm, cols, out=acc)
     return acc.reshape(n, m, ln)
 
 
@@ -826,10 +827,10 @@ def _mat_prep(bi_fn, b: np.ndarray, zp, key: tuple, a: int, bb: int) -> _Prepare
 def _right_matmul(a_f32: np.ndarray, prep: _Prepared) -> np.ndarray:
     """a (M, K) float32 times the prepared operand's (K, N), exact (float32 or float64)."""
     if len(prep.mats) == 1:
-        return np.matmul(a_f32, prep.mats[0][0].T)
+        return matmul(a_f32, prep.mats[0][0].T)
     acc = None
     for (k0, k1), wm in zip(prep.chunks, prep.mats, strict=True):
-        part = np.matmul(a_f32[:, k0:k1], wm[0].T)
+        part = matmul(a_f32[:, k0:k1], wm[0].T)
         if acc is None:
             acc = part.astype(np.float64)
         else:

@@ -25,6 +25,7 @@ import numpy as np
 
 from modelloader.kernels.cpu._registry import kernel, registry
 from modelloader.kernels.cpu.conv import _conv_float
+from modelloader.parallel import matmul
 
 MS = "com.microsoft"
 ML = "modelloader"
@@ -82,7 +83,7 @@ def int_matmul(
     if bound_b is None:
         bound_b = int(np.abs(b).max(initial=0))
     ft = np.float32 if k * bound_a * bound_b < _F32_EXACT else np.float64
-    y = np.matmul(a.astype(ft, copy=False), b.astype(ft, copy=False))
+    y = matmul(a.astype(ft, copy=False), b.astype(ft, copy=False))
     return y.astype(np.int64)
 
 

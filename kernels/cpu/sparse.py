@@ -22,11 +22,29 @@ from modelloader.kernels.cpu.conv import (
     scratch,
     window_view,
 )
+from modelloader.parallel import num_threads, parallel_for, uses_team
 
 D = "modelloader"
 
 
+def csr_product(w: Any, rhs: np.ndarray) -> np.ndarray:
+    """``w``'s 2-D CSR view times a dense vector or matrix, row blocks of ``w`` on the
+    intra-op threads (scipy's CSR kernels release the GIL)."""
+    blocks = w.row_blocks(num_threads())
+    if len(blocks) == 1:
+        return np.asarray(blocks[0][2] @ rhs)
+    out = np.empty((w.matrix_shape[0],) + rhs.shape[1:], np.result_type(w.dtype, rhs.dtype))
+
+    def rows(i: int, j: int) -> None:
+        for lo, hi, m in blocks[i:j]:
+            out[lo:hi] = m @ rhs
+
+    parallel_for(len(blocks), rows)
+    return out
+
+
 @kernel("SparseGemm", domain=D)
+@uses_team
 def sparse_gemm(
     a: np.ndarray,
     w: Any,
@@ -44,9 +62,9 @@ def sparse_gemm(
     x = aa.reshape(-1, aa.shape[-1]).astype(w.dtype, copy=False)
     # (W @ x.T).T: CSR rows are the outputs, so each output is one sparse dot product
     if x.shape[0] == 1:  # a matrix-vector product: scipy's csr_matvec, no dense transposes
-        y = np.asarray(w.csr() @ x[0])[None, :]
+        y = csr_product(w, x[0])[None, :]
     else:
-        y = np.ascontiguousarray((w.csr() @ x.T).T)
+        y = np.ascontiguousarray(csr_product(w, np.ascontiguousarray(x.T)).T)
     if alpha != 1.0:
         y *= y.dtype.type(alpha)
     if c is not None and beta != 0.0:
@@ -57,6 +75,7 @@ def sparse_gemm(
 
 
 @kernel("SparseConv", domain=D)
+@uses_team
 def sparse_conv(
     x: np.ndarray,
     w: Any,
@@ -85,11 +104,10 @@ def sparse_conv(
     m = w.shape[0]
     xx = x.astype(w.dtype, copy=False)
     out = np.empty((n, m, hw), w.dtype)
-    csr = w.csr()
     if math.prod(k) == 1 and not any(p) and all(v == 1 for v in s):
         cols_all = np.ascontiguousarray(xx).reshape(n, c, hw)
         for i in range(n):
-            out[i] = csr @ cols_all[i]
+            out[i] = csr_product(w, cols_all[i])
     else:
         xp = pad_input(xx, p, slot="sparse_pad")
         view = window_view(xp, k, s, d, out_sp)
@@ -97,7 +115,7 @@ def sparse_conv(
         np.copyto(cols, view)
         cols = cols.reshape(n, c * math.prod(k), hw)
         for i in range(n):
-            out[i] = csr @ cols[i]
+            out[i] = csr_product(w, cols[i])
     out = out.reshape((n, m, *out_sp))
     if b is not None:
         out += b.astype(out.dtype, copy=False).reshape((m,) + (1,) * r)

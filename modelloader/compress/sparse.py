@@ -38,6 +38,7 @@ class SparseTensor:
     indptr: np.ndarray
     shape: tuple[int, ...]
     _csr: Any = field(default=None, repr=False)
+    _blocks: dict[int, list[tuple[int, int, Any]]] = field(default_factory=dict, repr=False)
 
     @property
     def dtype(self) -> np.dtype:
@@ -102,6 +103,25 @@ class SparseTensor:
 
             self._csr = csr_matrix((self.data, self.indices, self.indptr), shape=self.matrix_shape)
         return self._csr
+
+    def row_blocks(self, parts: int) -> list[tuple[int, int, Any]]:
+        """``(lo, hi, csr)`` row blocks of the 2-D view with about equal non-zeros each, for
+        ``parts`` threads (built once per count; the blocks view this tensor's arrays)."""
+        cache = self._blocks
+        if parts not in cache:
+            from scipy.sparse import csr_matrix
+
+            rows, cols = self.matrix_shape
+            cuts = np.searchsorted(self.indptr, np.linspace(0, self.nnz, parts + 1)[1:-1])
+            bounds = [0, *sorted({int(c) for c in cuts if 0 < c < rows}), rows]
+            blocks = []
+            for lo, hi in zip(bounds[:-1], bounds[1:]):
+                a, b = int(self.indptr[lo]), int(self.indptr[hi])
+                ptr = self.indptr[lo : hi + 1] - self.indptr[lo]
+                m = csr_matrix((self.data[a:b], self.indices[a:b], ptr), shape=(hi - lo, cols))
+                blocks.append((lo, hi, m))
+            cache[parts] = blocks
+        return cache[parts]
 
     def transposed(self) -> SparseTensor:
         """The CSR of the 2-D view's transpose (shape reversed)."""

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 import modelloader
+from modelloader import parallel
 from modelloader.compress import SparseTensor, compress
 from modelloader.compress.cli import compress_cmd
 from modelloader.compress.sparse import sparsify
@@ -16,7 +17,7 @@ from modelloader.errors import CompressionAccuracyError
 from modelloader.ir import Graph, Node, Value
 from modelloader.kernels.cpu.conv import fused_conv
 from modelloader.kernels.cpu.gemm import fused_gemm
-from modelloader.kernels.cpu.sparse import sparse_conv, sparse_gemm
+from modelloader.kernels.cpu.sparse import csr_product, sparse_conv, sparse_gemm
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 TEST = MODELS / "digits_test.npz"
@@ -102,6 +103,28 @@ def test_sparse_gemm_matches_dense(batch: int) -> None:
         x, SparseTensor.from_dense(w.T.copy()).transposed(), c, alpha=0.5, activation="Relu"
     )
     np.testing.assert_allclose(got_t, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 7])
+def test_row_blocks_split_the_product(parts: int) -> None:
+    """Row blocks (balanced by non-zeros, empty rows included) give the whole product, run
+    over the intra-op team."""
+    rng = np.random.default_rng(3)
+    w = _pruned(rng, (50, 30), 0.1)
+    w[10:25] = 0  # a run of empty rows
+    st = SparseTensor.from_dense(w)
+    blocks = st.row_blocks(parts)
+    assert blocks[0][0] == 0 and blocks[-1][1] == 50
+    assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+    assert sum(m.nnz for _, _, m in blocks) == st.nnz
+    before = parallel.num_threads()
+    parallel.set_num_threads(parts)
+    try:
+        for rhs in (rng.standard_normal(30), rng.standard_normal((30, 4))):
+            rhs = rhs.astype(np.float32)
+            np.testing.assert_allclose(csr_product(st, rhs), w @ rhs, rtol=1e-5, atol=1e-5)
+    finally:
+        parallel.set_num_threads(before)
 
 
 @pytest.mark.parametrize(
