@@ -89,14 +89,27 @@ def _fold_batchnorm(g: Graph) -> None:
         new_w = (w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(w.dtype)
         old_b = np.zeros(w.shape[0]) if b is None else b.astype(np.float64)
         new_b = ((old_b - mean) * s + bias).astype(w.dtype)
-        wname, bname = f"{conv.outputs[0]}__w_bn", f"{conv.outputs[0]}__b_bn"
-        g.constants[wname], g.constants[bname] = new_w, new_b
         for old in conv.inputs[1:] + bn.inputs[1:]:
             if old and uses[old] == 1:  # read by this pair alone: free it now
                 g.constants.pop(old, None)
+        # a weight read by this conv alone keeps its name (reports and --prune-layer use it)
+        wname = _free_name(g, conv.inputs[1], uses, f"{conv.outputs[0]}__w_bn")
+        old_b = conv.inputs[2] if len(conv.inputs) > 2 else ""
+        bname = _free_name(g, old_b, uses, f"{conv.outputs[0]}__b_bn")
+        g.constants[wname], g.constants[bname] = new_w, new_b
         g.nodes[i] = replace(conv, inputs=[conv.inputs[0], wname, bname], outputs=[bn.outputs[0]])
         dead.add(j)
     g.nodes[:] = [n for k, n in enumerate(g.nodes) if k not in dead]
+
+
+def _free_name(g: Graph, old: str, uses: Counter[str], fresh: str) -> str:
+    """``old`` if only the node being rewritten read it (its constant already dropped), else
+    ``fresh`` made unique."""
+    if old and uses[old] == 1 and old not in g.constants:
+        return old
+    while fresh in g.constants or fresh in g.values:
+        fresh += "_"
+    return fresh
 
 
 def _activation(n: Node, g: Graph) -> list[float] | None:

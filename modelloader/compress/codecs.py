@@ -193,7 +193,7 @@ def decode_stream(spec: Any, bits: int, count: int, read: BlobReader, where: str
         if int_field(spec, "alphabet", 1, 1 << MAX_INDEX_BITS, where) != 1 << bits:
             raise CodebookError(f"{where}: Huffman alphabet {spec['alphabet']} != 2**{bits}")
         lengths = field(spec, "lengths", list, where)
-        if not all(isinstance(x, int) and not isinstance(x, bool) for x in lengths):
+        if not set(map(type, lengths)) <= {int}:  # bool is not int here
             raise HeaderSchemaError(f"{where}: Huffman 'lengths' must be integers")
         pre = getattr(read, "decoded", {}).get(id(spec))
         if pre is not None and pre.size == count:  # batch-decoded by the container reader

@@ -207,6 +207,9 @@ class Container:
     size: int = 0
 
 
+_SCALARS = frozenset((int, float, str, bool, type(None)))
+
+
 def _blob_refs(obj: Any, out: list[dict], depth: int = 0, names: bool = False) -> None:
     """Every ``{"blob": {...}}`` reference below ``obj``; under ``constants``/``attrs`` the
     keys are names (a constant may be called "blob"), so only their values are walked."""
@@ -215,17 +218,19 @@ def _blob_refs(obj: Any, out: list[dict], depth: int = 0, names: bool = False) -
     if isinstance(obj, dict):
         for k, v in obj.items():
             if names:
-                _blob_refs(v, out, depth + 1)
+                if isinstance(v, (dict, list)):
+                    _blob_refs(v, out, depth + 1)
             elif k == "blob":
                 only_keys(
                     get_field({"blob": v}, "blob", dict, "blob"), {"offset", "length"}, "blob"
                 )
                 out.append(v)
-            else:
+            elif isinstance(v, (dict, list)):
                 _blob_refs(v, out, depth + 1, names=k in ("constants", "attrs"))
-    elif isinstance(obj, list):
+    elif isinstance(obj, list) and not _SCALARS.issuperset(map(type, obj)):
         for v in obj:
-            _blob_refs(v, out, depth + 1)
+            if isinstance(v, (dict, list)):  # scalars hold no references
+                _blob_refs(v, out, depth + 1)
 
 
 def _check_blob_layout(refs: list[dict], section: int) -> None:
@@ -347,10 +352,8 @@ class _Reader:
             try:
                 lengths = sp["lengths"]
                 job = {k: sp[k] for k in ("count", "alphabet", "chunk", "total_bits")}
-                ok = all(type(v) is int for v in job.values()) and all(
-                    type(x) is int for x in lengths
-                )
-                if not ok or not isinstance(lengths, list):
+                ok = all(type(v) is int for v in job.values()) and isinstance(lengths, list)
+                if not ok or not set(map(type, lengths)) <= {int}:
                     continue
                 job["blob"], job["lengths"] = self(sp["blob"]), lengths
             except (KeyError, TypeError, ContainerError):

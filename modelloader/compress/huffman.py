@@ -23,6 +23,10 @@ from modelloader.errors import DecodedLengthError, HuffmanTableError
 
 #: longest code; 16 keeps the decode table at 64 Ki entries (L2-resident)
 MAX_CODE_BITS = 16
+#: the encoder's code-length limit where the alphabet allows: a 2**11-entry decode table per
+#: stream (8 KiB) stays in cache while every stream's chunks decode together; the cost is a
+#: fraction of a percent of size (``code_lengths``)
+TABLE_BITS = 11
 #: chunks decoded in lock-step; fewer, longer chunks mean more Python steps per symbol
 TARGET_CHUNKS = 32768
 #: each chunk costs a u32 offset: 1024-symbol chunks keep that at 1/32 bit per symbol
@@ -82,6 +86,12 @@ def code_lengths(freqs: np.ndarray, max_bits: int = MAX_CODE_BITS) -> np.ndarray
         f = np.maximum(f >> 1, 1)
 
 
+def _integral(values: list[int] | np.ndarray) -> bool:
+    if isinstance(values, np.ndarray):
+        return values.dtype.kind in "iu"
+    return all(issubclass(t, (int, np.integer)) for t in set(map(type, values)))
+
+
 def check_lengths(lengths: list[int] | np.ndarray, alphabet: int) -> np.ndarray:
     """Validates a code-length table: entries in [0, MAX_CODE_BITS], Kraft sum exactly 1
     (complete and prefix-free), or a single symbol of length 1.
@@ -95,7 +105,7 @@ def check_lengths(lengths: list[int] | np.ndarray, alphabet: int) -> np.ndarray:
     if (
         lens is None
         or lens.ndim != 1
-        or not all(isinstance(x, (int, np.integer)) for x in lengths)
+        or not _integral(lengths)
         or (lens.size and (lens.min() < 0 or lens.max() > MAX_CODE_BITS))
     ):
         raise HuffmanTableError(f"Huffman code lengths must be integers in [0, {MAX_CODE_BITS}]")
@@ -138,7 +148,10 @@ def encode(symbols: np.ndarray, alphabet: int, chunk: int | None = None) -> Huff
     n = sym.size
     if n and (sym.min() < 0 or sym.max() >= alphabet):
         raise ValueError(f"symbols must lie in [0, {alphabet})")
-    lens = code_lengths(np.bincount(sym, minlength=alphabet))
+    counts = np.bincount(sym, minlength=alphabet)
+    # short codes keep the decoder's look-up tables (2**longest entries each) in cache
+    limit = max(TABLE_BITS, (int(np.count_nonzero(counts)) - 1).bit_length())
+    lens = code_lengths(counts, min(limit, MAX_CODE_BITS))
     codes = canonical_codes(lens)
     if chunk is None:
         # short streams (< SHORT symbols, < 1 KiB of offsets) keep short chunks: decoded
@@ -298,20 +311,24 @@ def _lockstep(prep: list[_Prepared]) -> None:
     tab_base = np.cumsum([0] + [p.table.size for p in prep])  # type: ignore[union-attr]
     out_base = np.cumsum([0] + [p.count for p in prep])
     maxchunk = max(int(p.sizes.max()) for p in prep)  # type: ignore[union-attr]
-    # w[i] = bytes i..i+3 big-endian: any code starts within the 32-bit window at pos >> 3.
-    # A corrupt chunk can run at most chunk * MAX_CODE_BITS bits past its start: pad for it.
-    pad = np.zeros(int(byte_base[-1]) + 2 * maxchunk + 8, np.uint32)
+    # One bit buffer for all streams as aligned 64-bit words (most significant bit first):
+    # the window at bit p is word p >> 6 shifted left by p & 63, topped up from the next
+    # word, so one pair of gathers serves ``per`` codes. A corrupt chunk can run at most
+    # chunk * MAX_CODE_BITS bits past its start: pad for it.
+    nbytes = -(-(int(byte_base[-1]) + 2 * maxchunk + 16) // 8) * 8
+    buf = np.zeros(nbytes, np.uint8)
     for p, b in zip(prep, byte_base):
-        pad[b : b + p.raw.size] = p.raw  # type: ignore[union-attr]
-    win = pad[:-3] << 24 | pad[1:-2] << 16 | pad[2:-1] << 8 | pad[3:]
-    del pad
+        buf[b : b + p.raw.size] = p.raw  # type: ignore[union-attr]
+    words = buf.view(">u8").astype(np.uint64)
+    del buf
+    per = max(1, 64 // max(p.bits for p in prep))
     table = np.concatenate([p.table for p in prep])  # type: ignore[misc]
     sizes = np.concatenate([p.sizes for p in prep])  # type: ignore[misc]
     starts = np.concatenate([p.starts + 8 * b for p, b in zip(prep, byte_base)])  # type: ignore[operator]
     ends = np.concatenate([p.ends + 8 * b for p, b in zip(prep, byte_base)])  # type: ignore[operator]
     nch = [p.sizes.size for p in prep]  # type: ignore[union-attr]
-    shift = np.repeat(np.array([32 - p.bits for p in prep], np.uint32), nch)
-    tbase = np.repeat(tab_base[:-1].astype(np.uint32), nch)
+    shift = np.repeat(np.array([64 - p.bits for p in prep], np.uint64), nch)
+    tbase = np.repeat(tab_base[:-1].astype(np.int64), nch)
     outoff = np.concatenate(
         [
             o + np.arange(p.sizes.size, dtype=np.int64) * int(p.sizes[0])  # type: ignore[union-attr]
@@ -321,41 +338,52 @@ def _lockstep(prep: list[_Prepared]) -> None:
     # longest chunks first, so the chunks still running at step t are a prefix
     order = np.argsort(-sizes, kind="stable")
     sizes, shift, tbase, outoff = sizes[order], shift[order], tbase[order], outoff[order]
-    pos_t = np.uint32 if 8 * win.size < 1 << 32 else np.uint64
-    pos = starts[order].astype(pos_t)
+    pos = starts[order].astype(np.int64)
     active = np.searchsorted(-sizes, -np.arange(maxchunk), side="left")  # sizes > t
     n0 = sizes.size
-    w = np.empty(n0, pos_t)
-    a = np.empty(n0, pos_t)
+    w = np.empty(n0, np.uint64)
+    lo = np.empty(n0, np.uint64)
+    used = np.zeros(n0, np.uint64)  # bits of the current window consumed so far
+    code = np.empty(n0, np.uint64)
+    slot = np.empty(n0, np.int64)
+    entry = np.empty(n0, np.uint32)
     idx = np.empty(n0, np.int64)
     total = int(out_base[-1])
     # near-uniform chunk sizes (the usual case): rows of a (step, chunk) array, written
     # contiguously; otherwise scatter each step's symbols to their flat output slots
     grid = maxchunk * n0 <= 2 * total + 4096
     out = np.empty((maxchunk, n0) if grid else total, np.uint16)
-    seven = pos_t(7)
-    wide = pos_t is np.uint64
-    # lock-step over all chunks: one gather into the streams + one table look-up per step.
+    six, low6, sixty4 = np.int64(6), np.uint64(63), np.uint64(64)
+    # lock-step over all chunks: per window two word gathers, per code one table look-up.
     # Every code is complete (checked), so every window decodes to some symbol.
-    for t in range(maxchunk):
-        n = int(active[t])
-        p, wn, an = pos[:n], w[:n], a[:n]
-        np.right_shift(p, 3, out=an)
-        np.take(win, an, out=wn)
-        np.bitwise_and(p, seven, out=an)
-        np.left_shift(wn, an, out=wn)
-        if wide:
-            np.bitwise_and(wn, 0xFFFFFFFF, out=wn)
-        np.right_shift(wn, shift[:n], out=wn)
-        np.add(wn, tbase[:n], out=wn)
-        np.take(table, wn, out=an)
-        if grid:
-            np.right_shift(an, 8, out=out[t, :n], casting="unsafe")
-        else:
-            np.add(outoff[:n], t, out=idx[:n])
-            out[idx[:n]] = an >> 8
-        np.bitwise_and(an, 0xFF, out=an)
-        p += an
+    for t0 in range(0, maxchunk, per):
+        n = int(active[t0])
+        pn, wn, ln, un, cn, sn = pos[:n], w[:n], lo[:n], used[:n], code[:n], slot[:n]
+        np.right_shift(pn, six, out=sn)
+        np.take(words, sn, out=wn)
+        sn += 1
+        np.take(words, sn, out=ln)
+        np.bitwise_and(pn.view(np.uint64), low6, out=cn)
+        np.left_shift(wn, cn, out=wn)
+        np.subtract(sixty4, cn, out=cn)
+        np.right_shift(ln, cn, out=ln)  # a shift by 64 gives 0
+        np.bitwise_or(wn, ln, out=wn)
+        un.fill(0)
+        for t in range(t0, min(t0 + per, maxchunk)):
+            m = int(active[t])
+            c, e = cn[:m], entry[:m]
+            np.left_shift(wn[:m], un[:m], out=c)
+            np.right_shift(c, shift[:m], out=c)
+            np.add(c.view(np.int64), tbase[:m], out=sn[:m])
+            np.take(table, sn[:m], out=e)
+            if grid:
+                np.right_shift(e, 8, out=out[t, :m], casting="unsafe")
+            else:
+                np.add(outoff[:m], t, out=idx[:m])
+                out[idx[:m]] = e >> 8
+            np.bitwise_and(e, 0xFF, out=e)
+            un[:m] += e
+        pn += un.view(np.int64)
     got = np.empty(n0, np.int64)
     got[order] = pos
     if not np.array_equal(got, ends):

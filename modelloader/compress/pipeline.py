@@ -195,8 +195,10 @@ def compress(
     model = (
         model_or_path
         if isinstance(model_or_path, modelloader.Model)
-        else modelloader.load(model_or_path, optimize=False)
+        else modelloader.load(model_or_path)
     )
+    # the planned graph (BatchNorm folded, activations fused): what is stored is what runs,
+    # and loading the container does not fold every weight again
     graph = model.graph
     kinds = weight_layers(graph)
     node_of = {

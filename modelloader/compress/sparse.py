@@ -39,6 +39,8 @@ class SparseTensor:
     shape: tuple[int, ...]
     _csr: Any = field(default=None, repr=False)
     _blocks: dict[int, list[tuple[int, int, Any]]] = field(default_factory=dict, repr=False)
+    #: flat positions of the non-zeros when built from them (``to_dense`` reuses them)
+    _positions: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def dtype(self) -> np.dtype:
@@ -81,6 +83,7 @@ class SparseTensor:
             (pos - r * cols).astype(itype),
             indptr.astype(itype),
             tuple(shape),
+            _positions=pos,
         )
 
     @classmethod
@@ -91,9 +94,13 @@ class SparseTensor:
 
     def to_dense(self) -> np.ndarray:
         rows, cols = self.matrix_shape
-        out = np.zeros((rows, cols), self.dtype)
-        r = np.repeat(np.arange(rows), np.diff(self.indptr))
-        out[r, self.indices] = self.data
+        out = np.zeros(rows * cols, self.dtype)
+        pos = self._positions
+        if pos is None:
+            # flat positions: row starts repeated per non-zero, plus the columns
+            pos = np.repeat(np.arange(0, rows * cols, cols, dtype=np.int64), np.diff(self.indptr))
+            pos += self.indices
+        out[pos] = self.data
         return out.reshape(self.shape)
 
     def csr(self) -> Any:
@@ -199,6 +206,7 @@ def sparsify(
             graph.constants[name] = w.to_dense()
             decision[name] = "dense"
             continue
+        w._positions = None  # kept sparse: only the CSR arrays stay
         for i in users[name]:
             n = graph.nodes[i]
             attrs = dict(n.attrs)
