@@ -5,7 +5,7 @@
 >>> m.predict({"x": x})
 """
 
-from modelloader.api import Model, TensorInfo, load
+from modelloader.api import Model, NodeTime, TensorInfo, load
 from modelloader.errors import (
     ChecksumError,
     ExecutionError,
@@ -37,6 +37,7 @@ __all__ = [
     "InputShapeError",
     "InvalidSourceError",
     "Model",
+    "NodeTime",
     "ModelFormatError",
     "ModelLoaderError",
     "ModelNotFoundError",

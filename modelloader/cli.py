@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import numpy as np
 
+from modelloader.api import NodeTime
 from modelloader.errors import ModelLoaderError
 
 if TYPE_CHECKING:
@@ -100,12 +101,21 @@ def main() -> None:
     type=click.Path(dir_okay=False, writable=True, path_type=pathlib.Path),
     help="Save every output to this .npz file (by output name).",
 )
+@click.option(
+    "--profile",
+    "profile_runs",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="RUNS",
+    help="Also time RUNS runs and print the slowest nodes and the time per op type.",
+)
 @_load_options
 @_reports_errors
 def run(
     model: str,
     inputs: tuple[str, ...],
     output: pathlib.Path | None,
+    profile_runs: int | None,
     sha256: str | None,
     timeout: float,
     cache_dir: pathlib.Path | None,
@@ -125,6 +135,22 @@ def run(
     if output is not None:
         _save_npz(output, results)
         click.echo(f"saved {len(results)} output(s) to {output}")
+    if profile_runs is not None:
+        _print_profile(m.profile(feeds, profile_runs), profile_runs)
+
+
+def _print_profile(rows: list[NodeTime], runs: int, top: int = 15) -> None:
+    total = sum(r.ms for r in rows)
+    click.echo(f"profile: {total:.3f} ms per run in {len(rows)} nodes (mean of {runs} runs)")
+    for r in rows[:top]:
+        click.echo(f"  {r.ms:9.3f} ms  {r.op:<20} {r.name}")
+    by_op: dict[str, float] = {}
+    for r in rows:
+        key = f"{r.domain}.{r.op}" if r.domain else r.op
+        by_op[key] = by_op.get(key, 0.0) + r.ms
+    click.echo("per op type:")
+    for op, ms in sorted(by_op.items(), key=lambda kv: -kv[1]):
+        click.echo(f"  {ms:9.3f} ms  {100 * ms / max(total, 1e-12):5.1f} %  {op}")
 
 
 def _read_feeds(args: tuple[str, ...], input_names: list[str]) -> dict[str, np.ndarray]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import threading
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -276,6 +277,7 @@ class Plan:
         feeds: dict[str, Any],
         outer: dict[str, Any] | None = None,
         state: RunState | None = None,
+        timings: list[float] | None = None,
     ) -> list[Any]:
         """Runs the plan; ``feeds`` maps every graph input name to its value.
 
@@ -283,7 +285,8 @@ class Plan:
         stateful kernels and to subgraphs; the plan itself stays immutable, so the
         caller serialises runs sharing one state. Floating-point exceptions are not
         errors: non-finite inputs compute IEEE results silently (and numpy's error
-        state is per thread).
+        state is per thread). ``timings``, if given (one float per step), accumulates each
+        step's wall time in seconds.
         """
         pool = getattr(self._local, "pool", None)
         if pool is None:
@@ -291,7 +294,7 @@ class Plan:
         prev = buffers.activate(pool)
         try:
             with np.errstate(all="ignore"), self._blas():
-                return self._run(feeds, outer, state, pool)
+                return self._run(feeds, outer, state, pool, timings)
         finally:
             buffers.activate(prev)
             pool.end_run()
@@ -302,6 +305,7 @@ class Plan:
         outer: dict[str, Any] | None,
         state: RunState | None,
         pool: buffers.Pool,
+        timings: list[float] | None = None,
     ) -> list[Any]:
         env: dict[str, Any] = dict(self.constants)
         if outer:
@@ -309,7 +313,9 @@ class Plan:
                 if r in outer and r not in env:
                     env[r] = outer[r]
         env.update(feeds)
-        for step in self.steps:
+        for at, step in enumerate(self.steps):
+            if timings is not None:
+                t0 = time.perf_counter()
             args = [env[i] if i else None for i in step.inputs]
             attrs = step.attrs
             if step.subplans:
@@ -339,6 +345,8 @@ class Plan:
                 env.pop(name, None)
             for name in step.recycle:
                 pool.release(env, name)
+            if timings is not None:
+                timings[at] += time.perf_counter() - t0
         return [_compact(env[o]) for o in self.output_names]
 
     def run_positional(

@@ -108,6 +108,19 @@ def test_run_single_npy(classifier: pathlib.Path, tmp_path: pathlib.Path) -> Non
         assert f"{probs[row, top[0]]:.4g}" in line
 
 
+def test_run_profile(classifier: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    np.save(tmp_path / "x.npy", X)
+    result = invoke("run", str(classifier), str(tmp_path / "x.npy"), "--profile", "3")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "probs: shape (2, 3)" in out
+    assert "(mean of 3 runs)" in out and "per op type:" in out
+    ops = out.split("per op type:")[1]
+    assert "Softmax" in ops and "%" in ops
+    bad = invoke("run", str(classifier), str(tmp_path / "x.npy"), "--profile", "0")
+    assert bad.exit_code != 0
+
+
 def test_run_npz_by_name(adder: pathlib.Path, tmp_path: pathlib.Path) -> None:
     np.savez(tmp_path / "in.npz", a=A, b=Bv)
     result = invoke("run", str(adder), str(tmp_path / "in.npz"))

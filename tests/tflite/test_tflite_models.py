@@ -85,6 +85,9 @@ def test_fixture_matches_interpreter(name: str, entry: dict) -> None:
             _check(f"{o}{sfx}", np.asarray(res[o]), arrays[f"output:{o}{sfx}"], entry, res)
     if n > 1:  # stateful: reset_state starts the sequence again
         m.reset_state()
+        # profiling runs the model but leaves its variables as they were
+        rows = m.profile(_step(arrays, "input", in_names, "#0"), runs=2)
+        assert len(rows) == len(m._plan.steps) and all(r.ms >= 0 for r in rows)
         res = m.predict(_step(arrays, "input", in_names, "#0"))
         for o in out_names:
             _check(f"{o}#0 after reset", np.asarray(res[o]), arrays[f"output:{o}#0"], entry, res)
