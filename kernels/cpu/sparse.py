@@ -28,8 +28,20 @@ D = "modelloader"
 
 
 def csr_product(w: Any, rhs: np.ndarray) -> np.ndarray:
-    """``w``'s 2-D CSR view times a dense vector or matrix, row blocks of ``w`` on the
-    intra-op threads (scipy's CSR kernels release the GIL)."""
+    """``w``'s 2-D CSR view times a dense vector or matrix on the intra-op threads (scipy's
+    sparse kernels release the GIL): a vector by column blocks (partial sums added), a
+    matrix by row blocks."""
+    if rhs.ndim == 1:
+        cblocks = w.column_blocks(num_threads())
+        partial = np.empty((len(cblocks), w.matrix_shape[0]), np.result_type(w.dtype, rhs.dtype))
+
+        def columns(i: int, j: int) -> None:
+            for k in range(i, j):
+                lo, hi, m = cblocks[k]
+                partial[k] = m @ rhs[lo:hi]
+
+        parallel_for(len(cblocks), columns)
+        return partial[0] if len(cblocks) == 1 else partial.sum(axis=0)
     blocks = w.row_blocks(num_threads())
     if len(blocks) == 1:
         return np.asarray(blocks[0][2] @ rhs)
