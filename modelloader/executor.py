@@ -137,6 +137,7 @@ class Plan:
         self._local = threading.local()  # per-thread buffer pool (see ``buffers``)
         #: whether a kernel here splits work over the intra-op team (``parallel``)
         self.uses_team = self._uses_team()
+        self._tuner = _BlasTuner()
         #: whether a run reads or writes RunState (here or in a subgraph)
         self.stateful = any(
             st.stateful
@@ -178,9 +179,6 @@ class Plan:
                 if any(p.uses_team for p in (sp if isinstance(sp, list) else [sp])):
                     return True
         return False
-
-    def _blas(self) -> AbstractContextManager[None]:
-        return parallel.serial_blas() if self.uses_team else nullcontext()
 
     def _is_stateful(self, node: Node) -> bool:
         return any(is_stateful(sp.fn) for sp in self.registry.specs(node.op, node.domain))
@@ -293,8 +291,14 @@ class Plan:
             pool = self._local.pool = buffers.Pool()
         prev = buffers.activate(pool)
         try:
-            with np.errstate(all="ignore"), self._blas():
-                return self._run(feeds, outer, state, pool, timings)
+            serial = self.uses_team and self._tuner.pick()
+            blas: AbstractContextManager[None] = parallel.serial_blas() if serial else nullcontext()
+            start = time.perf_counter()
+            with np.errstate(all="ignore"), blas:
+                out = self._run(feeds, outer, state, pool, timings)
+            if self.uses_team:
+                self._tuner.record(serial, time.perf_counter() - start)
+            return out
         finally:
             buffers.activate(prev)
             pool.end_run()
@@ -354,6 +358,40 @@ class Plan:
     ) -> list[Any]:
         """Runs as a subgraph body: positional inputs, enclosing scope ``outer``."""
         return self.run(dict(zip(self.input_names, args)), outer, state)
+
+
+class _BlasTuner:
+    """Chooses, by measurement, whether a plan with team kernels runs with BLAS held to one
+    thread (team kernels get the cores; large products are split by the team at about
+    OpenBLAS's speed, smaller ones run slower) or with BLAS's own threads (whose idle
+    spinning starves the team). The first runs alternate in pairs, serial then threaded;
+    the second run of each pair is timed (the first absorbs the switch), and the faster
+    mode is kept from then on. Either mode computes the same results."""
+
+    TRIALS = 2  # timed runs per mode
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs = 0
+        self._times: dict[bool, list[float]] = {True: [], False: []}
+        self.serial: bool | None = None  # the decision, once made
+
+    def pick(self) -> bool:
+        with self._lock:
+            if self.serial is not None:
+                return self.serial
+            k = self._runs
+            self._runs += 1
+            return (k // 2) % 2 == 0
+
+    def record(self, serial: bool, seconds: float) -> None:
+        with self._lock:
+            if self.serial is not None:
+                return
+            if self._runs % 2 == 0:  # the second run of a pair
+                self._times[serial].append(seconds)
+            if all(len(v) >= self.TRIALS for v in self._times.values()):
+                self.serial = min(self._times[True]) <= min(self._times[False])
 
 
 def _compact(value: Any) -> Any:

@@ -126,3 +126,25 @@ def test_serial_blas_restores_blas_threads(two_threads) -> None:
     after = [i["num_threads"] for i in ctl.threadpool_info() if i["user_api"] == "blas"]
     assert after == before
     assert all(n == 1 for n in inside)
+
+
+def test_plan_with_team_kernels_settles_its_blas_mode(tmp_path) -> None:
+    """A pruned model runs sparse kernels on the team; the executor times both BLAS modes
+    over the first runs, keeps one, and every run gives the same outputs."""
+    pytest.importorskip("scipy")
+    from pathlib import Path
+
+    import modelloader
+    from modelloader.compress import compress
+
+    models = Path(__file__).resolve().parents[1] / "models"
+    r = compress(models / "digits_mlp.onnx", prune=0.9)
+    m = modelloader.load(r.data)
+    assert m._plan.uses_team
+    x = np.load(models / "digits_mlp_input.npy")
+    first = m.predict(x)
+    for _ in range(10):
+        again = m.predict(x)
+        for k in first:
+            np.testing.assert_array_equal(again[k], first[k])
+    assert m._plan._tuner.serial in (True, False)

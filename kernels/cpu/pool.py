@@ -172,15 +172,15 @@ def _fold2d_strided(
     last = (oh - 1) * s[0] + 1
     if k[0] > 1:
         rows = scratch("pool_rows", (n * c, oh, wp), x.dtype)
-        combine(img[:, 0:last : s[0]], img[:, d[0] : d[0] + last : s[0]], out=rows)
+        combine(img[:, 0 : last : s[0]], img[:, d[0] : d[0] + last : s[0]], out=rows)
         for t in range(2, k[0]):
             combine(rows, img[:, t * d[0] : t * d[0] + last : s[0]], out=rows)
     else:
-        rows = img[:, 0:last : s[0]]
+        rows = img[:, 0 : last : s[0]]
     out = take((n, c, oh, ow), x.dtype)
     o3 = out.reshape(n * c, oh, ow)
     last = (ow - 1) * s[1] + 1
-    np.copyto(o3, rows[:, :, 0:last : s[1]])
+    np.copyto(o3, rows[:, :, 0 : last : s[1]])
     for t in range(1, k[1]):
         combine(o3, rows[:, :, t * d[1] : t * d[1] + last : s[1]], out=o3)
     return out
