@@ -9,6 +9,7 @@ then a CSR @ dense product. Products run in scipy's CSR kernels.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 from modelloader.kernels.cpu._registry import kernel
 from modelloader.kernels.cpu.conv import (
     apply_activation,
+    fused_conv,
     pad_input,
     resolve_pads,
     scratch,
@@ -103,9 +105,59 @@ def sparse_conv(
     activation: str = "",
     activation_params: Sequence[float] = (),
 ) -> np.ndarray:
-    """modelloader SparseConv: act(Conv(X, W, B) + Z) for group 1, ``W`` a SparseTensor."""
+    """modelloader SparseConv: act(Conv(X, W, B) + Z) for group 1, ``W`` a SparseTensor.
+
+    A timed weight (one with a ``dense_twin``) runs both the dense and the sparse form in its
+    first calls, alternating which goes first, and then keeps the faster (``W.choose``);
+    both forms give the same result up to float summation order."""
     if group != 1:
         raise ValueError("SparseConv supports group=1 only")
+    attrs = dict(
+        auto_pad=auto_pad,
+        dilations=dilations,
+        kernel_shape=kernel_shape,
+        pads=pads,
+        strides=strides,
+        activation=activation,
+        activation_params=activation_params,
+    )
+    twin = w.dense_twin
+    if twin is None or w.choice == "sparse":
+        return _sparse_conv(x, w, b, z, **attrs)
+    if w.choice == "dense":
+        return fused_conv(x, twin, b, z, **attrs)
+    sparse_first = len(w._times) % 2 == 1
+    t = time.perf_counter()
+    if sparse_first:
+        y = _sparse_conv(x, w, b, z, **attrs)
+        ts = time.perf_counter() - t
+        t = time.perf_counter()
+        fused_conv(x, twin, b, z, **attrs)
+        td = time.perf_counter() - t
+    else:
+        fused_conv(x, twin, b, z, **attrs)
+        td = time.perf_counter() - t
+        t = time.perf_counter()
+        y = _sparse_conv(x, w, b, z, **attrs)
+        ts = time.perf_counter() - t
+    w.choose(td, ts)
+    return y
+
+
+def _sparse_conv(
+    x: np.ndarray,
+    w: Any,
+    b: np.ndarray | None,
+    z: np.ndarray | None,
+    *,
+    auto_pad: str,
+    dilations: Sequence[int] | None,
+    kernel_shape: Sequence[int] | None,
+    pads: Sequence[int] | None,
+    strides: Sequence[int] | None,
+    activation: str,
+    activation_params: Sequence[float],
+) -> np.ndarray:
     n, c = x.shape[:2]
     r = x.ndim - 2
     k = list(kernel_shape or w.shape[2:])

@@ -6,9 +6,10 @@ CSR form. ``sparsify`` rewrites each MatMul/Gemm/Conv reading one into ``SparseG
 weight's density is below the threshold for its layer kind, and densifies it once
 otherwise.
 
-Thresholds (``FC_MAX_DENSITY``, ``CONV_MAX_DENSITY``) are a calibrated rule, measured by
-``bench/bench_compress.py --calibrate`` (numbers in docs/container.md): below them the
-scipy CSR product beat the dense BLAS kernel on every shape tried.
+Thresholds (``FC_MAX_DENSITY``, ``CONV_MAX_DENSITY``) are a calibrated rule (numbers in
+docs/container.md): below them the CSR product beat the dense BLAS kernel on every shape
+tried. Convolutions a little denser than that are measured where they run: their kernel
+times both forms in its first calls (which wins depends on the machine's BLAS and cores).
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ from modelloader.ir import Graph, Node
 FC_MAX_DENSITY = 0.35
 #: sparse im2col convolution wins below this density (scipy's CSR @ dense is one-threaded)
 CONV_MAX_DENSITY = 0.04
+#: convolutions between CONV_MAX_DENSITY and this are timed both ways in their first runs
+#: (``SparseTensor.choose``): which wins there depends on the machine's BLAS and cores
+CONV_TIMED_DENSITY = 0.3
+#: calls per kernel, each running both, before a timed layer keeps the faster
+TIMED_CALLS = 2
 DOMAIN = "modelloader"
 
 
@@ -42,6 +48,22 @@ class SparseTensor:
     _cblocks: dict[int, list[tuple[int, int, Any]]] = field(default_factory=dict, repr=False)
     #: flat positions of the non-zeros when built from them (``to_dense`` reuses them)
     _positions: np.ndarray | None = field(default=None, repr=False)
+    #: a timed layer's dense copy, until its kernel has chosen (``choose``)
+    dense_twin: np.ndarray | None = field(default=None, repr=False)
+    #: "sparse" / "dense" once chosen; None while timing (or for untimed layers)
+    choice: str | None = field(default=None, repr=False)
+    _times: list[tuple[float, float]] = field(default_factory=list, repr=False)
+
+    def choose(self, dense_s: float, sparse_s: float) -> None:
+        """Records one call's time of each form; after ``TIMED_CALLS`` keeps the faster by
+        their best times (a sparse choice drops the dense copy)."""
+        self._times.append((dense_s, sparse_s))
+        if len(self._times) >= TIMED_CALLS and self.choice is None:
+            dense = min(t[0] for t in self._times)
+            sparse = min(t[1] for t in self._times)
+            self.choice = "sparse" if sparse <= dense else "dense"
+            if self.choice == "sparse":
+                self.dense_twin = None
 
     @property
     def dtype(self) -> np.dtype:
@@ -188,11 +210,16 @@ def sparsify(
     *,
     fc_max_density: float = FC_MAX_DENSITY,
     conv_max_density: float = CONV_MAX_DENSITY,
+    conv_timed_density: float = CONV_TIMED_DENSITY,
 ) -> dict[str, str]:
-    """Rewrites nodes reading ``SparseTensor`` constants; returns ``{weight: "sparse"|"dense"}``.
+    """Rewrites nodes reading ``SparseTensor`` constants; returns ``{weight: "sparse" |
+    "dense" | "timed"}``.
 
     Every ``SparseTensor`` left in ``graph.constants`` afterwards is read only by sparse
-    kernels; all others are densified here, once. Without scipy everything is densified.
+    kernels; all others are densified here, once. Convolution weights with a density in
+    ``[conv_max_density, conv_timed_density)`` are "timed": they also keep a dense copy,
+    and their kernel runs both forms in its first calls and keeps the faster
+    (``SparseTensor.choose``). Without scipy everything is densified.
     """
     sparse = [k for k, v in graph.constants.items() if isinstance(v, SparseTensor)]
     if not sparse:
@@ -210,7 +237,7 @@ def sparsify(
     for name in sparse:
         w: SparseTensor = graph.constants[name]
         kinds = [_eligible(graph.nodes[i], graph, name) for i in users[name]]
-        limit = {"fc": fc_max_density, "conv": conv_max_density}
+        limit = {"fc": fc_max_density, "conv": max(conv_max_density, conv_timed_density)}
         ok = (
             have_scipy
             and name not in other
@@ -221,7 +248,10 @@ def sparsify(
             graph.constants[name] = w.to_dense()
             decision[name] = "dense"
             continue
-        w._positions = None  # kept sparse: only the CSR arrays stay
+        timed = "conv" in kinds and w.density >= conv_max_density
+        if timed:
+            w.dense_twin = w.to_dense()
+        w._positions = None  # kept sparse: only the CSR arrays stay (and a timed twin)
         for i in users[name]:
             n = graph.nodes[i]
             attrs = dict(n.attrs)
@@ -240,5 +270,5 @@ def sparsify(
             graph.nodes[i] = Node("SparseGemm", inputs, n.outputs, attrs, DOMAIN, n.name)
         if not any(graph.nodes[i].inputs[1] == name for i in users[name]):
             del graph.constants[name]
-        decision[name] = "sparse"
+        decision[name] = "timed" if timed else "sparse"
     return decision

@@ -140,6 +140,35 @@ def test_sparse_conv_matches_dense(kw: dict) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_timed_conv_keeps_the_faster_form() -> None:
+    """A conv weight in the timed density band runs both forms in its first calls, then one;
+    every call gives the dense conv's result."""
+    from modelloader.compress.sparse import CONV_MAX_DENSITY, CONV_TIMED_DENSITY, TIMED_CALLS
+
+    rng = np.random.default_rng(5)
+    density = (CONV_MAX_DENSITY + CONV_TIMED_DENSITY) / 2
+    w = _pruned(rng, (16, 8, 3, 3), density)
+    x = rng.standard_normal((1, 8, 12, 12)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    g = Graph(
+        "g",
+        inputs=[Value("x", np.dtype(np.float32), (1, 8, 12, 12))],
+        outputs=[Value("y", np.dtype(np.float32), None)],
+        nodes=[Node("Conv", ["x", "w", "b"], ["y"], {"pads": [1, 1, 1, 1]})],
+        constants={"w": SparseTensor.from_dense(w), "b": b},
+    )
+    assert sparsify(g) == {"w": "timed"}
+    st = g.constants["w"]
+    assert st.dense_twin is not None and st.choice is None
+    want = fused_conv(x, w, b, pads=[1, 1, 1, 1])
+    for call in range(TIMED_CALLS + 2):
+        got = sparse_conv(x, st, b, pads=[1, 1, 1, 1], kernel_shape=[3, 3])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        assert (st.choice is None) == (call + 1 < TIMED_CALLS)
+    assert st.choice in ("sparse", "dense")
+    assert (st.dense_twin is None) == (st.choice == "sparse")
+
+
 def test_sparsify_picks_sparse_below_threshold_and_densifies_above() -> None:
     rng = np.random.default_rng(2)
     g = Graph(
