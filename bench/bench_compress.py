@@ -130,7 +130,20 @@ def worker(path: str) -> None:
     for _ in range(3):
         for r in m.profile(x, runs=4):
             nodes[r.name] = min(nodes.get(r.name, r.ms), r.ms)
-    print(json.dumps({"ms": whole * 1e3, "nodes": nodes}))
+    plan = m._plan
+    convs = [n for n in m.graph.nodes if n.op == "SparseConv"]
+    chosen = [plan.constants[n.inputs[1]].choice or "sparse" for n in convs]
+    print(
+        json.dumps(
+            {
+                "ms": whole * 1e3,
+                "nodes": nodes,
+                "serial_blas": plan._tuner.serial if plan.uses_team else None,
+                "sparse_convs": chosen.count("sparse"),
+                "convs": len(convs),
+            }
+        )
+    )
 
 
 def measure(path: Path) -> dict:
@@ -161,10 +174,14 @@ def latency(name: str, packed: Path, lines: list[str]) -> None:
     assert dense is not None and sparse is not None
     m = modelloader.load(packed)
     kinds = [v.get("execution") for v in m.compression["layers"].values() if "execution" in v]
+    fcs = sum(n.op == "SparseGemm" for n in m.graph.nodes)
     td, ts = dense["ms"], sparse["ms"]
+    blas = {True: "BLAS held to one thread", False: "BLAS threads", None: "no team kernels"}
     lines.append(
-        f"- {name} batch 1: dense {td:.1f} ms, 91%-pruned (sparse kernels on "
-        f"{kinds.count('sparse')}/{len(kinds)} layers) {ts:.1f} ms: **{td / ts:.2f}x**"
+        f"- {name} batch 1: dense {td:.1f} ms, 91%-pruned {ts:.1f} ms: **{td / ts:.2f}x** "
+        f"(sparse kernels on {fcs} FC and {sparse['sparse_convs']} of {sparse['convs']} timed "
+        f"convs of {len(kinds)} weight layers; the executor chose "
+        f"{blas[sparse['serial_blas']]})"
     )
     for n in m.graph.nodes:
         if n.op != "SparseGemm":
