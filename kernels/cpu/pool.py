@@ -115,10 +115,6 @@ def _fold2d(x: np.ndarray, k, s, d, p, out_sp, fill: float, combine: np.ufunc) -
     copy then picks the output positions. Short rows or many small channels no longer
     cost one inner numpy loop per row.
     """
-    if (s[0] > 1 or s[1] > 1) and out_sp[1] >= 20:
-        # long output rows: per-row ufunc calls are cheap next to skipping the window
-        # results a strided pool throws away; short rows stay with the flat planes below
-        return _fold2d_strided(x, k, s, d, p, out_sp, fill, combine)
     n, c, h, w = x.shape
     oh, ow = out_sp
     hp = max(h + p[0] + p[2], (oh - 1) * s[0] + (k[0] - 1) * d[0] + 1)
@@ -151,38 +147,6 @@ def _fold2d(x: np.ndarray, k, s, d, p, out_sp, fill: float, combine: np.ufunc) -
     out = take((n, c, oh, ow), x.dtype)
     cv = cols.reshape(n, c, hp, wp)
     np.copyto(out, cv[:, :, : (oh - 1) * s[0] + 1 : s[0], : (ow - 1) * s[1] + 1 : s[1]])
-    return out
-
-
-def _fold2d_strided(
-    x: np.ndarray, k, s, d, p, out_sp, fill: float, combine: np.ufunc
-) -> np.ndarray:
-    """2-D _fold for strided windows: only the output rows are reduced (row taps are views
-    with a row stride of ``s0``, whole padded rows each), then the output columns from
-    that (taps with an element stride of ``s1``), so no window result is computed and
-    thrown away."""
-    n, c, h, w = x.shape
-    oh, ow = out_sp
-    hp = max(h + p[0] + p[2], (oh - 1) * s[0] + (k[0] - 1) * d[0] + 1)
-    wp = max(w + p[1] + p[3], (ow - 1) * s[1] + (k[1] - 1) * d[1] + 1)
-    img, fresh = bordered((n * c, hp, wp), x.dtype, fill, ("pool2ds", h, w, p[0], p[1]))
-    if fresh:
-        img.fill(fill)
-    img[:, p[0] : p[0] + h, p[1] : p[1] + w] = x.reshape(n * c, h, w)
-    last = (oh - 1) * s[0] + 1
-    if k[0] > 1:
-        rows = scratch("pool_rows", (n * c, oh, wp), x.dtype)
-        combine(img[:, 0 : last : s[0]], img[:, d[0] : d[0] + last : s[0]], out=rows)
-        for t in range(2, k[0]):
-            combine(rows, img[:, t * d[0] : t * d[0] + last : s[0]], out=rows)
-    else:
-        rows = img[:, 0 : last : s[0]]
-    out = take((n, c, oh, ow), x.dtype)
-    o3 = out.reshape(n * c, oh, ow)
-    last = (ow - 1) * s[1] + 1
-    np.copyto(o3, rows[:, :, 0 : last : s[1]])
-    for t in range(1, k[1]):
-        combine(o3, rows[:, :, t * d[1] : t * d[1] + last : s[1]], out=o3)
     return out
 
 
