@@ -38,6 +38,7 @@ _INT32_MAX = (1 << 31) - 1
 # --------------------------------------------------------------------------- helpers
 
 
+@functools.lru_cache(maxsize=32)
 def _irange(dtype: np.dtype) -> tuple[int, int]:
     info = np.iinfo(dtype)
     return int(info.min), int(info.max)
@@ -800,9 +801,10 @@ def tflite_conv(
     ).astype(np.int64)
     if bias64 is not None:
         acc += bias64
-    if x.dtype != np.int16 and bound < (1 << 30):
-        q, right, y_off = _requant_params(x_scale, w_scale, y_scale, m)
-        return _requant_into(acc, q, right, y_off, y_zp, act_min, act_max, x.dtype)
+    if x.dtype != np.int16:
+        q, right, y_off, left = _requant_params(x_scale, w_scale, y_scale, m)
+        if y_off is not None and bound < (1 << (30 - left)):
+            return _requant_into(acc, q, right, y_off, y_zp, act_min, act_max, x.dtype)
     mult = float(x_scale) * _list(w_scale, np.float64) / float(y_scale)
     return _finish(acc, mult, y_zp, act_min, act_max, x.dtype, 1, x.dtype == np.int16)
 
@@ -812,48 +814,59 @@ _QCACHE: dict[tuple, tuple] = {}
 
 def _requant_params(
     x_scale: float, w_scale: float | Sequence[float], y_scale: float, m: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Per-output-channel (Q31 multiplier, right shift, rounding offset) shaped (1, M, 1, 1)
-    for the fast requantization, or right = None where a left shift needs the general path."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+    """Per-output-channel (multiplier, right shift, rounding offset) shaped (1, M, 1, 1) for
+    the fast requantization, and the largest left shift L. A channel whose QuantizeMultiplier
+    shift is a left shift has its Q31 multiplier pre-shifted (x * 2**l * q == x * (q << l)),
+    which is exact while |acc| * 2**L < 2**31 (the caller checks its bound). The offset is
+    None where the fast form does not apply (a negative multiplier)."""
+    # per-channel scales are one list/array per node, passed again on every call: look them
+    # up by identity first (the entry keeps the object, so its id cannot be reused)
+    fast = (id(w_scale), float(x_scale), float(y_scale), m)
+    hit = _QCACHE.get(fast)
+    if hit is not None and hit[0] is w_scale:
+        return hit[1]
     ws = tuple(float(v) for v in _list(w_scale, np.float64))
     key = (float(x_scale), ws, float(y_scale), m)
     hit = _QCACHE.get(key)
     if hit is not None:
+        _QCACHE[fast] = (w_scale, hit)
         return hit
     mult = float(x_scale) * np.asarray(ws, np.float64) / float(y_scale)
     q, sh = tflite_quantize_multiplier(mult)
     q = np.broadcast_to(q, (m,)).reshape(1, m, 1, 1)
     sh = np.broadcast_to(sh, (m,)).reshape(1, m, 1, 1)
-    if sh.max() > 0 or q.min() < 0:
-        out = (q, sh, None)
+    if q.min() < 0:
+        out = (q, sh, None, 0)
     else:
-        right = -sh
-        out = (q, right, np.where(right > 0, np.int64(1) << np.maximum(right - 1, 0), 0))
+        left = np.maximum(sh, 0)
+        right = np.maximum(-sh, 0)
+        off = np.where(right > 0, np.int64(1) << np.maximum(right - 1, 0), 0)
+        out = (q.astype(np.int64) << left, right, off, int(left.max()))
     if len(_QCACHE) > 4096:
         _QCACHE.clear()
     _QCACHE[key] = out
+    _QCACHE[fast] = (w_scale, out)
     return out
 
 
 def _requant_into(acc, q, right, off, y_zp, act_min, act_max, dtype) -> np.ndarray:
-    """TFLite requantization of an int64 accumulator we own (|acc| < 2**30), computed in
-    place as in _mbqm_right."""
-    if off is None:  # general path (left shifts)
-        y = tflite_multiply_by_quantized_multiplier(acc, q, right) + int(y_zp)
-    else:
-        acc *= q
-        acc += 1 << 30
-        # |acc| < 2**30 (the caller's bound) and q < 2**31: the high half and the rounding
-        # below stay inside int32, so finish there (half the memory traffic)
-        y = np.right_shift(acc, 31, out=np.empty(acc.shape, np.int32), casting="unsafe")
-        if right.any():
-            neg = y >> 31
-            if not (right > 0).all():
-                neg &= -(right > 0).astype(np.int32)
-            y += neg
-            y += off.astype(np.int32)
-            y >>= right.astype(np.int32)
-        y += np.int32(y_zp)
+    """TFLite requantization of an int64 accumulator we own, computed in place as in
+    _mbqm_right, with ``q`` (pre-shifted) multipliers from _requant_params and |acc| below
+    2**(30 - largest left shift) (the caller's bound)."""
+    acc *= q
+    acc += 1 << 30
+    # |acc * q| < 2**61 and the high half below 2**30: it and the rounding below stay inside
+    # int32, so finish there (half the memory traffic)
+    y = np.right_shift(acc, 31, out=np.empty(acc.shape, np.int32), casting="unsafe")
+    if right.any():
+        neg = y >> 31
+        if not (right > 0).all():
+            neg &= -(right > 0).astype(np.int32)
+        y += neg
+        y += off.astype(np.int32)
+        y >>= right.astype(np.int32)
+    y += np.int32(y_zp)
     lo, hi = _irange(dtype)
     lo = lo if act_min is None else max(lo, int(act_min))
     hi = hi if act_max is None else min(hi, int(act_max))

@@ -34,9 +34,10 @@ def _reference(x, w, bias, x_zp, w_zp, mult, y_zp, act, stride, pads, group):
     return _finish(acc, mult, y_zp, act[0], act[1], x.dtype, 1)
 
 
+@pytest.mark.parametrize("left", [False, True])
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("depthwise", [False, True])
-def test_matches_reference(seed: int, depthwise: bool) -> None:
+def test_matches_reference(seed: int, depthwise: bool, left: bool) -> None:
     rng = np.random.default_rng(seed)
     c = 6
     m, group = (c, c) if depthwise else (5, 1)
@@ -50,6 +51,9 @@ def test_matches_reference(seed: int, depthwise: bool) -> None:
     # per-channel scales spanning multipliers above and below 0.5 (right shift 0 and > 0)
     w_scale = list(rng.uniform(0.2, 3.0, m) * 10.0 ** rng.integers(-3, 0, m))
     x_scale, y_scale = 0.02, 0.05
+    if left:  # multipliers from 0.5 to 6: QuantizeMultiplier left shifts up to 3
+        w_scale = list(rng.uniform(0.5, 6.0, m) * y_scale / x_scale)
+        w_scale[0] = 0.4 * y_scale / x_scale  # and one right-shifted channel
     act = (-128 + seed, 127 - 2 * seed)
     got = tflite_conv(
         x, w, bias, x_scale=x_scale, w_scale=w_scale, y_scale=y_scale, x_zp=x_zp, y_zp=3,
