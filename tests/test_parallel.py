@@ -130,7 +130,8 @@ def test_serial_blas_restores_blas_threads(two_threads) -> None:
 
 def test_plan_with_team_kernels_settles_its_blas_mode(tmp_path) -> None:
     """A pruned model runs sparse kernels on the team; the executor times both BLAS modes
-    over the first runs, keeps one, and every run gives the same outputs."""
+    over the first runs, keeps one, and every run gives the same outputs (up to float
+    summation order: the two modes may split products differently)."""
     pytest.importorskip("scipy")
     from pathlib import Path
 
@@ -146,5 +147,5 @@ def test_plan_with_team_kernels_settles_its_blas_mode(tmp_path) -> None:
     for _ in range(10):
         again = m.predict(x)
         for k in first:
-            np.testing.assert_array_equal(again[k], first[k])
+            np.testing.assert_allclose(again[k], first[k], rtol=1e-6, atol=1e-7)
     assert m._plan._tuner.serial in (True, False)
