@@ -1,21 +1,22 @@
-"""Intra-op parallelism: kernels split independent work (channels, matrix rows, coded
-chunks) over a small persistent team of threads.
+"""Intra-op parallelism: kernels split independent work (matrix rows or columns, image
+channels) over a small persistent team of threads.
 
-NumPy and scipy release the GIL inside their loops, so the slices of one op (a depthwise
-conv, a sparse matrix-vector product, a Huffman decode, a large matrix product) run on
-several cores at once. Kernels that do so are marked with :func:`uses_team`. OpenBLAS
-busy-waits for a while after each multi-threaded call, which starves any other thread, so a
-plan with such kernels runs with BLAS held to one thread (:func:`serial_blas`) and its large
-products split over the team by :func:`matmul` instead (measured at parity with OpenBLAS's
-own two threads for products above ~10M multiply-adds, but about 2x slower below, where a
-thread hand-off costs more than it saves: plans without team kernels keep BLAS threads).
-The team has
-``MODELLOADER_NUM_THREADS`` threads in all (default: the CPUs this process may use, at
-most 8), the caller included, and serves one parallel region at a time: a region opened
-while the team is busy (another thread's, or a nested one) runs serially in its caller, so
-concurrent ``predict`` calls never wait on each other here. Worker threads keep their own
-per-thread scratch buffers, so callers hand them output slices to fill rather than expecting
-results from the buffer pool (``modelloader.buffers``).
+NumPy and scipy release the GIL inside their loops, so the slices of one op (a sparse
+matrix product, a large dense one) run on several cores at once. Kernels that do so are
+marked with :func:`uses_team`. OpenBLAS busy-waits for a while after each multi-threaded
+call, which starves any other thread, so a plan with such kernels may run with BLAS held to
+one thread (:func:`serial_blas`) and its large products split over the team by
+:func:`matmul` instead: at parity with OpenBLAS's own two threads above ~10M
+multiply-adds, about 2x slower below, where a thread hand-off costs more than it saves.
+Which is faster depends on the model, so the executor times both (``executor._BlasTuner``);
+plans without team kernels always keep BLAS's threads.
+
+The team has ``MODELLOADER_NUM_THREADS`` threads in all (default: the CPUs this process may
+use, at most 8), the caller included, and serves one parallel region at a time: a region
+opened while the team is busy (another thread's, or a nested one) runs serially in its
+caller, so concurrent ``predict`` calls never wait on each other here. Worker threads keep
+their own per-thread scratch buffers, so callers hand them output slices to fill rather than
+expecting results from the buffer pool (``modelloader.buffers``).
 """
 
 from __future__ import annotations
