@@ -63,6 +63,8 @@ class _Importer:
             data = densify_tensor(t)
             if data is not None:
                 ctx.constants[names[t.index]] = data
+                if t.sparsity is not None:
+                    ctx.sparse_sources.add(names[t.index])
         ctx.token = ctx.constant(np.zeros((), np.bool_), "token")
         for op in sg.operators:
             if not convert_op(op, ctx):
@@ -91,6 +93,7 @@ class _Importer:
             outputs=[value(i) for i in out_idx],
             nodes=ctx.nodes,
             constants=ctx.constants,
+            sparse_sources={n for n in ctx.sparse_sources if n in ctx.constants},
         )
         for v in g.inputs + g.outputs:
             g.values[v.name] = v

@@ -96,6 +96,8 @@ class TFLContext:
     as_float: set[int] = field(default_factory=set)  # tensors seen dequantized by a fallback
     token: str = ""  # ordering token chained through stateful nodes
     counter: list[int] = field(default_factory=lambda: [0])
+    #: constants stored sparse in the file (SparsityParameters), and converted copies
+    sparse_sources: set[str] = field(default_factory=set)
 
     # -- tensors -----------------------------------------------------------------
     def tensor(self, i: int) -> TFLTensor:
@@ -144,10 +146,16 @@ class TFLContext:
         if c is None:
             return self.name(i)
         if t.quant is not None and c.dtype.kind in "iu" and i not in self.as_float:
-            return self.constant(dequantize(c, t.quant), "w")
+            return self._derived(i, self.constant(dequantize(c, t.quant), "w"))
         if c.dtype != np.float32 and c.dtype.kind == "f":
-            return self.constant(c.astype(np.float32), "w")
+            return self._derived(i, self.constant(c.astype(np.float32), "w"))
         return self.name(i)
+
+    def _derived(self, i: int, name: str) -> str:
+        """A converted copy of tensor ``i`` is sparse-sourced when ``i`` is."""
+        if self.name(i) in self.sparse_sources:
+            self.sparse_sources.add(name)
+        return name
 
     def ints(self, i: int) -> list[int] | None:
         c = self.const(i)

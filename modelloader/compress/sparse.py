@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from modelloader.ir import Graph, Node
+from modelloader.kernels.cpu.coreml_ops import unpack_bits
 
 #: sparse wins for fully-connected layers (batch <= 8) below this density
 FC_MAX_DENSITY = 0.35
@@ -272,3 +273,71 @@ def sparsify(
             del graph.constants[name]
         decision[name] = "timed" if timed else "sparse"
     return decision
+
+
+def adopt_sparse(graph: Graph) -> dict[str, str]:
+    """Brings weights a source format stored sparse into the IR as ``SparseTensor`` constants
+    and lets ``sparsify`` choose sparse kernels or one densification for each: constants in
+    ``graph.sparse_sources`` (TFLite SparsityParameters; a constant Transpose of one is folded
+    first, as TFLite's OHWI conv filters have) and CoreML ``constexpr_sparse_to_dense``
+    weights (input-less ``CoreMLSparseToDense`` nodes), the latter only where every reader
+    is a sparse-kernel weight input under its threshold: any other keeps its packed node.
+    Returns ``sparsify``'s decisions."""
+    outputs = {o.name for o in graph.outputs}
+    readers: dict[str, list[int]] = {}
+    for i, n in enumerate(graph.nodes):
+        for x in n.inputs:
+            if x:
+                readers.setdefault(x, []).append(i)
+    sources = set(graph.sparse_sources)
+    dead: set[int] = set()
+    # nodes are in order: a weight's Identity (TFLite DENSIFY) comes before its Transpose
+    for i, n in enumerate(graph.nodes):
+        src = n.inputs[0] if n.inputs else ""
+        if (
+            n.op in ("Identity", "Transpose")
+            and not n.domain
+            and src in sources
+            and isinstance(graph.constants.get(src), np.ndarray)
+            and len(readers.get(src, [])) == 1
+            and src not in outputs
+        ):
+            arr = graph.constants.pop(src)
+            if n.op == "Transpose":
+                arr = np.ascontiguousarray(np.transpose(arr, n.attrs.get("perm")))
+            graph.constants[n.outputs[0]] = arr
+            sources.add(n.outputs[0])
+            dead.add(i)
+    for i, n in enumerate(graph.nodes):
+        if n.op != "CoreMLSparseToDense" or n.domain != DOMAIN or n.outputs[0] in outputs:
+            continue
+        values = np.asarray(n.attrs["values"])
+        if values.dtype != np.float32:
+            continue
+        shape = tuple(int(d) for d in n.attrs["shape"])
+        size = math.prod(shape)
+        try:
+            pos = np.flatnonzero(unpack_bits(np.asarray(n.attrs["mask"], np.uint8), 1, size))
+        except (ValueError, TypeError):
+            continue  # a malformed mask is the kernel's to report, at run time
+        if pos.size > values.size:
+            continue
+        name = n.outputs[0]
+        graph.constants[name] = SparseTensor.from_positions(pos, values[: pos.size], shape)
+        if _takes_sparse(graph, name, [graph.nodes[j] for j in readers.get(name, [])]):
+            dead.add(i)
+        else:
+            del graph.constants[name]
+    graph.nodes[:] = [n for k, n in enumerate(graph.nodes) if k not in dead]
+    for name in sources:
+        arr = graph.constants.get(name)
+        if isinstance(arr, np.ndarray) and arr.dtype == np.float32 and arr.ndim >= 2:
+            graph.constants[name] = SparseTensor.from_dense(arr)
+    return sparsify(graph)
+
+
+def _takes_sparse(graph: Graph, name: str, readers: list[Node]) -> bool:
+    w: SparseTensor = graph.constants[name]
+    kinds = [_eligible(n, graph, name) for n in readers]
+    limit = {"fc": FC_MAX_DENSITY, "conv": max(CONV_MAX_DENSITY, CONV_TIMED_DENSITY)}
+    return bool(kinds) and all(k is not None and w.density < limit[k] for k in kinds)

@@ -91,6 +91,9 @@ class Graph:
     constants: dict[str, Any] = field(default_factory=dict)
     values: dict[str, Value] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: constants the source file stored sparse (TFLite SparsityParameters): the planner may
+    #: keep them sparse for sparse kernels (``compress.sparse.adopt_sparse``)
+    sparse_sources: set[str] = field(default_factory=set)
 
     def outer_refs(self) -> list[str]:
         """Names this graph (or its nested subgraphs) reads but does not define."""

@@ -188,3 +188,31 @@ def test_sparsify_picks_sparse_below_threshold_and_densifies_above() -> None:
     np.testing.assert_allclose(
         m.predict(x)["z"], x @ dense["a"] @ dense["b"].T, rtol=1e-4, atol=1e-5
     )
+
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+@pytest.mark.parametrize(
+    "path,sparse_ops",
+    [
+        ("tflite/mlp_sparse_f32.tflite", {"SparseGemm": 2}),
+        ("tflite/mobilenet_v2_sparse_f32.tflite", {"SparseGemm": 1, "SparseConv": 35}),
+        ("tflite/mobilenet_v2_sparse_int8.tflite", {}),  # integer kernels: densified
+        ("coreml/resnet_mlprogram_pruned75.mlpackage", {"SparseConv": 4}),
+    ],
+)
+def test_source_sparsity_reaches_sparse_kernels(path: str, sparse_ops: dict) -> None:
+    """Weights stored sparse by TFLite (SparsityParameters, behind DENSIFY and the filter
+    transpose) and CoreML (constexpr_sparse_to_dense) stay sparse for the sparse kernels;
+    the fixture tests check these models' outputs against their reference runtimes."""
+    pytest.importorskip("scipy")
+    if not (MODELS / path).exists():
+        pytest.skip(f"{path} not generated")
+    m = modelloader.load(MODELS / path)
+    ops = [n.op for n in m.graph.nodes]
+    got = {op: ops.count(op) for op in ("SparseGemm", "SparseConv") if op in ops}
+    assert got == sparse_ops
+    for n in m.graph.nodes:
+        if n.op in ("SparseGemm", "SparseConv"):
+            assert isinstance(m._plan.constants[n.inputs[1]], SparseTensor)
