@@ -282,7 +282,10 @@ def adopt_sparse(graph: Graph) -> dict[str, str]:
     first, as TFLite's OHWI conv filters have) and CoreML ``constexpr_sparse_to_dense``
     weights (input-less ``CoreMLSparseToDense`` nodes), the latter only where every reader
     is a sparse-kernel weight input under its threshold: any other keeps its packed node.
-    Returns ``sparsify``'s decisions."""
+    Returns ``sparsify``'s decisions; without scipy nothing changes (the importers' dense
+    and packed forms stay)."""
+    if not scipy_available():
+        return {}
     outputs = {o.name for o in graph.outputs}
     readers: dict[str, list[int]] = {}
     for i, n in enumerate(graph.nodes):
