@@ -366,7 +366,8 @@ class _BlasTuner:
     OpenBLAS's speed, smaller ones run slower) or with BLAS's own threads (whose idle
     spinning starves the team). The first runs alternate in pairs, serial then threaded;
     the second run of each pair is timed (the first absorbs the switch), and the faster
-    mode is kept from then on. Either mode computes the same results."""
+    mode is kept from then on. Both modes compute the same values (up to float summation
+    order where a product is split differently)."""
 
     TRIALS = 2  # timed runs per mode
 
