@@ -129,12 +129,10 @@ class Model:
         self.param_count, self.constant_count = count_params(graph)
         # Only the optimised graph is kept, so folded weights are not held twice.
         self.graph = optimize(graph, registry) if optimize_graph else graph
-        if optimize_graph and (
-            graph.sparse_sources or any(n.op == "CoreMLSparseToDense" for n in graph.nodes)
-        ):
+        if optimize_graph:
             from modelloader.compress.sparse import adopt_sparse
 
-            adopt_sparse(self.graph)
+            adopt_sparse(self.graph)  # weights the source format stored sparse
         self._plan = Plan(self.graph, registry)
         self._state = RunState()
 

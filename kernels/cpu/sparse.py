@@ -126,22 +126,16 @@ def sparse_conv(
         return _sparse_conv(x, w, b, z, **attrs)
     if w.choice == "dense":
         return fused_conv(x, twin, b, z, **attrs)
-    sparse_first = len(w._times) % 2 == 1
-    t = time.perf_counter()
-    if sparse_first:
-        y = _sparse_conv(x, w, b, z, **attrs)
-        ts = time.perf_counter() - t
+    forms = [("dense", fused_conv, twin), ("sparse", _sparse_conv, w)]
+    if len(w._times) % 2:
+        forms.reverse()
+    seconds, results = {}, {}
+    for form, fn, weight in forms:
         t = time.perf_counter()
-        fused_conv(x, twin, b, z, **attrs)
-        td = time.perf_counter() - t
-    else:
-        fused_conv(x, twin, b, z, **attrs)
-        td = time.perf_counter() - t
-        t = time.perf_counter()
-        y = _sparse_conv(x, w, b, z, **attrs)
-        ts = time.perf_counter() - t
-    w.choose(td, ts)
-    return y
+        results[form] = fn(x, weight, b, z, **attrs)
+        seconds[form] = time.perf_counter() - t
+    w.choose(seconds["dense"], seconds["sparse"])
+    return results["sparse"]
 
 
 def _sparse_conv(

@@ -25,7 +25,7 @@ from modelloader.kernels.cpu.coreml_ops import unpack_bits
 
 #: sparse wins for fully-connected layers (batch <= 8) below this density
 FC_MAX_DENSITY = 0.35
-#: sparse im2col convolution wins below this density (scipy's CSR @ dense is one-threaded)
+#: sparse im2col convolution wins below this density (measured with a one-threaded CSR product)
 CONV_MAX_DENSITY = 0.04
 #: convolutions between CONV_MAX_DENSITY and this are timed both ways in their first runs
 #: (``SparseTensor.choose``): which wins there depends on the machine's BLAS and cores
@@ -142,11 +142,9 @@ class SparseTensor:
         if parts not in cache:
             from scipy.sparse import csr_matrix
 
-            rows, cols = self.matrix_shape
-            cuts = np.searchsorted(self.indptr, np.linspace(0, self.nnz, parts + 1)[1:-1])
-            bounds = [0, *sorted({int(c) for c in cuts if 0 < c < rows}), rows]
+            cols = self.matrix_shape[1]
             blocks = []
-            for lo, hi in zip(bounds[:-1], bounds[1:]):
+            for lo, hi in _balanced(self.indptr, parts):
                 a, b = int(self.indptr[lo]), int(self.indptr[hi])
                 ptr = self.indptr[lo : hi + 1] - self.indptr[lo]
                 m = csr_matrix((self.data[a:b], self.indices[a:b], ptr), shape=(hi - lo, cols))
@@ -162,10 +160,7 @@ class SparseTensor:
         cache = self._cblocks
         if parts not in cache:
             csc = self.csr().tocsc()
-            rows, cols = self.matrix_shape
-            cuts = np.searchsorted(csc.indptr, np.linspace(0, self.nnz, parts + 1)[1:-1])
-            bounds = [0, *sorted({int(c) for c in cuts if 0 < c < cols}), cols]
-            cache[parts] = [(lo, hi, csc[:, lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+            cache[parts] = [(lo, hi, csc[:, lo:hi]) for lo, hi in _balanced(csc.indptr, parts)]
         return cache[parts]
 
     def transposed(self) -> SparseTensor:
@@ -174,6 +169,15 @@ class SparseTensor:
         t.sort_indices()
         rows, cols = self.matrix_shape
         return SparseTensor(t.data, t.indices, t.indptr, (cols, rows), t)
+
+
+def _balanced(indptr: np.ndarray, parts: int) -> list[tuple[int, int]]:
+    """Up to ``parts`` contiguous ``(lo, hi)`` ranges of a compressed axis (``indptr``) with
+    about equal non-zeros each, empty ranges dropped."""
+    n = indptr.size - 1
+    cuts = np.searchsorted(indptr, np.linspace(0, int(indptr[-1]), parts + 1)[1:-1])
+    bounds = [0, *sorted({int(c) for c in cuts if 0 < c < n}), n]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def scipy_available() -> bool:
@@ -234,18 +238,12 @@ def sparsify(
         for g in n.subgraphs():
             other.update(g.outer_refs())
     have_scipy = scipy_available()
+    limit = {"fc": fc_max_density, "conv": max(conv_max_density, conv_timed_density)}
     decision: dict[str, str] = {}
     for name in sparse:
         w: SparseTensor = graph.constants[name]
         kinds = [_eligible(graph.nodes[i], graph, name) for i in users[name]]
-        limit = {"fc": fc_max_density, "conv": max(conv_max_density, conv_timed_density)}
-        ok = (
-            have_scipy
-            and name not in other
-            and kinds
-            and all(k is not None and w.density < limit[k] for k in kinds)
-        )
-        if not ok:
+        if not (have_scipy and name not in other and _under(w, kinds, limit)):
             graph.constants[name] = w.to_dense()
             decision[name] = "dense"
             continue
@@ -284,8 +282,10 @@ def adopt_sparse(graph: Graph) -> dict[str, str]:
     is a sparse-kernel weight input under its threshold: any other keeps its packed node.
     Returns ``sparsify``'s decisions; without scipy nothing changes (the importers' dense
     and packed forms stay)."""
-    if not scipy_available():
+    coreml = [i for i, n in enumerate(graph.nodes) if n.op == "CoreMLSparseToDense"]
+    if not (graph.sparse_sources or coreml) or not scipy_available():
         return {}
+    limit = {"fc": FC_MAX_DENSITY, "conv": max(CONV_MAX_DENSITY, CONV_TIMED_DENSITY)}
     outputs = {o.name for o in graph.outputs}
     readers: dict[str, list[int]] = {}
     for i, n in enumerate(graph.nodes):
@@ -311,8 +311,9 @@ def adopt_sparse(graph: Graph) -> dict[str, str]:
             graph.constants[n.outputs[0]] = arr
             sources.add(n.outputs[0])
             dead.add(i)
-    for i, n in enumerate(graph.nodes):
-        if n.op != "CoreMLSparseToDense" or n.domain != DOMAIN or n.outputs[0] in outputs:
+    for i in coreml:
+        n = graph.nodes[i]
+        if n.domain != DOMAIN or n.outputs[0] in outputs:
             continue
         values = np.asarray(n.attrs["values"])
         if values.dtype != np.float32:
@@ -326,8 +327,9 @@ def adopt_sparse(graph: Graph) -> dict[str, str]:
         if pos.size > values.size:
             continue
         name = n.outputs[0]
-        graph.constants[name] = SparseTensor.from_positions(pos, values[: pos.size], shape)
-        if _takes_sparse(graph, name, [graph.nodes[j] for j in readers.get(name, [])]):
+        w = graph.constants[name] = SparseTensor.from_positions(pos, values[: pos.size], shape)
+        kinds = [_eligible(graph.nodes[j], graph, name) for j in readers.get(name, [])]
+        if _under(w, kinds, limit):
             dead.add(i)
         else:
             del graph.constants[name]
@@ -339,8 +341,7 @@ def adopt_sparse(graph: Graph) -> dict[str, str]:
     return sparsify(graph)
 
 
-def _takes_sparse(graph: Graph, name: str, readers: list[Node]) -> bool:
-    w: SparseTensor = graph.constants[name]
-    kinds = [_eligible(n, graph, name) for n in readers]
-    limit = {"fc": FC_MAX_DENSITY, "conv": max(CONV_MAX_DENSITY, CONV_TIMED_DENSITY)}
+def _under(w: SparseTensor, kinds: list[str | None], limit: dict[str, float]) -> bool:
+    """Whether every reader takes ``w`` as a sparse-kernel weight (``kinds`` from
+    ``_eligible``) and ``w`` is below each reader kind's density ``limit``."""
     return bool(kinds) and all(k is not None and w.density < limit[k] for k in kinds)
