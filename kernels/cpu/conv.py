@@ -16,7 +16,6 @@ import functools
 import math
 import threading
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -575,83 +574,57 @@ def fused_conv(
     ``shuffle = g > 0`` appends a channel shuffle with g groups: output channel ``j*g + i``
     is channel ``i*(M/g) + j`` of the result (ONNX's Reshape/Transpose/Reshape idiom)."""
     cd = _compute_dtype(x)
-    if shuffle:
-        return _shuffled_conv(
-            x.astype(cd, copy=False),
-            w.astype(cd, copy=False),
-            b,
-            z,
-            auto_pad=auto_pad,
-            dilations=dilations,
-            group=group,
-            kernel_shape=kernel_shape,
-            pads=pads,
-            strides=strides,
-            activation=activation,
-            activation_params=activation_params,
-            shuffle=shuffle,
-        ).astype(x.dtype, copy=False)
-    y = _conv_float(
-        x.astype(cd, copy=False),
-        w.astype(cd, copy=False),
-        b,
+    xc, wc = x.astype(cd, copy=False), w.astype(cd, copy=False)
+    geometry = dict(
         auto_pad=auto_pad,
         dilations=dilations,
-        group=group,
         kernel_shape=kernel_shape,
         pads=pads,
         strides=strides,
     )
+    if shuffle and _shuffles_in_matmul(wc, group, shuffle, geometry):
+        y, in_conv_order = _pointwise_shuffled(xc, wc, b, group)
+    else:
+        y = in_conv_order = _conv_float(xc, wc, b, group=group, **geometry)
     if z is not None:
-        np.add(y, z, out=y, casting="unsafe")
+        np.add(in_conv_order, z.reshape(in_conv_order.shape), out=in_conv_order, casting="unsafe")
     apply_activation(y, activation, activation_params)
+    if shuffle and y is in_conv_order:  # not written shuffled: shuffle a copy
+        n, m = y.shape[:2]
+        out = take(y.shape, y.dtype)
+        g = shuffle
+        np.copyto(out.reshape(n, m // g, g, -1), y.reshape(n, g, m // g, -1).transpose(0, 2, 1, 3))
+        y = out
     return y.astype(x.dtype, copy=False)
 
 
-def _shuffled_conv(
-    x: np.ndarray,
-    w: np.ndarray,
-    b: np.ndarray | None,
-    z: np.ndarray | None,
-    *,
-    group: int,
-    shuffle: int,
-    activation: str,
-    activation_params: Sequence[float],
-    **geometry: Any,
-) -> np.ndarray:
-    """FusedConv with ``shuffle``. A pointwise conv with ``group == shuffle`` has its grouped
-    matmul write straight into the shuffled positions; any other conv shuffles a copy."""
-    n, m = x.shape[0], w.shape[0]
-    sp = x.shape[2:]
-    pointwise = (
+def _shuffles_in_matmul(w: np.ndarray, group: int, shuffle: int, geometry: dict) -> bool:
+    """Whether a conv is pointwise with ``group == shuffle``, so its grouped matmul can write
+    the shuffled layout directly (``_pointwise_shuffled``)."""
+    return (
         group == shuffle
         and all(v == 1 for v in w.shape[2:])
         and not any(geometry["pads"] or ())
         and all(v == 1 for v in geometry["strides"] or ())
         and geometry["auto_pad"] in ("NOTSET", "VALID")
     )
-    if not pointwise:
-        y = _conv_float(x, w, b, group=group, **geometry)
-        if z is not None:
-            np.add(y, z, out=y, casting="unsafe")
-        apply_activation(y, activation, activation_params)
-        out = take(y.shape, y.dtype)
-        g = shuffle
-        np.copyto(out.reshape(n, m // g, g, -1), y.reshape(n, g, m // g, -1).transpose(0, 2, 1, 3))
-        return out
-    hw, mg = math.prod(sp), m // group
-    out = take((n, m) + tuple(sp), x.dtype)
-    # (n, group, mg, hw) view of the shuffled output: group i, row j is channel j*group + i
+
+
+def _pointwise_shuffled(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, group: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A pointwise grouped conv (+ bias) written in channel-shuffled order: (the output, its
+    (n, group, M/group, hw) view in the conv's own channel order)."""
+    n, m = x.shape[0], w.shape[0]
+    hw, mg = math.prod(x.shape[2:]), m // group
+    out = take((n, m) + tuple(x.shape[2:]), x.dtype)
+    # group i, row j of the conv is channel j*group + i of the shuffled output
     view = out.reshape(n, mg, group, hw).transpose(0, 2, 1, 3)
     xs = np.ascontiguousarray(x).reshape(n, group, x.shape[1] // group, hw)
     matmul(w.reshape(group, mg, -1), xs, out=view)
     if b is not None:
         np.add(view, b.astype(x.dtype, copy=False).reshape(group, mg, 1), out=view)
-    if z is not None:
-        np.add(view, z.reshape(n, group, mg, hw), out=view, casting="unsafe")
-    apply_activation(out, activation, activation_params)
-    return out
+    return out, view
 
 
 def col2im_add(
