@@ -154,10 +154,7 @@ class Model:
         inputs that do not fit the model (nothing is run), ``ExecutionError`` if a
         kernel fails.
         """
-        named = self._name_feeds(feeds)
-        bound: dict[str, tuple[int, str]] = {}
-        for info in self.inputs:
-            named[info.name] = self._check(info, named[info.name], bound)
+        named = self._checked_feeds(feeds)
         if self._plan.stateful:
             with self._state.lock:
                 results = self._plan.run(named, state=self._state)
@@ -175,10 +172,7 @@ class Model:
         stateful model's variables are restored afterwards."""
         if runs < 1:
             raise ValueError(f"runs must be at least 1, got {runs}")
-        named = self._name_feeds(feeds)
-        bound: dict[str, tuple[int, str]] = {}
-        for info in self.inputs:
-            named[info.name] = self._check(info, named[info.name], bound)
+        named = self._checked_feeds(feeds)
         steps = self._plan.steps
         totals = [0.0] * len(steps)
         state = self._state if self._plan.stateful else None
@@ -195,6 +189,14 @@ class Model:
             for st, t in zip(steps, totals)
         ]
         return sorted(rows, key=lambda r: -r.ms)
+
+    def _checked_feeds(self, feeds: Any) -> dict[str, Any]:
+        """``feeds`` by input name, each input validated (see ``predict``)."""
+        named = self._name_feeds(feeds)
+        bound: dict[str, tuple[int, str]] = {}
+        for info in self.inputs:
+            named[info.name] = self._check(info, named[info.name], bound)
+        return named
 
     def _name_feeds(self, feeds: Any) -> dict[str, Any]:
         names = [i.name for i in self.inputs]

@@ -88,6 +88,11 @@ def int_field(spec: Any, key: str, lo: int, hi: int, where: str) -> int:
     return v
 
 
+def int_list(values: list) -> bool:
+    """Whether every element of a header list is a plain int (a JSON bool is not)."""
+    return set(map(type, values)) <= {int}
+
+
 def only_keys(spec: dict, keys: set[str], where: str) -> None:
     extra = set(spec) - keys
     if extra:
@@ -193,7 +198,7 @@ def decode_stream(spec: Any, bits: int, count: int, read: BlobReader, where: str
         if int_field(spec, "alphabet", 1, 1 << MAX_INDEX_BITS, where) != 1 << bits:
             raise CodebookError(f"{where}: Huffman alphabet {spec['alphabet']} != 2**{bits}")
         lengths = field(spec, "lengths", list, where)
-        if not set(map(type, lengths)) <= {int}:  # bool is not int here
+        if not int_list(lengths):
             raise HeaderSchemaError(f"{where}: Huffman 'lengths' must be integers")
         pre = getattr(read, "decoded", {}).get(id(spec))
         if pre is not None and pre.size == count:  # batch-decoded by the container reader

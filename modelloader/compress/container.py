@@ -353,7 +353,7 @@ class _Reader:
                 lengths = sp["lengths"]
                 job = {k: sp[k] for k in ("count", "alphabet", "chunk", "total_bits")}
                 ok = all(type(v) is int for v in job.values()) and isinstance(lengths, list)
-                if not ok or not set(map(type, lengths)) <= {int}:
+                if not ok or not codecs.int_list(lengths):
                     continue
                 job["blob"], job["lengths"] = self(sp["blob"]), lengths
             except (KeyError, TypeError, ContainerError):

@@ -14,6 +14,7 @@ quantized, each naming the value to compare against the float graph.
 from __future__ import annotations
 
 import fnmatch
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -119,7 +120,7 @@ def _i64(g: Graph) -> Any:
 
 
 def _fresh(base: str) -> Any:
-    count = iter(range(1 << 30))
+    count = itertools.count()
     return lambda hint: f"{base}__{hint}{next(count)}"
 
 
