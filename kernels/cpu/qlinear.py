@@ -23,9 +23,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from modelloader.buffers import take
 from modelloader.kernels.cpu._registry import kernel, registry
-from modelloader.kernels.cpu.conv import _conv_float
+from modelloader.kernels.cpu.conv import _conv_float, scratch
 from modelloader.parallel import matmul
+
+# np.clip's Python wrapper costs microseconds a call; the ufunc beneath it does not
+try:
+    from numpy._core.umath import clip as _clip
+except ImportError:  # pragma: no cover - NumPy 1.x
+    from numpy.core.umath import clip as _clip
 
 MS = "com.microsoft"
 ML = "modelloader"
@@ -110,7 +117,7 @@ def requantize(
     np.rint(y, out=y)
     y += zp
     lo, hi = _irange(np.dtype(out_dtype))
-    np.clip(y, lo, hi, out=y)
+    _clip(y, lo, hi, out=y)
     return y.astype(out_dtype)
 
 
@@ -716,7 +723,7 @@ def _finish(acc, mult, y_zp, act_min, act_max, dtype, axis, wide: bool = False) 
     lo, hi = _irange(dtype)
     lo = lo if act_min is None else max(lo, int(act_min))
     hi = hi if act_max is None else min(hi, int(act_max))
-    np.clip(y, lo, hi, out=y)
+    _clip(y, lo, hi, out=y)
     return y.astype(dtype)
 
 
@@ -788,8 +795,10 @@ def tflite_conv(
     m = w.shape[0]
     wmat, ft, bias64, bound = _conv_weights(w, w_zp, bias, x.dtype, x_zp, group)
     # the exact integer conv is a float conv of x - x_zp (zero padding = x_zp) and w - w_zp
+    xf = scratch("tfl_x", x.shape, ft)
+    np.subtract(x, ft(x_zp), out=xf)
     acc = _conv_float(
-        np.subtract(x, ft(x_zp), dtype=ft),
+        xf,
         wmat.reshape(w.shape),
         None,
         auto_pad="NOTSET",
@@ -798,80 +807,104 @@ def tflite_conv(
         kernel_shape=None,
         pads=pads,
         strides=strides,
-    ).astype(np.int64)
+    )
+    if x.dtype != np.int16:
+        req = _tfl_requant(x_scale, w_scale, y_scale, m, bias64, y_zp)
+        if req is not None and bound < req.limit:
+            return req.apply(acc, act_min, act_max, x.dtype)
+    acc = acc.astype(np.int64)
     if bias64 is not None:
         acc += bias64
-    if x.dtype != np.int16:
-        q, right, y_off, left = _requant_params(x_scale, w_scale, y_scale, m)
-        if y_off is not None and bound < (1 << (30 - left)):
-            return _requant_into(acc, q, right, y_off, y_zp, act_min, act_max, x.dtype)
     mult = float(x_scale) * _list(w_scale, np.float64) / float(y_scale)
     return _finish(acc, mult, y_zp, act_min, act_max, x.dtype, 1, x.dtype == np.int16)
+
+
+class _TflRequant:
+    """One TFLiteConv's requantization with the bias folded in, per output channel, for
+    accumulators whose magnitude (bias included) is below ``limit``.
+
+    MultiplyByQuantizedMultiplier with Q31 multiplier q >= 0 and right shift r is
+    SaturatingRoundingDoublingHighMul, v = floor((a * q + 2**30) / 2**31), then
+    RoundingDivideByPOT, floor((v + 2**(r-1) - [v < 0]) / 2**r) (see _mbqm_right). With the
+    bias b: a * q = acc * q + b * q, so ``c1`` = b * q + 2**30 is one constant per channel. A
+    left shift l is folded into q (x * 2**l * q == x * (q << l)), exact while
+    |a| * 2**l < 2**31: then |a * q| < 2**61 and v fits int32, so the rounding runs in int32.
+    The output zero point joins the rounding offset (adding zp * 2**r before the shift adds zp
+    after it) when that stays inside int32."""
+
+    __slots__ = ("q", "c1", "right", "neg_mask", "off", "zp", "limit")
+
+    def __init__(self, q, sh, bias64, zp: int) -> None:
+        left = np.maximum(sh, 0)
+        right = np.maximum(-sh, 0)
+        self.q = q.astype(np.int64) << left
+        self.limit = 1 << (30 - int(left.max()))
+        c1 = np.full(q.shape, 1 << 30, np.int64)
+        if bias64 is not None:
+            c1 = c1 + bias64 * self.q
+        self.c1 = c1
+        self.zp = int(zp)
+        if not right.any():
+            self.right = self.neg_mask = self.off = None
+            return
+        self.right = right.astype(np.int32)
+        # channels without a right shift take no rounding correction
+        self.neg_mask = None if (right > 0).all() else -(right > 0).astype(np.int32)
+        off = np.where(right > 0, np.int64(1) << np.maximum(right - 1, 0), 0)
+        folded = off + (np.int64(self.zp) << right)
+        if np.abs(folded).max() < (1 << 30):
+            off, self.zp = folded, 0
+        self.off = off.astype(np.int32)
+
+    def apply(self, acc: np.ndarray, act_min, act_max, dtype: np.dtype) -> np.ndarray:
+        """Requantizes the exact float accumulator ``acc`` (N, M, ...) into ``dtype``."""
+        a = scratch("tfl_acc", acc.shape, np.int64)
+        np.copyto(a, acc, casting="unsafe")
+        a *= self.q
+        a += self.c1
+        y = scratch("tfl_y", acc.shape, np.int32)
+        np.right_shift(a, 31, out=y, casting="unsafe")
+        if self.right is not None:
+            neg = scratch("tfl_neg", acc.shape, np.int32)
+            np.right_shift(y, 31, out=neg)  # -1 where negative
+            if self.neg_mask is not None:
+                neg &= self.neg_mask
+            y += neg
+            y += self.off
+            y >>= self.right
+        if self.zp:
+            y += np.int32(self.zp)
+        lo, hi = _irange(dtype)
+        lo = lo if act_min is None else max(lo, int(act_min))
+        hi = hi if act_max is None else min(hi, int(act_max))
+        _clip(y, lo, hi, out=y)
+        out = take(acc.shape, dtype)
+        np.copyto(out, y, casting="unsafe")
+        return out
 
 
 _QCACHE: dict[tuple, tuple] = {}
 
 
-def _requant_params(
-    x_scale: float, w_scale: float | Sequence[float], y_scale: float, m: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
-    """Per-output-channel (multiplier, right shift, rounding offset) shaped (1, M, 1, 1) for
-    the fast requantization, and the largest left shift L. A channel whose QuantizeMultiplier
-    shift is a left shift has its Q31 multiplier pre-shifted (x * 2**l * q == x * (q << l)),
-    which is exact while |acc| * 2**L < 2**31 (the caller checks its bound). The offset is
-    None where the fast form does not apply (a negative multiplier)."""
+def _tfl_requant(
+    x_scale: float, w_scale: float | Sequence[float], y_scale: float, m: int, bias64, y_zp: int
+) -> _TflRequant | None:
+    """The cached _TflRequant of a TFLiteConv (None where a multiplier is negative)."""
     # per-channel scales are one list/array per node, passed again on every call: look them
-    # up by identity first (the entry keeps the object, so its id cannot be reused)
-    fast = (id(w_scale), float(x_scale), float(y_scale), m)
+    # up by identity first (the entry keeps the objects, so their ids cannot be reused)
+    fast = (id(w_scale), id(bias64), float(x_scale), float(y_scale), m, int(y_zp))
     hit = _QCACHE.get(fast)
-    if hit is not None and hit[0] is w_scale:
-        return hit[1]
-    ws = tuple(float(v) for v in _list(w_scale, np.float64))
-    key = (float(x_scale), ws, float(y_scale), m)
-    hit = _QCACHE.get(key)
-    if hit is not None:
-        _QCACHE[fast] = (w_scale, hit)
-        return hit
-    mult = float(x_scale) * np.asarray(ws, np.float64) / float(y_scale)
+    if hit is not None and hit[0] is w_scale and hit[1] is bias64:
+        return hit[2]
+    mult = float(x_scale) * _list(w_scale, np.float64) / float(y_scale)
     q, sh = tflite_quantize_multiplier(mult)
     q = np.broadcast_to(q, (m,)).reshape(1, m, 1, 1)
     sh = np.broadcast_to(sh, (m,)).reshape(1, m, 1, 1)
-    if q.min() < 0:
-        out = (q, sh, None, 0)
-    else:
-        left = np.maximum(sh, 0)
-        right = np.maximum(-sh, 0)
-        off = np.where(right > 0, np.int64(1) << np.maximum(right - 1, 0), 0)
-        out = (q.astype(np.int64) << left, right, off, int(left.max()))
+    out = None if q.min() < 0 else _TflRequant(q, sh, bias64, y_zp)
     if len(_QCACHE) > 4096:
         _QCACHE.clear()
-    _QCACHE[key] = out
-    _QCACHE[fast] = (w_scale, out)
+    _QCACHE[fast] = (w_scale, bias64, out)
     return out
-
-
-def _requant_into(acc, q, right, off, y_zp, act_min, act_max, dtype) -> np.ndarray:
-    """TFLite requantization of an int64 accumulator we own, computed in place as in
-    _mbqm_right, with ``q`` (pre-shifted) multipliers from _requant_params and |acc| below
-    2**(30 - largest left shift) (the caller's bound)."""
-    acc *= q
-    acc += 1 << 30
-    # |acc * q| < 2**61 and the high half below 2**30: it and the rounding below stay inside
-    # int32, so finish there (half the memory traffic)
-    y = np.right_shift(acc, 31, out=np.empty(acc.shape, np.int32), casting="unsafe")
-    if right.any():
-        neg = y >> 31
-        if not (right > 0).all():
-            neg &= -(right > 0).astype(np.int32)
-        y += neg
-        y += off.astype(np.int32)
-        y >>= right.astype(np.int32)
-    y += np.int32(y_zp)
-    lo, hi = _irange(dtype)
-    lo = lo if act_min is None else max(lo, int(act_min))
-    hi = hi if act_max is None else min(hi, int(act_max))
-    np.clip(y, lo, hi, out=y)
-    return y.astype(dtype)
 
 
 @kernel("TFLiteFullyConnected", domain=ML)
@@ -942,6 +975,30 @@ def _quantize_scalar(real: float) -> tuple[np.ndarray, np.ndarray]:
     return q, sh
 
 
+_PAIR_MIN = 256  # outputs from which a pair table repays building it
+_PAIR_TABLES: dict[tuple, np.ndarray] = {}
+
+
+def _pairwise(fn, a: np.ndarray, b: np.ndarray, params: tuple) -> np.ndarray:
+    """``fn(a, b, *params)``; for 8-bit a and b of one dtype and a large output, through a
+    65,536-entry table of fn's own results for every (a, b) pair (built once per parameter
+    set), indexed by the two bytes: one gather instead of a dozen int64 passes."""
+    if a.dtype != b.dtype or a.dtype not in (np.int8, np.uint8) or max(a.size, b.size) < _PAIR_MIN:
+        return fn(a, b, *params)
+    key = (fn, a.dtype.char, params)
+    table = _PAIR_TABLES.get(key)
+    if table is None:
+        v = np.arange(256, dtype=np.uint8).view(a.dtype)
+        table = fn(np.repeat(v, 256), np.tile(v, 256), *params)
+        if len(_PAIR_TABLES) > 256:
+            _PAIR_TABLES.clear()
+        _PAIR_TABLES[key] = table
+    idx = np.left_shift(a.view(np.uint8), 8, dtype=np.uint16)
+    same = idx.shape == np.broadcast_shapes(a.shape, b.shape)
+    idx = np.bitwise_or(idx, b.view(np.uint8), out=idx if same else None)
+    return np.take(table, idx)
+
+
 @kernel("TFLiteAdd", domain=ML)
 def tflite_add(
     a: np.ndarray,
@@ -960,7 +1017,8 @@ def tflite_add(
     reference add: each input (v - zp) << left_shift (20; 15 for int16) is rescaled by
     QuantizeMultiplier(scale / (2*max(a_scale, b_scale))), the sum by
     QuantizeMultiplier(2*max / (2**left_shift * y_scale)), + y_zp, clamped to act range."""
-    return _tflite_addsub(a, b, a_scale, a_zp, b_scale, b_zp, y_scale, y_zp, act_min, act_max, 1)
+    params = (a_scale, a_zp, b_scale, b_zp, y_scale, y_zp, act_min, act_max, 1)
+    return _pairwise(_tflite_addsub, a, b, params)
 
 
 @kernel("TFLiteSub", domain=ML)
@@ -978,7 +1036,8 @@ def tflite_sub(
     act_max: int | None = None,
 ) -> np.ndarray:
     """modelloader TFLiteSub: TFLite int8/uint8 SUB; as TFLiteAdd with the rescaled b subtracted."""
-    return _tflite_addsub(a, b, a_scale, a_zp, b_scale, b_zp, y_scale, y_zp, act_min, act_max, -1)
+    params = (a_scale, a_zp, b_scale, b_zp, y_scale, y_zp, act_min, act_max, -1)
+    return _pairwise(_tflite_addsub, a, b, params)
 
 
 @kernel("TFLiteMul", domain=ML)
@@ -998,6 +1057,11 @@ def tflite_mul(
     """modelloader TFLiteMul: TFLite int8/uint8/int16 MUL (numpy broadcasting), bit-exact with
     reference mul: clamp(MultiplyByQuantizedMultiplier((a - a_zp) * (b - b_zp),
     QuantizeMultiplier(a_scale * b_scale / y_scale)) + y_zp, act_min, act_max)."""
+    params = (a_scale, a_zp, b_scale, b_zp, y_scale, y_zp, act_min, act_max)
+    return _pairwise(_tflite_mul, a, b, params)
+
+
+def _tflite_mul(a, b, a_scale, a_zp, b_scale, b_zp, y_scale, y_zp, act_min, act_max):
     prod = (a.astype(np.int64) - int(a_zp)) * (b.astype(np.int64) - int(b_zp))
     # mul.cc Prepare computes s1 * s2 / s_out in float (no double casts), then widens
     mult = float(np.float32(np.float32(a_scale) * np.float32(b_scale)) / np.float32(y_scale))

@@ -30,7 +30,8 @@ def _reference(x, w, bias, x_zp, w_zp, mult, y_zp, act, stride, pads, group):
                     j : j + stride * ow : stride,
                 ]
                 acc[:, o] += np.einsum("nchw,c->nhw", win, wi[o, :, i, j])
-    acc += bias.astype(np.int64).reshape(1, m, 1, 1)
+    if bias is not None:
+        acc += bias.astype(np.int64).reshape(1, m, 1, 1)
     return _finish(acc, mult, y_zp, act[0], act[1], x.dtype, 1)
 
 
@@ -46,7 +47,9 @@ def test_matches_reference(seed: int, depthwise: bool, left: bool) -> None:
     pads = [1, 1, 1, 1] if k == 3 and seed % 3 else [0, 0, 0, 0]
     x = rng.integers(-128, 128, (1, c, 7, 9), dtype=np.int8)
     w = rng.integers(-127, 128, (m, c // group, k, k), dtype=np.int8)
-    bias = rng.integers(-(1 << 16), 1 << 16, m).astype(np.int32)
+    bias = None if seed == 4 else rng.integers(-(1 << 16), 1 << 16, m).astype(np.int32)
+    # output zero points that fold into the rounding offset, and a bias-free conv
+    y_zp = [3, -128, 0, 127, -5, 100][seed]
     x_zp = int(rng.integers(-20, 20))
     # per-channel scales spanning multipliers above and below 0.5 (right shift 0 and > 0)
     w_scale = list(rng.uniform(0.2, 3.0, m) * 10.0 ** rng.integers(-3, 0, m))
@@ -56,11 +59,11 @@ def test_matches_reference(seed: int, depthwise: bool, left: bool) -> None:
         w_scale[0] = 0.4 * y_scale / x_scale  # and one right-shifted channel
     act = (-128 + seed, 127 - 2 * seed)
     got = tflite_conv(
-        x, w, bias, x_scale=x_scale, w_scale=w_scale, y_scale=y_scale, x_zp=x_zp, y_zp=3,
+        x, w, bias, x_scale=x_scale, w_scale=w_scale, y_scale=y_scale, x_zp=x_zp, y_zp=y_zp,
         strides=[stride, stride], pads=pads, group=group, act_min=act[0], act_max=act[1],
     )  # fmt: skip
     mult = x_scale * np.asarray(w_scale) / y_scale
-    want = _reference(x, w, bias, x_zp, [0] * m, mult, 3, act, stride, pads, group)
+    want = _reference(x, w, bias, x_zp, [0] * m, mult, y_zp, act, stride, pads, group)
     np.testing.assert_array_equal(got, want)
     # a second call (cached weights and multipliers) gives the same result
     np.testing.assert_array_equal(
@@ -72,7 +75,7 @@ def test_matches_reference(seed: int, depthwise: bool, left: bool) -> None:
             w_scale=w_scale,
             y_scale=y_scale,
             x_zp=x_zp,
-            y_zp=3,
+            y_zp=y_zp,
             strides=[stride, stride],
             pads=pads,
             group=group,
