@@ -727,7 +727,7 @@ def _finish(acc, mult, y_zp, act_min, act_max, dtype, axis, wide: bool = False) 
     return y.astype(dtype)
 
 
-_WCACHE: dict[int, tuple] = {}
+_WCACHE: dict[tuple, tuple] = {}
 
 
 def _conv_weights(
@@ -735,9 +735,11 @@ def _conv_weights(
 ) -> tuple[np.ndarray, type, np.ndarray | None, int]:
     """(w - w_zp) as an exact float BLAS operand (group, M/group, K), its float type, the
     bias as (1, M, 1, 1) int64 and a bound of |accumulator|; cached per weight array while it lives (weights are constants)."""
-    key = (id(w), id(bias), np.dtype(x_dtype).str, int(x_zp), group, str(w_zp))
+    # w_zp is one list per node, passed again on every call: the entry keeps it, so its id
+    # cannot be reused while the entry lives
+    key = (id(w), id(bias), np.dtype(x_dtype).str, int(x_zp), group, id(w_zp))
     hit = _WCACHE.get(key)
-    if hit is not None and hit[0]() is w and (bias is None or hit[1]() is bias):
+    if hit is not None and hit[0]() is w and (bias is None or hit[1]() is bias) and hit[3] is w_zp:
         return hit[2]
     m, cg, kh, kw = w.shape
     wz = _list(w_zp, np.int32)
@@ -756,7 +758,7 @@ def _conv_weights(
         refs = (weakref.ref(w), (lambda: None) if bias is None else weakref.ref(bias))
     except TypeError:  # not weak-referenceable: no caching
         return out
-    _WCACHE[key] = (*refs, out)
+    _WCACHE[key] = (*refs, out, w_zp)
     weakref.finalize(w, _WCACHE.pop, key, None)
     return out
 
