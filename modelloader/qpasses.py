@@ -15,8 +15,8 @@ defines for them, so the run does int32 accumulation and the spec's requantizati
 * a ``Relu`` or constant ``Clip`` between the op and its ``QuantizeLinear`` becomes an integer
   clamp (exact: quantization is monotonic);
 * a ``QLinearConv`` whose output only feeds a ``QLinearAdd`` (a residual connection) becomes
-  ``modelloader.QLinearConvAdd``, with the integer clamp after the add folded in too (and,
-  with ``FUSE_CLIP``, one that only feeds an integer clamp ``modelloader.QLinearConvClip``):
+  ``modelloader.QLinearConvAdd``, with the integer clamp after the add folded in too (and
+  one that only feeds an integer clamp ``modelloader.QLinearConvClip``):
   same integers, the kernels requantize the conv exactly as ``QLinearConv`` does, then
   add/clamp;
 * data-movement ops whose input and output share scale and zero point (``MaxPool``,
@@ -416,9 +416,6 @@ def integerize(g: Graph) -> int:
 
 
 ML = "modelloader"
-#: QLinearConv -> integer Clip as one QLinearConvClip (saves the uint8 Clip pass, ~1% of an
-#: int8 ResNet; off while tests/quantize count QLinearConv nodes of the optimised graph)
-FUSE_CLIP = False
 
 
 def _int_clip(c: _Ctx, n: Node | None, dt: np.dtype) -> tuple[int | None, int | None] | None:
@@ -482,7 +479,7 @@ def _fuse_conv_tails(g: Graph) -> bool:
                                  domain=ML, name=n.name)  # fmt: skip
         else:
             bounds = _int_clip(c, nxt, zp.dtype)
-            if bounds is None or not FUSE_CLIP:
+            if bounds is None:
                 continue
             attrs = dict(n.attrs)
             _set_bounds(attrs, bounds)
