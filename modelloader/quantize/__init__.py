@@ -38,7 +38,16 @@ from modelloader.quantize.calibrate import (
 )
 from modelloader.quantize.config import QuantConfig
 from modelloader.quantize.report import Report, collect, compare_outputs, drop_of, layer_snr
-from modelloader.quantize.rewrite import Layer, clone, dynamic, float16, plan_static, static, unfuse
+from modelloader.quantize.rewrite import (
+    Layer,
+    clone,
+    dynamic,
+    float16,
+    plan_static,
+    static,
+    unbounded_layers,
+    unfuse,
+)
 
 __all__ = [
     "AccuracyGateError",
@@ -125,6 +134,7 @@ def quantize(
 
     ranges: dict[str, tuple[float, float]] = {}
     auto: list[str] = []
+    nonfinite: list[str] = []  # layers kept in float: inf/NaN seen in calibration
     while True:
         if config.mode == "static":
             plan = plan_static(graph, config)
@@ -132,6 +142,11 @@ def quantize(
             if missing:
                 cal = make_calibrator(config.method, config.percentile, config.num_bins)
                 ranges.update(calibrate(graph, missing, calib, cal, progress))  # type: ignore[arg-type]
+            unbounded = unbounded_layers(plan, ranges)
+            if unbounded:
+                nonfinite += unbounded
+                config = replace(config, exclude=config.exclude + tuple(unbounded))
+                continue
             qgraph, layers = static(graph, plan, ranges, config)
         elif config.mode == "dynamic":
             qgraph, layers = dynamic(graph, config)
@@ -143,6 +158,7 @@ def quantize(
         )
         report.size_before, report.size_after = size_before, qmodel.size_bytes
         report.auto_excluded = list(auto)
+        report.nonfinite_excluded = list(nonfinite)
         qmodel.report = report
         if report.passed or not config.auto_exclude:
             break

@@ -36,6 +36,9 @@ class Dataset:
 
     batches: list[Feeds]
     labels: list[np.ndarray] | None = None
+    #: batches are indivisible (the model fixes its batch dimension): ``split`` and ``take``
+    #: cut at batch boundaries only
+    whole: bool = False
 
     @property
     def samples(self) -> int:
@@ -45,19 +48,26 @@ class Dataset:
         """(first 1 - fraction, last fraction) of the samples, batch structure kept."""
         n = self.samples
         k = n - int(round(n * fraction))
+        if self.whole:  # the batch boundary nearest k, keeping a batch on each side if possible
+            ends = np.cumsum([len(next(iter(b.values()))) for b in self.batches])
+            inner = ends[:-1] if len(ends) > 1 else ends
+            k = int(inner[np.argmin(np.abs(inner - k))])
         return self.take(0, k), self.take(k, n)
 
     def take(self, lo: int, hi: int) -> Dataset:
+        """Samples lo:hi (``whole``: the batches starting in lo:hi, entire)."""
         out, labels, pos = [], [], 0
         for i, b in enumerate(self.batches):
             size = len(next(iter(b.values())))
             a, z = max(lo - pos, 0), min(hi - pos, size)
+            if self.whole:
+                a, z = (0, size) if lo <= pos < hi else (0, 0)
             if a < z:
                 out.append({k: v[a:z] for k, v in b.items()})
                 if self.labels is not None:
                     labels.append(self.labels[i][a:z])
             pos += size
-        return Dataset(out, labels if self.labels is not None else None)
+        return Dataset(out, labels if self.labels is not None else None, self.whole)
 
 
 def _fit(arr: np.ndarray, v: Value) -> np.ndarray:
@@ -100,16 +110,32 @@ def _from_arrays(
     return batches, lab
 
 
+def fixed_batch(inputs: list[Value]) -> int | None:
+    """The batch size all ``inputs`` fix as their first dimension (None: not fixed)."""
+    dims = {v.shape[0] if v.shape else None for v in inputs}
+    d = dims.pop() if len(dims) == 1 else None
+    return d if isinstance(d, int) and d > 0 else None
+
+
 def load_data(src: Any, inputs: list[Value], batch: int = 64) -> Dataset:
-    """Reads calibration/evaluation data.
+    """Reads calibration/evaluation data; a model whose inputs fix the batch dimension gets
+    batches of exactly that size, never cut (``Dataset.whole``).
 
     ``src``: an ``.npz`` path (arrays by input name, first axis = samples; a single-input model
     also takes one unnamed array; ``y``/``label(s)``/``target(s)`` arrays are labels), a
     directory of ``.npy`` (single input; or ``<input>.npy``) and ``.npz`` files, a
     ``Dataset``, or an iterable of input dicts (or of ``(inputs, labels)`` pairs).
     """
+    fixed = fixed_batch(inputs)
+    data = _load(src, inputs, fixed or batch)
+    if fixed is not None:
+        data.whole = True
+    return data
+
+
+def _load(src: Any, inputs: list[Value], batch: int) -> Dataset:
     if isinstance(src, Dataset):
-        return src
+        return replace(src)
     if isinstance(src, (str, Path)):
         path = Path(src)
         if path.is_dir():

@@ -115,6 +115,11 @@ def quantize(
         click.echo(report.format())
         if report.auto_excluded:
             click.echo(f"auto-exclude kept in float: {', '.join(report.auto_excluded)}")
+        if report.nonfinite_excluded:
+            click.echo(
+                "kept in float (inf/NaN values in calibration): "
+                + ", ".join(report.nonfinite_excluded)
+            )
         if report_path:
             report.save(report_path)
         if plot_path:

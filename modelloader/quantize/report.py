@@ -55,6 +55,8 @@ class Report:
     max_drop: float | None = None
     excluded: list[str] = field(default_factory=list)
     auto_excluded: list[str] = field(default_factory=list)
+    #: layers kept in float because calibration saw inf/NaN at their inputs or outputs
+    nonfinite_excluded: list[str] = field(default_factory=list)
     size_before: int = 0
     size_after: int = 0
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -266,8 +267,22 @@ class StaticPlan:
     shared: dict[str, str]
 
 
+def _not_activations(g: Graph) -> set[str]:
+    """Tensors that are no float activations: those of a known non-float32 dtype, and shape
+    arithmetic (outputs of Shape/Size and of nodes computing only from those), which may be
+    float on the way (a Cast, a Div) but must stay exact. ``g`` is topologically sorted."""
+    out = {k for k, v in g.values.items() if v.dtype is not None and v.dtype != np.float32}
+    derived: set[str] = set()
+    for n in g.nodes:
+        live = [i for i in n.inputs if i and i not in g.constants]
+        if n.op in ("Shape", "Size") or (live and all(i in derived for i in live)):
+            derived.update(o for o in n.outputs if o)
+    return out | derived
+
+
 def plan_static(g: Graph, config: QuantConfig) -> StaticPlan:
     _sorted(g)
+    skip = _not_activations(g)
     cons = _consumers(g)
     outputs = {v.name for v in g.outputs}
     layers: list[tuple[Node, Node | None]] = []
@@ -281,6 +296,8 @@ def plan_static(g: Graph, config: QuantConfig) -> StaticPlan:
             tensors.append(t)
 
     for n in g.nodes:
+        if any(t in skip for t in (*n.inputs, *n.outputs)):
+            continue
         if n.op in _STATIC and _static_ok(g, n) and not _excluded(n, config.exclude):
             act = None
             users = cons.get(n.outputs[0], [])
@@ -314,6 +331,22 @@ def plan_static(g: Graph, config: QuantConfig) -> StaticPlan:
             layers.append((n, None))
     calib = [t for t in tensors if t not in shared]
     return StaticPlan(layers, calib, shared)
+
+
+def unbounded_layers(plan: StaticPlan, ranges: dict[str, tuple[float, float]]) -> list[str]:
+    """Layers of ``plan`` that would quantize a tensor whose calibration range is not finite
+    (an attention mask's -inf, say): no int8 scale covers it, so they stay in float."""
+
+    def bad(t: str) -> bool:
+        lo, hi = ranges.get(plan.shared.get(t, t), (0.0, 0.0))
+        return not (math.isfinite(lo) and math.isfinite(hi))
+
+    out = []
+    for n, act in plan.layers:
+        ins = [n.inputs[i] for i in _STATIC[n.op](n)] if n.op in _STATIC else []
+        if any(bad(t) for t in [*ins, (act or n).outputs[0]]):
+            out.append(_layer_id(n))
+    return out
 
 
 def static(

@@ -234,3 +234,20 @@ def test_onnxruntime_quantized_models_run_integer(tmp_path: Path, name: str, kin
             np.testing.assert_allclose(ref["probabilities"], got["probabilities"], atol=2e-2)
         # dynamic: onnxruntime's u8s8 MatMulInteger saturates int16 pair sums on AVX2 machines
         # (int8 weights), so only the labels are compared; modelloader's int32 result is exact
+
+
+def test_fixed_batch_models_get_whole_batches() -> None:
+    """A model whose inputs fix the batch dimension (2 here) is fed batches of exactly that
+    size, and the evaluation split and layer samples never cut one."""
+    from modelloader.ir import Value
+    from modelloader.quantize import load_data
+
+    inputs = [Value("x", np.dtype(np.float32), (2, 3))]
+    data = load_data({"x": np.arange(30, dtype=np.float32).reshape(10, 3)}, inputs)
+    assert data.whole and [len(b["x"]) for b in data.batches] == [2] * 5
+    calib, held = data.split(0.3)
+    assert (calib.samples, held.samples) == (6, 4)
+    assert all(len(b["x"]) == 2 for b in calib.batches + held.batches)
+    assert data.take(0, 3).samples == 4  # the batches starting before sample 3, entire
+    free = load_data({"x": np.zeros((10, 3), np.float32)}, [Value("x", None, ("n", 3))])
+    assert not free.whole and free.split(0.3)[1].samples == 3
