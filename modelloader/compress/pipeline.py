@@ -89,8 +89,14 @@ class SizeReport:
         rows.append(
             f"{'total':32} {'':>18} {o:>12,} {p:>11,} {q:>11,} {h:>11,} {o / max(h, 1):>6.1f}x"
         )
+        size = (
+            f"{self.ratio:.1f}x smaller than float32"
+            if self.ratio >= 1
+            else f"{1 / self.ratio:.1f}x LARGER than float32 (the stored graph outweighs "
+            f"{h:,} bytes of weights: compression pays off for models with more weights)"
+        )
         rows.append(
-            f"file {self.file_bytes:,} bytes: {self.ratio:.1f}x smaller than float32; "
+            f"file {self.file_bytes:,} bytes: {size}; "
             f"Huffman alone {self.huffman_gain:.2f}x over the palettized size"
         )
         return "\n".join(rows)
