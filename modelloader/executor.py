@@ -11,6 +11,7 @@ kernels draw their outputs from (``buffers.take``).
 from __future__ import annotations
 
 import heapq
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ import numpy as np
 
 from modelloader import buffers, parallel
 from modelloader.errors import ExecutionError, ModelFormatError, UnsupportedOpError
-from modelloader.ir import Graph, Node
+from modelloader.ir import Graph, Node, ValueKind
 from modelloader.kernels.registry import KernelFn, Registry
 
 #: Ops never folded at load: their results must differ per run.
@@ -73,6 +74,7 @@ class Step:
     release: tuple[str, ...]  # values dead after this step
     stateful: bool = False  # kernel takes ``state=``
     recycle: tuple[str, ...] = ()  # the released values a step here produced (poolable)
+    checks: tuple[tuple[str, tuple[int, ...]], ...] = ()  # outputs' shapes folded at plan time
 
 
 def topological_order(graph: Graph, known: set[str]) -> list[Node]:
@@ -125,8 +127,13 @@ class Plan:
         known = set(self.input_names) | set(graph.constants) | set(outer) | set(self.outer_refs)
         nodes = topological_order(graph, known)
         self.constants: dict[str, Any] = dict(graph.constants)
+        #: tensors whose declared static shape a folded Shape/Size stands on, checked when
+        #: they are produced at run time
+        self.shape_checks: dict[str, tuple[int, ...]] = {}
         if fold:
             nodes = self._fold_constants(nodes, known)
+            if not outer and not self.outer_refs:
+                nodes = self._fold_constants(self._fold_shapes(nodes), known)
         defined = set(self.input_names) | set(self.constants) | set(self.outer_refs)
         for n in nodes:
             defined.update(n.outputs)
@@ -191,6 +198,41 @@ class Plan:
             elif isinstance(v, list) and v and all(isinstance(g, Graph) for g in v):
                 subs[k] = [Plan(g, self.registry, sorted(outer)) for g in v]
         return subs
+
+    def _fold_shapes(self, nodes: list[Node]) -> list[Node]:
+        """Shape/Size of a tensor the graph declares with a fully static shape become
+        constants, so constant folding then takes the shape arithmetic behind them (as
+        exporters emit around every Reshape). The declaration is not trusted blindly: the
+        tensor's shape is compared with it whenever a run produces the tensor
+        (``Step.checks``, ``_run``), and a mismatch raises instead of computing on."""
+        kept: list[Node] = []
+        for n in nodes:
+            x = n.inputs[0] if n.inputs else ""
+            v = self.graph.values.get(x) if x else None
+            static = (
+                not n.domain
+                and n.op in ("Shape", "Size")
+                and len(n.outputs) == 1
+                and v is not None
+                and v.kind is ValueKind.TENSOR
+                and v.shape is not None
+                and all(type(d) is int and d >= 0 for d in v.shape)
+                and x not in self.constants
+            )
+            if not static:
+                kept.append(n)
+                continue
+            shape = tuple(int(d) for d in v.shape)  # type: ignore[union-attr]
+            if n.op == "Size":
+                value = np.asarray(math.prod(shape), np.int64)
+            else:
+                r = len(shape)
+                lo, hi = int(n.attrs.get("start", 0)), int(n.attrs.get("end", r))
+                lo, hi = (min(max(i + r if i < 0 else i, 0), r) for i in (lo, hi))
+                value = np.asarray(shape[lo:hi], np.int64)
+            self.constants[n.outputs[0]] = value
+            self.shape_checks[x] = shape
+        return kept
 
     def _fold_constants(self, nodes: list[Node], known: set[str]) -> list[Node]:
         """Runs nodes whose inputs are all constants once, at plan time."""
@@ -257,6 +299,9 @@ class Plan:
                     release=tuple(x for x in release if x not in produced),
                     stateful=self._is_stateful(n),
                     recycle=tuple(x for x in release if x in produced),
+                    checks=tuple(
+                        (o, self.shape_checks[o]) for o in n.outputs if o in self.shape_checks
+                    ),
                 )
             )
         return steps
@@ -317,6 +362,9 @@ class Plan:
                 if r in outer and r not in env:
                     env[r] = outer[r]
         env.update(feeds)
+        for name in self.input_names:
+            if name in self.shape_checks:
+                _check_shape(name, feeds.get(name), self.shape_checks[name])
         for at, step in enumerate(self.steps):
             if timings is not None:
                 t0 = time.perf_counter()
@@ -343,6 +391,8 @@ class Plan:
             for name, value in zip(step.outputs, results):
                 if name:
                     env[name] = value
+            for name, shape in step.checks:
+                _check_shape(name, env.get(name), shape, step.node.label())
             # drop this frame's references first, so a dead value's refcount is exact
             args = attrs = results = value = None
             for name in step.release:
@@ -421,3 +471,13 @@ def _is_graph_attr(v: Any) -> bool:
     return isinstance(v, Graph) or (
         isinstance(v, list) and bool(v) and all(isinstance(g, Graph) for g in v)
     )
+
+
+def _check_shape(name: str, value: Any, shape: tuple[int, ...], producer: str = "") -> None:
+    if np.shape(value) != shape:
+        by = f" (from {producer})" if producer else ""
+        raise ExecutionError(
+            f"value '{name}'{by} has shape {list(np.shape(value))} but the model declares "
+            f"{list(shape)}, which a Shape/Size was folded from at load: the model's shape "
+            "information is wrong; fix or remove its value_info for this tensor"
+        )
