@@ -43,7 +43,8 @@ def _ints(x: np.ndarray | None) -> list[int]:
     """An int64 tensor (scalar or 1-D) as Python ints."""
     if x is None:
         return []
-    return [int(v) for v in np.asarray(x).reshape(-1)]
+    a = np.asarray(x).reshape(-1)
+    return a.tolist() if a.dtype.kind in "iu" else [int(v) for v in a.tolist()]
 
 
 def _axis(axis: int, rank: int) -> int:
