@@ -96,7 +96,7 @@ class Report:
         if self.size_before:
             lines.append(
                 f"  size: {self.size_before / 1024:.1f} KiB -> {self.size_after / 1024:.1f} KiB"
-                f" ({self.size_after / self.size_before:.2f}x)"
+                f" ({self.size_after / self.size_before:.2f}x the original size)"
             )
         if self.excluded:
             lines.append(f"  kept in float: {', '.join(self.excluded)}")
