@@ -22,6 +22,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from modelloader.buffers import take
 from modelloader.kernels.cpu._registry import kernel
+from modelloader.kernels.cpu._ufuncs import clip
 from modelloader.parallel import matmul
 
 _FLOATS = (np.float32, np.float64)
@@ -494,7 +495,7 @@ def apply_activation(y: np.ndarray, activation: str, params: Sequence[float]) ->
     elif activation == "Clip":
         if len(params) > 1:
             # one pass (NaN stays NaN; lo > hi gives hi everywhere, as max-then-min does)
-            np.clip(y, t(params[0]), t(params[1]), out=y)
+            clip(y, t(params[0]), t(params[1]), out=y)
             return y
         if len(params) > 0:
             np.maximum(y, const_like(params[0], y), out=y)
@@ -819,7 +820,7 @@ def requantize(
     if zero_point is not None:
         y += np.asarray(zero_point).astype(np.float64)
     info = np.iinfo(dtype)
-    np.clip(y, info.min, info.max, out=y)
+    clip(y, info.min, info.max, out=y)
     return y.astype(dtype)
 
 

@@ -18,6 +18,7 @@ from onnx import TensorProto, helper
 
 from modelloader.buffers import MIN_BYTES, take
 from modelloader.kernels.cpu._registry import kernel
+from modelloader.kernels.cpu._ufuncs import clip as clip_
 
 
 def _as(x: np.ndarray | np.generic, dtype: np.dtype) -> np.ndarray:
@@ -349,7 +350,7 @@ def clip(x: np.ndarray, min: np.ndarray | None = None, max: np.ndarray | None = 
         return x
     out = pooled_out(x)
     if min is not None and max is not None:
-        return np.clip(x, _as(min, x.dtype), _as(max, x.dtype), out=out)
+        return clip_(x, _as(min, x.dtype), _as(max, x.dtype), out=out)
     if min is not None:
         return np.maximum(x, _as(min, x.dtype), out=out)
     return np.minimum(x, _as(max, x.dtype), out=out)

@@ -45,6 +45,7 @@ from modelloader.kernels.cpu import conv as _conv
 from modelloader.kernels.cpu import gemm as _gemm
 from modelloader.kernels.cpu import qlinear as _ql
 from modelloader.kernels.cpu._registry import kernel
+from modelloader.kernels.cpu._ufuncs import clip
 from modelloader.parallel import matmul
 
 try:  # outputs from the executor's pool of dead intermediates (no fresh page faults)
@@ -273,7 +274,7 @@ def _finish_onnx(acc: np.ndarray, bias, mult, y_zero_point, out_dt) -> np.ndarra
     if y_zero_point is not None:
         y += np.asarray(y_zero_point).astype(np.float64)
     info = np.iinfo(out_dt)
-    np.clip(y, info.min, info.max, out=y)
+    clip(y, info.min, info.max, out=y)
     return y.astype(out_dt)
 
 
@@ -302,7 +303,7 @@ class _AddTail:
         np.rint(tmp, out=tmp)
         # clip(rint(y) + zc, lo, hi) == clip(rint(y), lo - zc, hi - zc) + zc: exact integers
         # (or both saturated when |rint(y)| >= 2**24)
-        np.clip(tmp, self.lo, self.hi, out=tmp)
+        clip(tmp, self.lo, self.hi, out=tmp)
         if self.zc:
             np.add(tmp, self.zc, out=out, casting="unsafe")
         else:
@@ -379,7 +380,7 @@ def _requant(
             q *= mrow[r0:r1]
         else:
             np.multiply(a3[r0:r1], mrow[r0:r1], out=q)
-        np.clip(q, lo, hi, out=q)
+        clip(q, lo, hi, out=q)
         if f32:
             t = tbuf[: r1 - r0]
             np.rint(q, out=t)
@@ -683,7 +684,7 @@ def _clamped(y: np.ndarray, act_min: int | None, act_max: int | None) -> np.ndar
     if act_min is None and act_max is None:
         return y
     lo, hi = _clamp_range(y.dtype, act_min, act_max)
-    return np.clip(y, y.dtype.type(lo), y.dtype.type(hi), out=y)
+    return clip(y, y.dtype.type(lo), y.dtype.type(hi), out=y)
 
 
 @kernel("QLinearConvClip", domain=ML)

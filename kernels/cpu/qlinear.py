@@ -25,14 +25,9 @@ import numpy as np
 
 from modelloader.buffers import take
 from modelloader.kernels.cpu._registry import kernel, registry
+from modelloader.kernels.cpu._ufuncs import clip as _clip
 from modelloader.kernels.cpu.conv import _conv_float, scratch
 from modelloader.parallel import matmul
-
-# np.clip's Python wrapper costs microseconds a call; the ufunc beneath it does not
-try:
-    from numpy._core.umath import clip as _clip
-except ImportError:  # pragma: no cover - NumPy 1.x
-    from numpy.core.umath import clip as _clip
 
 MS = "com.microsoft"
 ML = "modelloader"

@@ -11,6 +11,7 @@ import ml_dtypes
 import numpy as np
 
 from modelloader.kernels.cpu._registry import kernel
+from modelloader.kernels.cpu._ufuncs import clip
 
 # TensorProto.DataType -> numpy dtype, for the types these ops produce or compute in
 _ONNX_DTYPES: dict[int, np.dtype] = {
@@ -104,7 +105,7 @@ def quantize_linear(
         q = np.rint(q)
         if zp is not None:
             q = q + zp.astype(np.int64).astype(q.dtype)
-        return np.clip(q, lo, hi).astype(np.int32).astype(out_dt)
+        return clip(q, lo, hi).astype(np.int32).astype(out_dt)
     if zp is not None:
         q = q + zp.astype(np.float32)
     q = q.astype(np.float32, copy=False)
