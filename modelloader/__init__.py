@@ -19,6 +19,7 @@ from modelloader.errors import (
     ModelFormatError,
     ModelLoaderError,
     ModelNotFoundError,
+    OutputNameError,
     SizeLimitError,
     UnsupportedOpError,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "ModelFormatError",
     "ModelLoaderError",
     "ModelNotFoundError",
+    "OutputNameError",
     "QuantConfig",
     "SizeLimitError",
     "TensorInfo",

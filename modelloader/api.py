@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from modelloader.errors import (
     InputNameError,
     InputShapeError,
     ModelFormatError,
+    OutputNameError,
 )
 from modelloader.executor import Plan, RunState
 from modelloader.fetch import ModelSource, open_source
@@ -135,6 +137,9 @@ class Model:
             adopt_sparse(self.graph)  # weights the source format stored sparse
         self._plan = Plan(self.graph, registry)
         self._state = RunState()
+        #: plans for ``predict(outputs=...)`` selections
+        self._selected: dict[tuple[str, ...], Plan] = {}
+        self._selected_lock = threading.Lock()
 
     def reset_state(self) -> None:
         """Forgets resource variables and CALL_ONCE initialisation (next run re-initialises)."""
@@ -145,22 +150,54 @@ class Model:
         outs = ", ".join(map(str, self.outputs))
         return f"<Model {self.format} {self.source!r} inputs=({ins}) outputs=({outs})>"
 
-    def predict(self, feeds: Mapping[str, Any] | np.ndarray | Sequence[Any]) -> dict[str, Any]:
+    def predict(
+        self,
+        feeds: Mapping[str, Any] | np.ndarray | Sequence[Any],
+        outputs: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
         """Runs the model.
 
         ``feeds`` is a dict by input name, a single array (single-input models) or a
-        list in input order. Returns ``{output name: array}`` in output order.
+        list in input order. Returns ``{output name: array}`` in output order, or only
+        the ``outputs`` named (in that order; nodes that only feed other outputs are not
+        run — the plan for each such selection is made once and kept).
         Raises ``InputNameError``, ``InputDTypeError`` or ``InputShapeError`` for
-        inputs that do not fit the model (nothing is run), ``ExecutionError`` if a
-        kernel fails.
+        inputs that do not fit the model and ``OutputNameError`` for an unknown output
+        (nothing is run), ``ExecutionError`` if a kernel fails.
         """
+        plan = self._plan if outputs is None else self._plan_for(outputs)
         named = self._checked_feeds(feeds)
-        if self._plan.stateful:
+        if plan.stateful:
             with self._state.lock:
-                results = self._plan.run(named, state=self._state)
+                results = plan.run(named, state=self._state)
         else:
-            results = self._plan.run(named)
-        return dict(zip(self._plan.output_names, results))
+            results = plan.run(named)
+        return dict(zip(plan.output_names, results))
+
+    def _plan_for(self, outputs: Sequence[str]) -> Plan:
+        """The plan computing just ``outputs`` (cached per selection)."""
+        if isinstance(outputs, str):
+            outputs = [outputs]
+        key = tuple(outputs)
+        plan = self._selected.get(key)
+        if plan is not None:
+            return plan
+        by_name = {v.name: v for v in self.graph.outputs}
+        unknown = [o for o in key if o not in by_name]
+        if unknown or not key or len(set(key)) != len(key):
+            raise OutputNameError(
+                f"outputs {list(key)}: "
+                + (f"unknown {unknown}; " if unknown else "")
+                + f"pick distinct names among the model's outputs {list(by_name)}"
+            )
+        from modelloader.kernels.cpu import registry
+
+        with self._selected_lock:
+            plan = self._selected.get(key)
+            if plan is None:
+                sub = replace(self.graph, outputs=[by_name[o] for o in key])
+                plan = self._selected[key] = Plan(sub, registry)
+        return plan
 
     __call__ = predict
 

@@ -64,6 +64,13 @@ class InputNameError(InputError, KeyError):
         return str(self.args[0])
 
 
+class OutputNameError(InputError, KeyError):
+    """``predict(outputs=...)`` named an output the model does not have."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
 class InputDTypeError(InputError, TypeError):
     """An input array has a dtype the model does not accept."""
 

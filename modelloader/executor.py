@@ -125,7 +125,7 @@ class Plan:
         self.output_names = tuple(v.name for v in graph.outputs)
         self.outer_refs = tuple(graph.outer_refs())
         known = set(self.input_names) | set(graph.constants) | set(outer) | set(self.outer_refs)
-        nodes = topological_order(graph, known)
+        nodes = self._needed(topological_order(graph, known))
         self.constants: dict[str, Any] = dict(graph.constants)
         #: tensors whose declared static shape a folded Shape/Size stands on, checked when
         #: they are produced at run time
@@ -198,6 +198,23 @@ class Plan:
             elif isinstance(v, list) and v and all(isinstance(g, Graph) for g in v):
                 subs[k] = [Plan(g, self.registry, sorted(outer)) for g in v]
         return subs
+
+    def _needed(self, nodes: list[Node]) -> list[Node]:
+        """The nodes the outputs depend on, plus any with effects (stateful kernels, here or
+        in a subgraph): others would compute values nobody reads."""
+        need = set(self.output_names)
+        kept: list[Node] = []
+        for n in reversed(nodes):
+            effects = self._is_stateful(n) or any(
+                self._is_stateful(m) for g in n.subgraphs() for m in g.walk()
+            )
+            if not effects and not any(o in need for o in n.outputs if o):
+                continue
+            kept.append(n)
+            need.update(i for i in n.inputs if i)
+            for g in n.subgraphs():
+                need.update(g.outer_refs())
+        return kept[::-1]
 
     def _fold_shapes(self, nodes: list[Node]) -> list[Node]:
         """Shape/Size of a tensor the graph declares with a fully static shape become

@@ -216,3 +216,44 @@ def test_older_opset_is_normalised() -> None:
     np.testing.assert_allclose(
         modelloader.load(proto.SerializeToString()).predict(a)["r"], a.sum(1), rtol=1e-6
     )
+
+
+def _two_heads() -> bytes:
+    """x -> Relu -> a;  x -> Exp -> Neg -> b: two outputs that share only the input."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["a"]),
+            helper.make_node("Exp", ["x"], ["e"]),
+            helper.make_node("Neg", ["e"], ["b"]),
+            helper.make_node("Sigmoid", ["x"], ["unused"]),  # read by nobody
+        ],
+        "heads",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [2, 3]),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString()
+
+
+def test_selected_outputs_run_only_what_they_need() -> None:
+    m = modelloader.load(_two_heads())
+    x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
+    assert [st.node.op for st in m._plan.steps] == ["Relu", "Exp", "Neg"]  # Sigmoid pruned
+    full = m.predict(x)
+    only_b = m.predict(x, outputs=["b"])
+    assert list(only_b) == ["b"]
+    np.testing.assert_array_equal(only_b["b"], full["b"])
+    assert [st.node.op for st in m._plan_for(["b"]).steps] == ["Exp", "Neg"]
+    swapped = m.predict(x, outputs=["b", "a"])
+    assert list(swapped) == ["b", "a"]
+    np.testing.assert_array_equal(swapped["a"], full["a"])
+    assert m._plan_for(["b", "a"]) is m._plan_for(["b", "a"])  # planned once
+
+
+@pytest.mark.parametrize("bad", [["c"], ["a", "a"], []])
+def test_unknown_selected_output_is_a_clear_error(bad) -> None:
+    m = modelloader.load(_two_heads())
+    with pytest.raises(modelloader.OutputNameError, match=r"model's outputs \['a', 'b'\]"):
+        m.predict(np.zeros((2, 3), np.float32), outputs=bad)
