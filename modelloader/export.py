@@ -19,9 +19,12 @@ lowered to standard ONNX (or onnxruntime contrib) ops:
   mirrored ``Slice``s; ``TFLSlice``, ``Reverse``, ``DynTranspose``, ``L2Normalization``,
   ``LocalResponseNormalization``, ``FloorDiv``, ``FloorMod``, ``MaxPoolWithIndices``,
   ``SpaceToBatchND``/``BatchToSpaceND`` (static shapes) have standard equivalents.
-* Not exportable: resource variables (``ReadVariable``/``AssignVariable``), TFLite control flow
-  (``TFLWhile``/``TFLIf``/``TFLCall``/``TFLCallOnce``) and ``BatchGather``; ``ExportError``
-  lists every such op at once.
+* TFLite control flow: ``TFLWhile`` -> ``Loop`` (its body checks the condition and runs the
+  body subgraph under an ``If``), ``TFLIf``/``TFLCall`` -> ``If``; the called subgraphs are
+  inlined into the ONNX subgraphs under fresh names.
+* Not exportable: resource variables (``ReadVariable``/``AssignVariable``), run-once
+  initialisation (``TFLCallOnce``) and ``BatchGather``; ``ExportError`` lists every such op
+  at once.
 """
 
 from __future__ import annotations
@@ -135,9 +138,6 @@ NOT_EXPORTABLE: dict[str, str] = {
     "ReadVariable": "resource variables have no ONNX equivalent",
     "AssignVariable": "resource variables have no ONNX equivalent",
     "TFLCallOnce": "run-once initialisation has no ONNX equivalent",
-    "TFLWhile": "TFLite control flow is not exported yet",
-    "TFLIf": "TFLite control flow is not exported yet",
-    "TFLCall": "TFLite control flow is not exported yet",
     "BatchGather": "gather with batch_dims is not exported yet",
 }
 
@@ -758,6 +758,132 @@ def _floor_div_mod(node: Node, s: _Scope) -> list[Node]:
         return [*nodes, _n("Floor", [q], [y])]
     p = s.fresh("prod")
     return [*nodes, _n("Floor", [q], [f]), _n("Mul", [b, f], [p]), _n("Sub", [a, p], [y])]
+
+
+def _inline(g: Graph, args: list[str], s: _Scope) -> tuple[list[Node], list[str], Graph]:
+    """TFLite subgraph ``g`` called with ``args`` (positional, as the kernels call it) as
+    nodes for an enclosing ONNX subgraph: every name of ``g`` gets a fresh prefix (a subgraph
+    may be called from several places, and ONNX names must not repeat across nested graphs),
+    its inputs read ``args``. Returns (nodes, output names, a Graph holding its constants and
+    value infos to merge into the enclosing one)."""
+    pre = s.fresh("call") + "/"
+    ren = dict(zip([v.name for v in g.inputs], args))
+
+    def r(x: str) -> str:
+        return ren.get(x, pre + x) if x else x
+
+    nodes = [
+        replace(n, inputs=[r(i) for i in n.inputs], outputs=[r(o) for o in n.outputs])
+        for n in g.nodes
+    ]
+    outs = [r(v.name) for v in g.outputs]
+    # a graph output must be some node's output: pass inputs and constants through
+    made = {o for n in nodes for o in n.outputs}
+    for k, o in enumerate(outs):
+        if o not in made:
+            outs[k] = pre + f"out{k}"
+            nodes.append(_n("Identity", [o], [outs[k]]))
+    extra = Graph(
+        constants={r(k): v for k, v in g.constants.items()},
+        values={r(k): replace(v, name=r(k)) for k, v in g.values.items() if k not in ren},
+    )
+    return nodes, outs, extra
+
+
+def _branch(
+    name: str, nodes: list[Node], outs: list[str], extra: Graph, like: list[Value]
+) -> Graph:
+    """An input-less ONNX subgraph (If branch) of ``nodes``; its outputs typed as ``like``."""
+    return Graph(
+        name=name,
+        outputs=[replace(v, name=o, shape=None) for v, o in zip(like, outs)],
+        nodes=nodes,
+        constants=extra.constants,
+        values=extra.values,
+    )
+
+
+def _token(node: Node) -> list[Node]:
+    """The ordering token TFLite control flow threads through (see importers/tflite)."""
+    return [_n("Identity", [node.inputs[0]], [node.outputs[0]])] if node.outputs[0] else []
+
+
+@_lowers("TFLWhile")
+def _tfl_while(node: Node, s: _Scope) -> list[Node]:
+    """while cond(v): v = body(v)  ->  Loop(cond=true) whose body evaluates cond(v) and then
+    If(c, body(v), v), handing c on as the loop condition: the last pass finds it false and
+    changes nothing, so cond runs as often as in the interpreter."""
+    cond, body = node.attrs["cond"], node.attrs["body"]
+    like = list(body.outputs)
+    vs = [s.fresh("v") for _ in like]
+    it, c_in = s.fresh("iter"), s.fresh("cond_in")
+    c_nodes, c_outs, c_extra = _inline(cond, vs, s)
+    b_nodes, b_outs, b_extra = _inline(body, vs, s)
+    keep = [s.fresh("keep") for _ in vs]
+    new = [s.fresh("next") for _ in vs]
+    c_bool, c_out = s.fresh("c"), s.fresh("cond_out")
+    loop_body = Graph(
+        name=s.fresh("while_body"),
+        inputs=[
+            Value(it, np.dtype(np.int64), ()),
+            Value(c_in, np.dtype(np.bool_), ()),
+            *(replace(v, name=n, shape=None) for v, n in zip(like, vs)),
+        ],
+        outputs=[
+            Value(c_out, np.dtype(np.bool_), ()),
+            *(replace(v, name=n, shape=None) for v, n in zip(like, new)),
+        ],
+        nodes=[
+            *c_nodes,
+            _n("Cast", [c_outs[0]], [c_bool + "_any"], to=TensorProto.BOOL),
+            _n("Reshape", [c_bool + "_any", c_bool + "_shape"], [c_bool]),
+            _n(
+                "If",
+                [c_bool],
+                new,
+                then_branch=_branch(s.fresh("while_step"), b_nodes, b_outs, b_extra, like),
+                else_branch=_branch(
+                    s.fresh("while_done"),
+                    [_n("Identity", [v], [k]) for v, k in zip(vs, keep)],
+                    keep,
+                    Graph(),
+                    like,
+                ),
+            ),
+            _n("Identity", [c_bool], [c_out]),
+        ],
+        constants={**c_extra.constants, c_bool + "_shape": np.zeros(0, np.int64)},
+        values=c_extra.values,
+    )
+    true = s.const(np.asarray(True))
+    return [
+        *_token(node),
+        _n("Loop", ["", true, *node.inputs[1:]], list(node.outputs[1:]), body=loop_body),
+    ]
+
+
+@_lowers("TFLIf", "TFLCall")
+def _tfl_if(node: Node, s: _Scope) -> list[Node]:
+    """TFLite IF(cond, args) -> If over the two subgraphs inlined with ``args``; CALL(args) ->
+    the same with one subgraph and a constant true condition."""
+    if node.op == "TFLIf":
+        cond, args = node.inputs[1], node.inputs[2:]
+        graphs = [node.attrs["then_branch"], node.attrs["else_branch"]]
+    else:
+        cond, args = s.const(np.asarray(True)), node.inputs[1:]
+        graphs = [node.attrs["body"]] * 2
+    like = list(graphs[0].outputs)
+    branches = []
+    for g in graphs:
+        nodes, outs, extra = _inline(g, list(args), s)
+        branches.append(_branch(s.fresh("branch"), nodes, outs, extra, like))
+    c = s.fresh("cond")
+    return [
+        *_token(node),
+        _n("Cast", [cond], [c + "_any"], to=TensorProto.BOOL),
+        _n("Reshape", [c + "_any", s.i64([])], [c]),
+        _n("If", [c], list(node.outputs[1:]), then_branch=branches[0], else_branch=branches[1]),
+    ]
 
 
 @_lowers("SpaceToBatchND", "BatchToSpaceND")

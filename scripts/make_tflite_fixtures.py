@@ -656,6 +656,34 @@ def norm_space() -> bytes:
     return convert(f)
 
 
+@fixture("text_ops", "float32", lambda r: {
+    "tokens": np.array([[3, 0, 7, 9, 1, 4], [2, 2, 8, 5, 6, 0]], np.int32),
+    "labels": np.array([[0, 3, -1, 4], [5, 2, 1, -3]], np.int32),
+})  # fmt: skip
+def text_ops() -> bytes:
+    """A token model's ops: embedding lookup, an LSTM (a WHILE loop after conversion), and
+    ONE_HOT with negative and out-of-range indices (both give all-off rows in TFLite)."""
+    reseed()
+    L = tf.keras.layers
+    emb, lstm = L.Embedding(10, 8), L.LSTM(6, return_sequences=True)
+    model = tf.keras.Sequential([emb, lstm])
+    model.build([2, 6])
+
+    @tf.function(
+        input_signature=[spec([2, 6], "tokens", tf.int32), spec([2, 4], "labels", tf.int32)]
+    )
+    def f(tokens, labels):
+        seq = model(tokens, training=False)
+        return {
+            "lstm": seq,
+            "one_hot": tf.one_hot(labels, 5),
+            "one_hot_axis0": tf.one_hot(labels, 4, on_value=2.5, off_value=-1.0, axis=0),
+            "one_hot_int": tf.one_hot(labels, 6, on_value=7, off_value=3, dtype=tf.int32),
+        }
+
+    return convert(f, model)
+
+
 class Accumulator(tf.Module):
     """Resource variables updated per call: a counter and a running sum."""
 

@@ -469,3 +469,58 @@ def test_fused_integer_conv_tails_export() -> None:
     x = calib[0]["x"]
     got = _run(out, {"x": x}, None)["y"]
     np.testing.assert_array_equal(got, m.predict(x)["y"])
+
+
+def _tfl_control_graph() -> Graph:
+    """IR as the TFLite importer builds it: IF(flag, x) choosing x * 2 or x - 1, then CALL
+    of a Relu subgraph on the result, both threading the ordering token."""
+    f32 = np.dtype(np.float32)
+
+    def sub(name: str, op: str, const: float | None) -> Graph:
+        ins = ["a"] + (["k"] if const is not None else [])
+        return Graph(
+            name=name,
+            inputs=[Value("a", f32, (2, 3))],
+            outputs=[Value("r", f32, (2, 3))],
+            nodes=[Node(op, ins, ["r"])],
+            constants={} if const is None else {"k": np.float32(const)},
+        )
+
+    return Graph(
+        name="main",
+        inputs=[Value("x", f32, (2, 3)), Value("flag", np.dtype(np.bool_), (1,))],
+        outputs=[Value("z", f32, (2, 3))],
+        nodes=[
+            Node(
+                "TFLIf",
+                ["tok0", "flag", "x"],
+                ["tok1", "y"],
+                {
+                    "then_branch": sub("twice", "Mul", 2.0),
+                    "else_branch": sub("less_one", "Sub", 1.0),
+                },
+                "modelloader",
+            ),
+            Node(
+                "TFLCall",
+                ["tok1", "y"],
+                ["tok2", "z"],
+                {"body": sub("relu", "Relu", None)},
+                "modelloader",
+            ),
+        ],  # fmt: skip
+        constants={"tok0": np.zeros((), np.bool_)},
+    )
+
+
+def test_tflite_if_and_call_export_to_onnx_if() -> None:
+    m = modelloader.api.Model(_tfl_control_graph(), format="tflite", optimize_graph=False)
+    proto = to_onnx(m.graph)
+    onnx.checker.check_model(proto, full_check=True)
+    assert [n.op_type for n in proto.graph.node].count("If") == 2
+    x = np.array([[-1.5, 0.2, 3.0], [0.7, -0.1, 1.0]], np.float32)
+    for flag in (True, False):
+        feeds = {"x": x, "flag": np.array([flag])}
+        want = np.maximum(x * 2 if flag else x - 1, 0)
+        np.testing.assert_allclose(m.predict(feeds)["z"], want, rtol=1e-6)
+        np.testing.assert_allclose(_run(proto, feeds)["z"], want, rtol=1e-6)

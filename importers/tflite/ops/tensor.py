@@ -213,6 +213,33 @@ def tile(op: TFLOperator, ctx: TFLContext) -> None:
     ctx.node("Tile", [ctx.name(op.inputs[0]), ctx.as_int64(op.inputs[1])], [_out(op, ctx)])
 
 
+@tfl_op("ONE_HOT", raw_int=True)
+def one_hot(op: TFLOperator, ctx: TFLContext) -> None:
+    """ONE_HOT(indices, depth, on_value, off_value; axis) as OneHot(indices, depth, [off, on]).
+
+    ONNX OneHot counts a negative index from the end; TFLite gives it an all-off row, so
+    negative indices are first moved out of range (to ``depth``). Indices and depth go in as
+    int64 and the values as float32 or int64 (then cast to the output type): the type
+    combinations runtimes implement."""
+    idx = ctx.tmp("Cast", [ctx.name(op.inputs[0])], to=onnx_dtype(np.dtype(np.int64)))
+    depth = ctx.tmp("Cast", [ctx.name(op.inputs[1])], to=onnx_dtype(np.dtype(np.int64)))
+    idx = ctx.tmp("Where", [ctx.tmp("Less", [idx, ctx.int64(0)]), depth, idx])
+    out_dt = np.dtype(ctx.dtype(op.outputs[0]))
+    work = np.dtype(np.float32) if out_dt.kind == "f" else np.dtype(np.int64)
+    on, off = (
+        ctx.tmp("Cast", [ctx.tmp("Reshape", [ctx.name(op.inputs[k]), ctx.int64([1])])],
+                to=onnx_dtype(work))
+        for k in (2, 3)
+    )  # fmt: skip
+    values = ctx.tmp("Concat", [off, on], axis=0)
+    axis = int(op.options.get("Axis", -1))
+    if work == out_dt:
+        ctx.node("OneHot", [idx, depth, values], [_out(op, ctx)], axis=axis)
+    else:
+        hot = ctx.tmp("OneHot", [idx, depth, values], axis=axis)
+        ctx.node("Cast", [hot], [_out(op, ctx)], to=onnx_dtype(out_dt))
+
+
 @tfl_op("BROADCAST_TO", raw_int=True)
 def broadcast_to(op: TFLOperator, ctx: TFLContext) -> None:
     ctx.node("Expand", [ctx.name(op.inputs[0]), ctx.as_int64(op.inputs[1])], [_out(op, ctx)])
