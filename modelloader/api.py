@@ -19,6 +19,7 @@ from modelloader.errors import (
     InputNameError,
     InputShapeError,
     ModelFormatError,
+    ModelLoaderError,
     OutputNameError,
 )
 from modelloader.executor import Plan, RunState
@@ -385,6 +386,23 @@ def load(
 def load_source(
     source: ModelSource, *, optimize: bool = True, densify_weights: bool = False
 ) -> Model:
+    """``load`` after the bytes are in hand. The importers check what they read; anything
+    else a damaged or hostile file trips inside them (an index past a table, a zero
+    stride, a tensor that does not fit its shape) is reported as ``ModelFormatError`` with
+    the original error chained, never as a bare Python exception."""
+    try:
+        return _load_source(source, optimize=optimize, densify_weights=densify_weights)
+    except ModelLoaderError:
+        raise
+    except Exception as e:  # noqa: BLE001  see the docstring
+        fmt = detect_format(source.data, source.path)
+        raise ModelFormatError(
+            f"{source.name}: malformed {fmt} model ({type(e).__name__}: {e}); the file is "
+            f"damaged or not a valid {fmt} model — re-export or re-download it"
+        ) from e
+
+
+def _load_source(source: ModelSource, *, optimize: bool, densify_weights: bool) -> Model:
     from modelloader.importers.onnx import import_model, parse_model
     from modelloader.importers.onnx.reader import release_pages
     from modelloader.kernels.cpu import registry

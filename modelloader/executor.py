@@ -124,6 +124,15 @@ class Plan:
         self.input_names = tuple(v.name for v in graph.inputs)
         self.output_names = tuple(v.name for v in graph.outputs)
         self.outer_refs = tuple(graph.outer_refs())
+        if not outer and self.outer_refs:  # a top-level graph has no enclosing scope
+            readers = {i: n.label() for n in graph.walk() for i in n.inputs if i in self.outer_refs}
+            listed = ", ".join(
+                f"'{r}' (read by {readers.get(r, 'an output')})" for r in self.outer_refs[:5]
+            )
+            raise ModelFormatError(
+                f"graph '{graph.name}' reads values that no input, initializer or node defines: "
+                f"{listed}{' ...' if len(self.outer_refs) > 5 else ''}; the model is damaged"
+            )
         known = set(self.input_names) | set(graph.constants) | set(outer) | set(self.outer_refs)
         nodes = self._needed(topological_order(graph, known))
         self.constants: dict[str, Any] = dict(graph.constants)

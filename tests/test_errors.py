@@ -303,3 +303,15 @@ def test_every_failure_is_a_modelloader_error(tmp_path: pathlib.Path, relu_model
     for fail in failures:
         with pytest.raises(ModelLoaderError):
             fail()
+
+
+def test_node_reading_an_undefined_value_is_refused_at_load() -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "nowhere"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(modelloader.ModelFormatError, match=r"'nowhere' \(read by Add node"):
+        modelloader.load(model.SerializeToString())
