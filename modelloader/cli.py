@@ -124,13 +124,15 @@ def run(
 
     INPUTS is one .npy file (single-input models), one .npz file holding an array per
     input name, or NAME=FILE.npy pairs. Classifier-shaped outputs ([N, C] float) show
-    their top-5 classes; others show min/max/mean.
+    their top-5 classes; others show min/max/mean. Quantized integer outputs are
+    summarised on their real values.
     """
     m = _load(model, sha256=sha256, timeout=timeout, cache_dir=cache_dir)
     feeds = _read_feeds(inputs, [i.name for i in m.inputs])
     results = m.predict(feeds)
+    quant = {o.name: o.quantization for o in m.outputs}
     for name, value in results.items():
-        for line in _describe_output(name, value):
+        for line in _describe_output(name, value, quant.get(name)):
             click.echo(line)
     if output is not None:
         _save_npz(output, results)
@@ -205,7 +207,9 @@ def _np_load(file: str) -> np.ndarray | dict[str, np.ndarray]:
     return loaded
 
 
-def _describe_output(name: str, value: Any) -> Iterator[str]:
+def _describe_output(name: str, value: Any, quant: Any = None) -> Iterator[str]:
+    """Lines describing one output; a quantized integer output (``quant``: its per-tensor
+    ``Quantization``) is summarised on its real values, scale * (q - zero_point)."""
     if isinstance(value, (list, tuple)):
         yield f"{name}: sequence of {len(value)} tensor(s)"
         for i, item in enumerate(value[:TOP_ROWS]):
@@ -216,6 +220,11 @@ def _describe_output(name: str, value: Any) -> Iterator[str]:
         return
     arr = np.asarray(value)
     yield f"{name}: shape {tuple(arr.shape)} dtype {arr.dtype}"
+    if quant is not None and not quant.per_axis and arr.dtype.kind in "iu":
+        scale, zp = float(quant.scale.reshape(-1)[0]), int(quant.zero_point.reshape(-1)[0])
+        shift = f"q - {zp}" if zp >= 0 else f"q + {-zp}"
+        yield f"  quantized: real = {scale:.6g} * ({shift}); summary of the real values:"
+        arr = (arr.astype(np.float64) - zp) * scale
     yield from ("  " + line for line in _summary(arr))
 
 

@@ -108,6 +108,24 @@ def test_run_single_npy(classifier: pathlib.Path, tmp_path: pathlib.Path) -> Non
         assert f"{probs[row, top[0]]:.4g}" in line
 
 
+def test_run_quantized_output_summarised_on_real_values(tmp_path: pathlib.Path) -> None:
+    """A full-int8 TFLite classifier: its int8 logits are ranked on scale * (q - zp)."""
+    import modelloader
+
+    models = pathlib.Path(__file__).resolve().parents[1] / "models" / "tflite"
+    data = np.load(models / "mobilenet_v2_int8.npz")
+    np.save(tmp_path / "x.npy", data["input:input"])
+    result = invoke("run", str(models / "mobilenet_v2_int8.tflite"), str(tmp_path / "x.npy"))
+    assert result.exit_code == 0, result.output
+    q = modelloader.load(models / "mobilenet_v2_int8.tflite").outputs[0].quantization
+    scale, zp = float(q.scale[0]), int(q.zero_point[0])
+    real = (data["output:logits"].astype(np.float64) - zp) * scale
+    line = next(s for s in result.stdout.splitlines() if "row 0 top-5" in s)
+    classes = [int(part.split(" (")[0]) for part in line.split(":", 1)[1].split(", ")]
+    assert classes == np.argsort(-real[0], kind="stable")[:5].tolist()
+    assert f"real = {scale:.6g} * (q + {-zp})" in result.stdout
+
+
 def test_run_profile(classifier: pathlib.Path, tmp_path: pathlib.Path) -> None:
     np.save(tmp_path / "x.npy", X)
     result = invoke("run", str(classifier), str(tmp_path / "x.npy"), "--profile", "3")
