@@ -102,6 +102,13 @@ def main() -> None:
     help="Save every output to this .npz file (by output name).",
 )
 @click.option(
+    "--select",
+    "selected",
+    multiple=True,
+    metavar="NAME",
+    help="Compute only this output (repeatable); nodes only other outputs need are not run.",
+)
+@click.option(
     "--profile",
     "profile_runs",
     type=click.IntRange(min=1),
@@ -115,6 +122,7 @@ def run(
     model: str,
     inputs: tuple[str, ...],
     output: pathlib.Path | None,
+    selected: tuple[str, ...],
     profile_runs: int | None,
     sha256: str | None,
     timeout: float,
@@ -129,7 +137,7 @@ def run(
     """
     m = _load(model, sha256=sha256, timeout=timeout, cache_dir=cache_dir)
     feeds = _read_feeds(inputs, [i.name for i in m.inputs])
-    results = m.predict(feeds)
+    results = m.predict(feeds, outputs=list(selected)) if selected else m.predict(feeds)
     quant = {o.name: o.quantization for o in m.outputs}
     for name, value in results.items():
         for line in _describe_output(name, value, quant.get(name)):

@@ -126,6 +126,15 @@ def test_run_quantized_output_summarised_on_real_values(tmp_path: pathlib.Path) 
     assert f"real = {scale:.6g} * (q + {-zp})" in result.stdout
 
 
+def test_run_select_outputs(classifier: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    np.save(tmp_path / "x.npy", X)
+    result = invoke("run", str(classifier), str(tmp_path / "x.npy"), "--select", "relu")
+    assert result.exit_code == 0, result.output
+    assert "relu: shape (2, 3)" in result.stdout and "probs:" not in result.stdout
+    bad = invoke("run", str(classifier), str(tmp_path / "x.npy"), "--select", "nope")
+    assert_fails_cleanly(bad, "unknown ['nope']", "'probs'")
+
+
 def test_run_profile(classifier: pathlib.Path, tmp_path: pathlib.Path) -> None:
     np.save(tmp_path / "x.npy", X)
     result = invoke("run", str(classifier), str(tmp_path / "x.npy"), "--profile", "3")
