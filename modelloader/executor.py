@@ -150,6 +150,9 @@ class Plan:
         if missing:
             raise ModelFormatError(f"graph '{graph.name}' outputs {missing} are never produced")
         self.steps = self._schedule(nodes, outer)
+        self._input_checks = tuple(
+            (n, self.shape_checks[n]) for n in self.input_names if n in self.shape_checks
+        )
         self._local = threading.local()  # per-thread buffer pool (see ``buffers``)
         #: whether a kernel here splits work over the intra-op team (``parallel``)
         self.uses_team = self._uses_team()
@@ -388,9 +391,8 @@ class Plan:
                 if r in outer and r not in env:
                     env[r] = outer[r]
         env.update(feeds)
-        for name in self.input_names:
-            if name in self.shape_checks:
-                _check_shape(name, feeds.get(name), self.shape_checks[name])
+        for name, shape in self._input_checks:
+            _check_shape(name, feeds.get(name), shape)
         for at, step in enumerate(self.steps):
             if timings is not None:
                 t0 = time.perf_counter()
