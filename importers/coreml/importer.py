@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 
 from modelloader.errors import ModelFormatError, UnsupportedOpError
-from modelloader.importers.coreml.common import Builder, onnx_dtype
+from modelloader.importers.coreml.common import Builder
 from modelloader.importers.coreml.reader import CoreMLFile, protos
 from modelloader.ir import Graph, Value
+from modelloader.ir.builder import onnx_dtype
 from modelloader.kernels.registry import Registry
 
 _ARRAY_DT = {

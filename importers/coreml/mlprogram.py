@@ -358,6 +358,6 @@ def import_mlprogram(
 
 
 def _onnx(dt: np.dtype) -> int:
-    from modelloader.importers.coreml.common import onnx_dtype
+    from modelloader.ir.builder import onnx_dtype
 
     return onnx_dtype(dt)

@@ -265,7 +265,7 @@ def _retarget(ctx: NNContext, name: str) -> str:
 
 
 def _onnx(dt: np.dtype) -> int:
-    from modelloader.importers.coreml.common import onnx_dtype
+    from modelloader.ir.builder import onnx_dtype
 
     return onnx_dtype(dt)
 

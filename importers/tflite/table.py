@@ -26,6 +26,7 @@ import onnx
 from modelloader.importers.tflite.reader import Quant, TFLModel, TFLOperator, TFLSubgraph, TFLTensor
 from modelloader.importers.tflite.sparse import densify
 from modelloader.ir import Graph, Node
+from modelloader.ir.builder import GraphBuilder
 
 TFL = "modelloader"  # domain of the kernels in kernels/cpu/tflite_ops.py
 Builder = Callable[[TFLOperator, "TFLContext"], None]
@@ -83,8 +84,10 @@ ACT_NONE, ACT_RELU, ACT_RELU_N1_TO_1, ACT_RELU6, ACT_TANH = 0, 1, 2, 3, 4
 
 
 @dataclass
-class TFLContext:
+class TFLContext(GraphBuilder):
     """One subgraph under construction."""
+
+    fresh_prefix = "__tfl_"
 
     model: TFLModel
     sg: TFLSubgraph
@@ -161,19 +164,7 @@ class TFLContext:
         c = self.const(i)
         return None if c is None else [int(x) for x in np.asarray(c).reshape(-1)]
 
-    # -- building ----------------------------------------------------------------
-    def fresh(self, hint: str = "t") -> str:
-        self.counter[0] += 1
-        return f"__tfl_{hint}_{self.counter[0]}"
-
-    def constant(self, value: Any, hint: str = "c") -> str:
-        name = self.fresh(hint)
-        self.constants[name] = np.asarray(value)
-        return name
-
-    def int64(self, values: Any) -> str:
-        return self.constant(np.asarray(values, np.int64).reshape(-1), "i")
-
+    # -- building (fresh, constant, int64, node, tmp: GraphBuilder) -------------------
     def as_int64(self, i: int) -> str:
         """Tensor ``i`` (an int32 shape/axes tensor) as int64."""
         c = self.const(i)
@@ -181,19 +172,6 @@ class TFLContext:
             return self.int64(c)
         out = self.fresh("i64")
         self.node("Cast", [self.name(i)], [out], to=onnx.TensorProto.INT64)
-        return out
-
-    def node(
-        self, op: str, inputs: list[str], outputs: list[str], domain: str = "", **attrs: Any
-    ) -> None:
-        self.nodes.append(Node(op, list(inputs), list(outputs), attrs, domain))
-
-    def tmp(
-        self, op: str, inputs: list[str], domain: str = "", hint: str = "t", **attrs: Any
-    ) -> str:
-        """Emits a one-output node into a fresh value and returns its name."""
-        out = self.fresh(hint)
-        self.node(op, inputs, [out], domain, **attrs)
         return out
 
     def stateful(self, op: str, inputs: list[str], outputs: list[str], **attrs: Any) -> None:
@@ -211,10 +189,6 @@ def dequantize(c: np.ndarray, q: Quant) -> np.ndarray:
         shape[q.axis] = -1
         scale, zp = scale.reshape(shape), zp.reshape(shape)
     return ((c.astype(np.float32) - zp) * scale).astype(np.float32)
-
-
-def onnx_dtype(dt: np.dtype) -> int:
-    return int(onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dt)))
 
 
 def qparams(ctx: TFLContext, q: Quant, dtype: np.dtype) -> tuple[str, str, int]:

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from modelloader.importers.coreml.common import onnx_dtype
 from modelloader.importers.coreml.mlprogram import MILContext, mil_op
+from modelloader.ir.builder import onnx_dtype
 
 _REDUCE = {
     "reduce_mean": "ReduceMean",

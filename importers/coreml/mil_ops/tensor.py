@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from modelloader.errors import ModelFormatError
-from modelloader.importers.coreml.common import onnx_dtype
 from modelloader.importers.coreml.mlprogram import MILContext, mil_op
+from modelloader.ir.builder import onnx_dtype
 
 _INT64_MAX = np.iinfo(np.int64).max
 _INT64_MIN = np.iinfo(np.int64).min

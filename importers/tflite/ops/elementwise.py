@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from modelloader.importers.tflite.reader import TFLOperator
-from modelloader.importers.tflite.table import TFLContext, onnx_dtype, simple, tfl_op
+from modelloader.importers.tflite.table import TFLContext, simple, tfl_op
+from modelloader.ir.builder import onnx_dtype
 
 simple("Add", "ADD")
 simple("Sub", "SUB")

@@ -243,7 +243,7 @@ def arg_max(op: TFLOperator, ctx: TFLContext) -> None:
     (axis,) = ctx.ints(op.inputs[1]) or [0]
     kind = "ArgMax" if op.name == "ARG_MAX" else "ArgMin"
     r = ctx.tmp(kind, [ctx.name(op.inputs[0])], axis=axis, keepdims=0)
-    from modelloader.importers.tflite.table import onnx_dtype
+    from modelloader.ir.builder import onnx_dtype
 
     ctx.node("Cast", [r], [ctx.name(op.outputs[0])], to=onnx_dtype(ctx.dtype(op.outputs[0])))
 

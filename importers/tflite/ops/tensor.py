@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from modelloader.importers.tflite.reader import TFLOperator
-from modelloader.importers.tflite.table import TFL, TFLContext, onnx_dtype, tfl_op
+from modelloader.importers.tflite.table import TFL, TFLContext, tfl_op
+from modelloader.ir.builder import onnx_dtype
 
 _I64_MAX = np.iinfo(np.int64).max
 
