@@ -142,7 +142,9 @@ class Plan:
         if fold:
             nodes = self._fold_constants(nodes, known)
             if not outer and not self.outer_refs:
-                nodes = self._fold_constants(self._fold_shapes(nodes), known)
+                shaped = self._fold_shapes(nodes)
+                if len(shaped) < len(nodes):  # only then is there more to fold
+                    nodes = self._fold_constants(shaped, known)
         defined = set(self.input_names) | set(self.constants) | set(self.outer_refs)
         for n in nodes:
             defined.update(n.outputs)

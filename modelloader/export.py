@@ -803,6 +803,14 @@ def _branch(
     )
 
 
+def _bool_scalar(s: _Scope, x: str, out: str) -> list[Node]:
+    """``out`` = ``x`` (any single-element tensor) as the bool scalar If/Loop conditions take."""
+    return [
+        _n("Cast", [x], [out + "_any"], to=TensorProto.BOOL),
+        _n("Reshape", [out + "_any", s.i64([])], [out]),
+    ]
+
+
 def _token(node: Node) -> list[Node]:
     """The ordering token TFLite control flow threads through (see importers/tflite)."""
     return [_n("Identity", [node.inputs[0]], [node.outputs[0]])] if node.outputs[0] else []
@@ -835,8 +843,7 @@ def _tfl_while(node: Node, s: _Scope) -> list[Node]:
         ],
         nodes=[
             *c_nodes,
-            _n("Cast", [c_outs[0]], [c_bool + "_any"], to=TensorProto.BOOL),
-            _n("Reshape", [c_bool + "_any", c_bool + "_shape"], [c_bool]),
+            *_bool_scalar(s, c_outs[0], c_bool),
             _n(
                 "If",
                 [c_bool],
@@ -852,7 +859,7 @@ def _tfl_while(node: Node, s: _Scope) -> list[Node]:
             ),
             _n("Identity", [c_bool], [c_out]),
         ],
-        constants={**c_extra.constants, c_bool + "_shape": np.zeros(0, np.int64)},
+        constants=c_extra.constants,
         values=c_extra.values,
     )
     true = s.const(np.asarray(True))
@@ -880,8 +887,7 @@ def _tfl_if(node: Node, s: _Scope) -> list[Node]:
     c = s.fresh("cond")
     return [
         *_token(node),
-        _n("Cast", [cond], [c + "_any"], to=TensorProto.BOOL),
-        _n("Reshape", [c + "_any", s.i64([])], [c]),
+        *_bool_scalar(s, cond, c),
         _n("If", [c], list(node.outputs[1:]), then_branch=branches[0], else_branch=branches[1]),
     ]
 
