@@ -19,6 +19,10 @@ without it those rows are skipped with a note.
 
 usage: python bench/bench.py [--models resnet50,squeezenet] [--tflite mobilenet_v2_int8]
                              [--runs 20] [--warmup 3]
+The ONNX table's last column, the GEMM floor, is the time bare ``np.matmul`` calls of the
+model's Conv/Gemm/MatMul product shapes take in the modelloader worker (cache-warm, no im2col
+or elementwise passes): what NumPy's BLAS alone needs for the model.
+
 The markdown tables are printed and written to bench/results.md.
 """
 
@@ -131,12 +135,53 @@ def run_worker(runtime: str, path: Path, runs: int, warmup: int, out: Path) -> d
         times.append(time.perf_counter() - t0)
     np.savez(out, **outputs)
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    if runtime == "modelloader" and path.suffix == ".onnx":
+        info["gemm_floor_ms"] = gemm_floor_ms(path)  # after the RSS reading: it allocates
     return {
         "load_s": load_s,
         "median_ms": statistics.median(times) * 1e3,
         "peak_rss_mib": rss_kib / 1024,
         **info,
     }
+
+
+def gemm_floor_ms(path: Path, runs: int = 5) -> float:
+    """Sum over the model's Conv/Gemm/MatMul nodes of a bare ``np.matmul`` of the same
+    (groups, M, K) @ (K, N) shape (median of ``runs``, operands cache-warm): the time NumPy's
+    BLAS alone needs for the model's products, with no im2col, bias or activation passes."""
+    import onnx
+
+    g = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False)).graph
+    dims = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*g.value_info, *g.input, *g.output]
+    }
+    dims.update({t.name: list(t.dims) for t in g.initializer})
+    shapes = []
+    for n in g.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        if n.op_type == "Conv":
+            w, y = dims[n.input[1]], dims[n.output[0]]
+            grp = attrs.get("group", 1)
+            shapes.append((grp, w[0] // grp, int(np.prod(w[1:])), int(np.prod(y[2:]))))
+        elif n.op_type in ("Gemm", "MatMul"):
+            a, y = dims[n.input[0]], dims[n.output[0]]
+            k = a[0] if attrs.get("transA", 0) else a[-1]
+            shapes.append((1, int(np.prod(y[:-1])), k, y[-1]))
+    total = 0.0
+    rng = np.random.default_rng(0)
+    for grp, m, k, n in shapes:
+        a = rng.standard_normal((grp, m, k), np.float32)
+        b = rng.standard_normal((grp, k, n), np.float32)
+        out = np.empty((grp, m, n), np.float32)
+        np.matmul(a, b, out=out)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            np.matmul(a, b, out=out)
+            times.append(time.perf_counter() - t0)
+        total += statistics.median(times)
+    return total * 1e3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,8 +244,10 @@ def table(
     blas: str,
     runtimes: list[str] = RUNTIMES,
     short: str = "ort",
+    floor: bool = True,
 ) -> str:
-    """Markdown table of ``runtimes`` = [modelloader, reference], the reference called ``short``."""
+    """Markdown table of ``runtimes`` = [modelloader, reference], the reference called ``short``;
+    ``floor`` adds the GEMM-floor column (``gemm_floor_ms``)."""
     s = short
     head = [
         f"Batch 1, {THREADS} threads, median of {runs} runs after {warmup} warm-up; "
@@ -208,8 +255,9 @@ def table(
         f"NumPy BLAS: {blas}.",
         "",
         f"| model | load ml (s) | load {s} (s) | latency ml (ms) | latency {s} (ms) "
-        f"| ml / {s} | peak RSS ml (MiB) | peak RSS {s} (MiB) | max diff / max {s} |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| ml / {s} | peak RSS ml (MiB) | peak RSS {s} (MiB) | max diff / max {s} |"
+        + (" GEMM floor (ms) |" if floor else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if floor else ""),
     ]
     lines, errors = [], []
     for r in rows:
@@ -228,6 +276,8 @@ def table(
             fmt(ort.get("peak_rss_mib"), ".0f"),
             fmt(r.get("diff"), ".1e"),
         ]
+        if floor:
+            cells.append(fmt(ml.get("gemm_floor_ms"), ".1f"))
         lines.append("| " + " | ".join(cells) + " |")
         errors += [
             f"- {r['model']} / {rt}: {r[rt]['error']}" for rt in runtimes if "error" in r[rt]
@@ -293,6 +343,7 @@ def main() -> None:
                 describe_blas(tfl_rows),
                 TFLITE_RUNTIMES,
                 "litert",
+                floor=False,
             )
         else:
             text += (
