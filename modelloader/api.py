@@ -129,6 +129,9 @@ class Model:
         #: per-layer codec chains, bytes, ratio, density (compressed containers; else empty)
         self.compression: dict[str, Any] = {}
         self.op_histogram = op_histogram(graph)
+        #: operators as the file names them (TFLite builtin ops, CoreML layer / MIL op types);
+        #: empty for ONNX, whose ops are the IR's
+        self.source_ops: Counter[str] = Counter(graph.metadata.get("source_ops") or {})
         self.param_count, self.constant_count = count_params(graph)
         # Only the optimised graph is kept, so folded weights are not held twice.
         self.graph = optimize(graph, registry) if optimize_graph else graph

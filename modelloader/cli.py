@@ -86,7 +86,7 @@ def _load_options(fn: F) -> F:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="modelloader", prog_name="modelloader")
 def main() -> None:
-    """Load ONNX models and run them with NumPy."""
+    """Load ONNX, TFLite and CoreML models and run them with NumPy."""
 
 
 # --- run -----------------------------------------------------------------------------
@@ -344,7 +344,8 @@ def info(model: str, sha256: str | None, timeout: float, cache_dir: pathlib.Path
             kind = getattr(i, "kind", "tensor")
             prefix = "" if kind == "tensor" else f"{kind} of "
             dtype = "?" if i.dtype is None else str(i.dtype)
-            click.echo(f"  {i.name:<{width}}  {prefix}{dtype}  {_format_shape(i.shape)}")
+            quant = "" if i.quantization is None else f"  ({i.quantization})"
+            click.echo(f"  {i.name:<{width}}  {prefix}{dtype}  {_format_shape(i.shape)}{quant}")
     storage = getattr(m, "weight_storage", None)
     if storage:
         click.echo(f"weights: {storage}")
@@ -359,8 +360,13 @@ def info(model: str, sha256: str | None, timeout: float, cache_dir: pathlib.Path
         width = max((len(k) for k in layers), default=0)
         for name, entry in layers.items():
             click.echo(f"  {name:<{width}}  {_describe_compression(entry)}")
-    hist = m.op_histogram
-    click.echo(f"ops ({sum(hist.values())} nodes, {len(hist)} types):")
+    if m.source_ops:
+        _histogram(f"{m.format} ops in the file", "operators", m.source_ops)
+    _histogram("ops" if not m.source_ops else "ops as imported", "nodes", m.op_histogram)
+
+
+def _histogram(title: str, unit: str, hist: Counter[str]) -> None:
+    click.echo(f"{title} ({sum(hist.values())} {unit}, {len(hist)} types):")
     width = max((len(op) for op in hist), default=0)
     for op, count in hist.most_common():
         click.echo(f"  {op:<{width}}  {count}")

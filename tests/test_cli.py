@@ -295,6 +295,52 @@ def test_info_counts_subgraph_nodes(tmp_path: pathlib.Path) -> None:
     assert "ops (4 nodes, 3 types):" in result.stdout
 
 
+MODELS = pathlib.Path(__file__).resolve().parent.parent / "models"
+
+
+def test_info_tflite_shows_file_ops_and_quantization() -> None:
+    import tflite
+
+    path = MODELS / "tflite" / "mobilenet_v2_int8.tflite"
+    fb = tflite.Model.GetRootAsModel(path.read_bytes(), 0)
+    names = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+    codes = [fb.OperatorCodes(i) for i in range(fb.OperatorCodesLength())]
+    expected: Counter[str] = Counter()
+    for s in range(fb.SubgraphsLength()):
+        sg = fb.Subgraphs(s)
+        for i in range(sg.OperatorsLength()):
+            c = codes[sg.Operators(i).OpcodeIndex()]
+            expected[names[max(c.BuiltinCode(), c.DeprecatedBuiltinCode())]] += 1
+    result = invoke("info", str(path))
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert f"tflite ops in the file ({sum(expected.values())} operators" in out
+    lines = [line.split() for line in out.splitlines()]
+    for op, count in expected.items():
+        assert [op, str(count)] in lines
+    assert "ops as imported (" in out
+    sg = fb.Subgraphs(0)
+    t = sg.Tensors(sg.Inputs(0))
+    q = t.Quantization()
+    text = out.splitlines()
+    line = text[text.index("inputs:") + 1]  # the model's one input
+    assert f"scale={q.Scale(0):.6g} zero_point={q.ZeroPoint(0)}" in line
+
+
+def test_info_coreml_shows_layer_types() -> None:
+    from coremltools.proto import Model_pb2
+
+    spec = Model_pb2.Model()
+    spec.ParseFromString((MODELS / "coreml" / "nn_classifier.mlmodel").read_bytes())
+    layers = Counter(layer.WhichOneof("layer") for layer in spec.neuralNetworkClassifier.layers)
+    result = invoke("info", str(MODELS / "coreml" / "nn_classifier.mlmodel"))
+    assert result.exit_code == 0, result.output
+    assert f"coreml ops in the file ({sum(layers.values())} operators" in result.stdout
+    lines = [line.split() for line in result.stdout.splitlines()]
+    for op, count in layers.items():
+        assert [op, str(count)] in lines
+
+
 def test_info_missing_model(tmp_path: pathlib.Path) -> None:
     assert_fails_cleanly(invoke("info", str(tmp_path / "nope.onnx")), "nope.onnx")
 
@@ -329,6 +375,7 @@ class FakeInfo:
     dtype: np.dtype | None
     shape: tuple[int | str | None, ...] | None
     kind: str = "tensor"
+    quantization: Any = None
 
 
 @dataclass
@@ -341,6 +388,7 @@ class FakeModel:
     opsets: dict[str, int] = field(default_factory=lambda: {"ai.onnx": 21})
     size_bytes: int = 3 * 1024 * 1024
     fed: dict[str, np.ndarray] | None = None
+    source_ops: Counter[str] = field(default_factory=Counter)
 
     @property
     def op_histogram(self) -> Counter[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,6 +158,31 @@ def import_part(
     )
 
 
+def source_ops(spec: Any) -> Counter[str]:
+    """The model's own layer types (NeuralNetwork) or MIL op types (ML Program, nested blocks
+    included), over every model of a pipeline; other model types count as themselves."""
+    counts: Counter[str] = Counter()
+    kind = spec.WhichOneof("Type")
+    if kind in ("pipeline", "pipelineClassifier", "pipelineRegressor"):
+        pipe = spec.pipeline if kind == "pipeline" else getattr(spec, kind).pipeline
+        for sub in pipe.models:
+            counts += source_ops(sub)
+    elif kind in ("neuralNetwork", "neuralNetworkClassifier", "neuralNetworkRegressor"):
+        counts.update(layer.WhichOneof("layer") or "?" for layer in getattr(spec, kind).layers)
+    elif kind == "mlProgram":
+        blocks = [
+            b for f in spec.mlProgram.functions.values() for b in f.block_specializations.values()
+        ]
+        while blocks:
+            block = blocks.pop()
+            for op in block.operations:
+                counts[op.type] += 1
+                blocks.extend(op.blocks)
+    elif kind:
+        counts[kind] += 1
+    return counts
+
+
 def import_model(file: CoreMLFile, registry: Registry, densify: bool = False) -> Graph:
     """Builds the IR of a CoreML model.
 
@@ -193,6 +219,7 @@ def import_model(file: CoreMLFile, registry: Registry, densify: bool = False) ->
     g.metadata["coreml_spec_version"] = int(spec.specificationVersion)
     g.metadata["coreml_type"] = spec.WhichOneof("Type")
     g.metadata["coreml_opset"] = part.opset
+    g.metadata["source_ops"] = source_ops(spec)
     kinds = sorted(set(part.compressed.values()))
     g.metadata["weight_storage"] = (
         f"compressed in memory ({', '.join(kinds)}: {len(part.compressed)} tensors, "

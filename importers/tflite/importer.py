@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -147,6 +148,11 @@ def import_model(model: TFLModel, registry: Registry, name: str = "<model>") -> 
     graph.metadata["tflite_version"] = model.version
     graph.metadata["description"] = model.description
     graph.metadata["signature"] = sig.key if sig is not None else None
+    graph.metadata["source_ops"] = Counter(
+        f"custom:{op.name}" if op.custom else op.name
+        for sg in model.subgraphs
+        for op in sg.operators
+    )
     return graph
 
 
