@@ -5,7 +5,14 @@
 >>> m.predict({"x": x})
 """
 
-from modelloader.api import Model, NodeTime, TensorInfo, load
+from modelloader.api import (
+    Model,
+    NodeTime,
+    TensorInfo,
+    get_num_threads,
+    load,
+    set_num_threads,
+)
 from modelloader.errors import (
     ChecksumError,
     ExecutionError,
@@ -47,6 +54,8 @@ __all__ = [
     "SizeLimitError",
     "TensorInfo",
     "UnsupportedOpError",
+    "get_num_threads",
     "load",
     "quantize",
+    "set_num_threads",
 ]

@@ -361,6 +361,27 @@ def _fmt(shape: tuple[Dim, ...]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
+def set_num_threads(n: int) -> None:
+    """Computes with at most ``n`` threads from now on: NumPy's BLAS pool and modelloader's
+    intra-op team both get ``n`` (onnxruntime's ``intra_op_num_threads``, the TFLite
+    interpreter's ``num_threads``, but process-wide: BLAS's pool is shared by the process).
+    ``n = 1`` runs everything on the calling thread."""
+    from modelloader import parallel
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_num_threads needs a positive int, got {n!r}")
+    parallel.set_num_threads(n)
+    parallel.set_blas_threads(n)
+
+
+def get_num_threads() -> int:
+    """The intra-op team size (``MODELLOADER_NUM_THREADS``, else the usable CPUs, at most 8,
+    until ``set_num_threads``)."""
+    from modelloader import parallel
+
+    return parallel.num_threads()
+
+
 def load(
     src: str | os.PathLike[str] | bytes | bytearray | memoryview | Any,
     *,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import numpy as np
 
-from modelloader.api import NodeTime
+from modelloader.api import NodeTime, set_num_threads
 from modelloader.errors import ModelLoaderError
 
 if TYPE_CHECKING:
@@ -116,6 +116,13 @@ def main() -> None:
     metavar="RUNS",
     help="Also time RUNS runs and print the slowest nodes and the time per op type.",
 )
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Compute with at most this many threads (BLAS and modelloader's own; default: "
+    "$MODELLOADER_NUM_THREADS, else the CPUs, at most 8).",
+)
 @_load_options
 @_reports_errors
 def run(
@@ -124,6 +131,7 @@ def run(
     output: pathlib.Path | None,
     selected: tuple[str, ...],
     profile_runs: int | None,
+    threads: int | None,
     sha256: str | None,
     timeout: float,
     cache_dir: pathlib.Path | None,
@@ -135,6 +143,8 @@ def run(
     their top-5 classes; others show min/max/mean. Quantized integer outputs are
     summarised on their real values.
     """
+    if threads is not None:
+        set_num_threads(threads)
     m = _load(model, sha256=sha256, timeout=timeout, cache_dir=cache_dir)
     feeds = _read_feeds(inputs, [i.name for i in m.inputs])
     results = m.predict(feeds, outputs=list(selected)) if selected else m.predict(feeds)

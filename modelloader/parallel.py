@@ -35,6 +35,7 @@ __all__ = [
     "num_threads",
     "parallel_for",
     "serial_blas",
+    "set_blas_threads",
     "set_num_threads",
     "uses_team",
 ]
@@ -205,6 +206,31 @@ def serial_blas() -> Iterator[None]:
                     if n > 1:
                         c.set_num_threads(n)
                 _blas_saved.clear()
+
+
+def blas_threads() -> int | None:
+    """The thread count of NumPy's BLAS (the first BLAS library threadpoolctl finds, as a
+    ``serial_blas`` in progress will restore it), or None if it cannot be controlled."""
+    with _blas_lock:
+        if _blas_saved:
+            return _blas_saved[0][1]
+        ctl = _controllers()
+        return ctl[0].num_threads if ctl else None
+
+
+def set_blas_threads(n: int) -> bool:
+    """Sets NumPy's BLAS thread count (every BLAS library threadpoolctl finds); an open
+    ``serial_blas`` restores ``n`` when it closes. False when BLAS cannot be controlled."""
+    if n < 1:
+        raise ValueError(f"thread count must be at least 1, got {n}")
+    with _blas_lock:
+        ctl = _controllers()
+        if _blas_saved:
+            _blas_saved[:] = [(c, int(n)) for c, _ in _blas_saved]
+        else:
+            for c in ctl:
+                c.set_num_threads(int(n))
+        return bool(ctl)
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

@@ -135,6 +135,20 @@ def test_run_select_outputs(classifier: pathlib.Path, tmp_path: pathlib.Path) ->
     assert_fails_cleanly(bad, "unknown ['nope']", "'probs'")
 
 
+def test_run_threads(
+    classifier: pathlib.Path, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--threads N goes to modelloader.set_num_threads before the model loads."""
+    asked: list[int] = []
+    monkeypatch.setattr(cli, "set_num_threads", asked.append)
+    np.save(tmp_path / "x.npy", X)
+    plain = invoke("run", str(classifier), str(tmp_path / "x.npy"))
+    result = invoke("run", str(classifier), str(tmp_path / "x.npy"), "--threads", "1")
+    assert result.exit_code == 0, result.output
+    assert asked == [1] and result.stdout == plain.stdout
+    assert invoke("run", str(classifier), str(tmp_path / "x.npy"), "--threads", "0").exit_code
+
+
 def test_run_profile(classifier: pathlib.Path, tmp_path: pathlib.Path) -> None:
     np.save(tmp_path / "x.npy", X)
     result = invoke("run", str(classifier), str(tmp_path / "x.npy"), "--profile", "3")

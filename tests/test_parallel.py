@@ -149,3 +149,36 @@ def test_plan_with_team_kernels_settles_its_blas_mode(tmp_path) -> None:
         for k in first:
             np.testing.assert_allclose(again[k], first[k], rtol=1e-6, atol=1e-7)
     assert m._plan._tuner.serial in (True, False)
+
+
+def test_set_num_threads_sets_blas_and_team() -> None:
+    """modelloader.set_num_threads reaches NumPy's BLAS (as threadpoolctl reads it) and the
+    team; a serial_blas region open meanwhile restores the new count, not the old one."""
+    from threadpoolctl import threadpool_info
+
+    import modelloader
+
+    def blas_counts() -> set[int]:
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    if not blas_counts():
+        pytest.fail("threadpoolctl finds no BLAS library under NumPy")
+    team, blas = parallel.num_threads(), parallel.blas_threads()
+    assert blas is not None
+    try:
+        modelloader.set_num_threads(1)
+        assert blas_counts() == {1} and modelloader.get_num_threads() == 1
+        modelloader.set_num_threads(3)
+        assert blas_counts() == {3} and parallel.num_threads() == 3
+        with parallel.serial_blas():
+            assert blas_counts() == {1}
+            modelloader.set_num_threads(2)
+            assert blas_counts() == {1}  # still held to one inside the region
+        assert blas_counts() == {2} and parallel.num_threads() == 2
+        for bad in (0, -1, 1.5, True):
+            with pytest.raises(ValueError, match="positive int"):
+                modelloader.set_num_threads(bad)  # type: ignore[arg-type]
+    finally:
+        parallel.set_num_threads(team)
+        parallel.set_blas_threads(blas)
+    assert blas_counts() == {blas}
