@@ -55,7 +55,9 @@ def optimize_layout(g: Graph) -> Graph:
     if not any(n.op == "Transpose" and not n.domain for n in g.nodes):
         return g
     _fold_constant_transposes(g)
-    while _step(g):
+    # rewrites touch top-level nodes only: what subgraphs read stays pinned throughout
+    sub_refs = _sub_refs(g)
+    while _step(g, sub_refs):
         pass
     return g
 
@@ -98,20 +100,14 @@ def _is_identity(p: list[int]) -> bool:
 class _Ctx:
     """Producer/consumer tables of one graph state (rebuilt after every rewrite)."""
 
-    def __init__(self, g: Graph) -> None:
+    def __init__(self, g: Graph, sub_refs: set[str] | None = None) -> None:
         self.g = g
-        self.producer: dict[str, int] = {}
-        self.readers: Counter[str] = Counter()
-        for i, n in enumerate(g.nodes):
-            for o in n.outputs:
-                if o:
-                    self.producer[o] = i
-            self.readers.update(x for x in n.inputs if x)
+        self.producer: dict[str, int] = {
+            o: i for i, n in enumerate(g.nodes) for o in n.outputs if o
+        }
+        self.readers: Counter[str] = Counter(x for n in g.nodes for x in n.inputs if x)
         # graph outputs and subgraph references are readers that cannot be rewired
-        self.pinned = {o.name for o in g.outputs}
-        for n in g.nodes:
-            for sub in n.subgraphs():
-                self.pinned.update(sub.outer_refs())
+        self.pinned = {o.name for o in g.outputs} | (_sub_refs(g) if sub_refs is None else sub_refs)
         self.names = set(self.producer) | set(g.constants) | {v.name for v in g.inputs}
         self.names |= set(g.values)
 
@@ -136,6 +132,11 @@ class _Ctx:
     def const(self, name: str) -> np.ndarray | None:
         v = self.g.constants.get(name)
         return None if v is None else np.asarray(v)
+
+
+def _sub_refs(g: Graph) -> set[str]:
+    """The enclosing-scope names the subgraphs of ``g``'s nodes read."""
+    return {r for n in g.nodes for sub in n.subgraphs() for r in sub.outer_refs()}
 
 
 def _shape(g: Graph, name: str) -> tuple | None:
@@ -166,9 +167,9 @@ def _rename_input(g: Graph, old: str, new: str) -> None:
 # --------------------------------------------------------------------------- rewrites
 
 
-def _step(g: Graph) -> bool:
+def _step(g: Graph, sub_refs: set[str]) -> bool:
     """Applies the first applicable rewrite; False at the fixed point."""
-    ctx = _Ctx(g)
+    ctx = _Ctx(g, sub_refs)
     for i, n in enumerate(g.nodes):
         if n.domain:
             if _data_inputs(n) and _sink(ctx, i, n):

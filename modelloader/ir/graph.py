@@ -67,8 +67,9 @@ class Node:
         for v in self.attrs.values():
             if isinstance(v, Graph):
                 yield v
-            elif isinstance(v, list):
-                yield from (g for g in v if isinstance(g, Graph))
+            elif isinstance(v, list) and v and isinstance(v[0], Graph):
+                # list attributes are homogeneous (ONNX GRAPHS): no scan of long number lists
+                yield from v
 
     def label(self) -> str:
         return f"{self.op} node '{self.name or (self.outputs[0] if self.outputs else '?')}'"
