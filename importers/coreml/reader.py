@@ -42,7 +42,10 @@ def protos() -> ModuleType:
         import logging
 
         # coremltools logs about its macOS-only native modules on import; not our concern
-        logging.getLogger("coremltools").setLevel(logging.ERROR)
+        # (set once: every setLevel clears the logging caches)
+        quiet = logging.getLogger("coremltools")
+        if quiet.level != logging.ERROR:
+            quiet.setLevel(logging.ERROR)
         from coremltools import proto
         from coremltools.proto import (  # noqa: F401  (registers the message types)
             FeatureTypes_pb2,
