@@ -236,7 +236,27 @@ def set_blas_threads(n: int) -> bool:
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``np.matmul(a, b, out=out)``, split over the team when BLAS is serial and the product
     is large: over the leading batch axis of a stacked product, else over b's columns (or
-    a's rows when b is narrow). Every split writes a disjoint slice of ``out``."""
+    a's rows when b is narrow). Every split writes a disjoint slice of ``out``.
+
+    A stack of matrices times one matrix (``b``'s batch axes all 1) is one product of the
+    stack's rows, not one small product per matrix (which re-reads ``b`` each time:
+    ``(128, 1, 768) @ (768, 2304)`` is 128 matrix-vector products otherwise)."""
+    if (
+        a.ndim > 2
+        and b.ndim >= 2
+        and b.size == b.shape[-2] * b.shape[-1]
+        and a.ndim >= b.ndim
+        and a.flags.c_contiguous
+        and (out is None or out.flags.c_contiguous)
+        and a.shape[-1] == b.shape[-2]
+    ):
+        n = b.shape[-1]
+        rows = matmul(
+            a.reshape(-1, a.shape[-1]),
+            b.reshape(b.shape[-2:]),
+            None if out is None else out.reshape(-1, n),
+        )
+        return out if out is not None else rows.reshape(a.shape[:-1] + (n,))
     if (
         not blas_is_serial()
         or _threads < 2

@@ -182,3 +182,30 @@ def test_set_num_threads_sets_blas_and_team() -> None:
         parallel.set_num_threads(team)
         parallel.set_blas_threads(blas)
     assert blas_counts() == {blas}
+
+
+@pytest.mark.parametrize(
+    "sa,sb",
+    [
+        ((128, 1, 48), (48, 40)),  # a stack of row vectors (PyTorch's attention projection)
+        ((2, 3, 4, 5), (5, 6)),
+        ((2, 3, 4, 5), (1, 5, 6)),
+        ((1, 1, 4, 5), (1, 1, 5, 6)),
+        ((3, 4, 5), (1, 1, 5, 6)),  # b's unit batch axes lead the result
+    ],
+)
+def test_stacked_times_one_matrix_is_one_product(sa, sb) -> None:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(sa).astype(np.float32)
+    b = rng.standard_normal(sb).astype(np.float32)
+    want = np.matmul(a.astype(np.float64), b)
+    got = parallel.matmul(a, b)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    out = np.full(want.shape, np.nan, np.float32)
+    assert parallel.matmul(a, b, out=out) is out
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    # a non-contiguous stack takes numpy's own path, same values
+    wide = np.zeros(sa[:-1] + (2 * sa[-1],), np.float32)
+    wide[..., ::2] = a
+    np.testing.assert_allclose(parallel.matmul(wide[..., ::2], b), want, rtol=1e-5, atol=1e-5)
