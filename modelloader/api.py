@@ -176,7 +176,11 @@ class Model:
                 results = plan.run(named, state=self._state)
         else:
             results = plan.run(named)
-        return dict(zip(plan.output_names, results))
+        # the caller owns its results: a view of a (read-only) weight is handed out as a copy
+        return {
+            name: value.copy() if type(value) is np.ndarray and not value.flags.writeable else value
+            for name, value in zip(plan.output_names, results)
+        }
 
     def _plan_for(self, outputs: Sequence[str]) -> Plan:
         """The plan computing just ``outputs`` (cached per selection)."""

@@ -112,6 +112,27 @@ def test_outputs_in_declared_order() -> None:
     assert list(m.predict(np.array([-1.0, 2.0], np.float32))) == ["b", "n"]
 
 
+@pytest.mark.parametrize("op", ["Identity", "Gather"])
+def test_outputs_are_the_callers_to_modify(op: str) -> None:
+    """An output that is a slice or view of a weight (Gather with a scalar index, Identity)
+    comes back writeable, and writing it changes neither the weight nor the next run."""
+    w = np.arange(12, dtype=np.float32).reshape(3, 4)
+    ins = ["W", "i"] if op == "Gather" else ["W"]
+    graph = helper.make_graph(
+        [helper.make_node(op, ins, ["y"])],
+        "g",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(w, "W")],
+    )
+    m = modelloader.load(helper.make_model(graph).SerializeToString())
+    want = w[1] if op == "Gather" else w
+    y = m.predict({"i": np.array(1)})["y"]
+    np.testing.assert_array_equal(y, want)
+    y[...] = -1
+    np.testing.assert_array_equal(m.predict({"i": np.array(1)})["y"], want)
+
+
 def test_external_data_is_memory_mapped(
     tmp_path: pathlib.Path, model_proto: onnx.ModelProto, x: np.ndarray
 ) -> None:

@@ -240,7 +240,7 @@ def shrink(x: np.ndarray, *, bias: float = 0.0, lambd: float = 0.5) -> np.ndarra
 @kernel("Softmax")
 def softmax(x: np.ndarray, *, axis: int = -1) -> np.ndarray:
     """ONNX Softmax-13: exp(x - max) / sum along ``axis``."""
-    e = np.subtract(x, np.max(x, axis=axis, keepdims=True))
+    e = np.subtract(x, np.max(x, axis=axis, keepdims=True), out=pooled_out(x))
     np.exp(e, out=e)
     e /= np.sum(e, axis=axis, keepdims=True)
     return e

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from modelloader.buffers import take
 from modelloader.kernels.cpu._registry import kernel
 from modelloader.kernels.cpu.conv import apply_activation, requantize
 from modelloader.parallel import matmul as blas_matmul
@@ -25,7 +26,11 @@ def _is_float(dt: np.dtype) -> bool:
 
 def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if a.dtype == b.dtype and a.dtype in _BLAS:
-        return blas_matmul(a, b)
+        if a.ndim < 2 or b.ndim < 2:
+            return blas_matmul(a, b)
+        # the product goes into a recycled buffer (a fresh one page-faults on every run)
+        lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        return blas_matmul(a, b, out=take((*lead, a.shape[-2], b.shape[-1]), a.dtype))
     if _is_float(a.dtype) and _is_float(b.dtype):
         # float16/bfloat16: accumulate in float32 BLAS, round once to the input type
         return blas_matmul(a.astype(np.float32), b.astype(np.float32)).astype(a.dtype)
@@ -56,7 +61,11 @@ def _gemm(
     aa = a.T if trans_a else a
     bb = b.T if trans_b else b
     if _is_float(cd):
-        y = blas_matmul(aa.astype(cd, copy=False), bb.astype(cd, copy=False))
+        y = blas_matmul(
+            aa.astype(cd, copy=False),
+            bb.astype(cd, copy=False),
+            out=take((aa.shape[0], bb.shape[1]), cd),
+        )
     else:
         y = _matmul(aa, bb).astype(cd)
     t = y.dtype.type

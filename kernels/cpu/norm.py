@@ -7,6 +7,8 @@ import math
 import numpy as np
 
 from modelloader.kernels.cpu._registry import kernel
+from modelloader.kernels.cpu.conv import scratch
+from modelloader.kernels.cpu.elementwise import pooled_out
 
 
 def _channel_param(p: np.ndarray, ndim: int) -> np.ndarray:
@@ -94,8 +96,10 @@ def layer_normalization(
     # the reductions np.mean runs, without its per-call Python overhead; y reuses d's buffer
     mean = np.add.reduce(xc, axis=axes, keepdims=True)
     mean /= count
-    d = np.subtract(xc, mean)
-    var = np.add.reduce(np.square(d), axis=axes, keepdims=True)
+    d = np.subtract(xc, mean, out=pooled_out(xc))
+    var = np.add.reduce(
+        np.square(d, out=scratch("ln_sq", d.shape, d.dtype)), axis=axes, keepdims=True
+    )
     var /= count
     var += ct(epsilon)
     inv_std = np.sqrt(var, out=var)

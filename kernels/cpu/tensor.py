@@ -213,9 +213,15 @@ def _norm_indices(indices: np.ndarray, dim: int | np.ndarray) -> np.ndarray:
 
 @kernel("Gather")
 def gather(data: np.ndarray, indices: np.ndarray, *, axis: int = 0) -> np.ndarray:
-    """ONNX Gather-13: np.take along ``axis`` (negative indices count from the end)."""
+    """ONNX Gather-13: np.take along ``axis`` (negative indices count from the end).
+
+    A scalar index picks one slice: a view, not a copy (np.take would first copy a
+    non-contiguous ``data`` whole, e.g. PyTorch's stacked Q/K/V)."""
     axis = _axis(axis, data.ndim)
-    return np.take(data, _norm_indices(indices, data.shape[axis]), axis=axis)
+    idx = _norm_indices(indices, data.shape[axis])
+    if idx.ndim == 0 and isinstance(data, np.ndarray):
+        return data[(slice(None),) * axis + (int(idx),)]
+    return np.take(data, idx, axis=axis)
 
 
 @kernel("GatherElements")
