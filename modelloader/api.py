@@ -176,9 +176,12 @@ class Model:
                 results = plan.run(named, state=self._state)
         else:
             results = plan.run(named)
-        # the caller owns its results: a view of a (read-only) weight is handed out as a copy
+        # the caller owns its results: a weight (or a view of one, or a result folded at
+        # load) is handed out as a copy
         return {
-            name: value.copy() if type(value) is np.ndarray and not value.flags.writeable else value
+            name: value.copy()
+            if type(value) is np.ndarray and (not value.flags.writeable or name in plan.constants)
+            else value
             for name, value in zip(plan.output_names, results)
         }
 

@@ -1,14 +1,17 @@
 """Graph rewrites run once at plan time: BatchNorm folding and activation fusion.
 
 Fused ops live in the ``modelloader``
-domain: ``FusedConv(X, W, B, Z)`` computes ``act(Conv(X, W, B) + Z)`` and
-``FusedGemm(A, B, C)`` computes ``act(Gemm(A, B, C))``. A channel shuffle (the
+domain: ``FusedConv(X, W, B, Z)`` computes ``act(Conv(X, W, B) + Z)``,
+``FusedGemm(A, B, C)`` computes ``act(Gemm(A, B, C))`` and ``FusedBatchNorm`` is an inference
+BatchNormalization with an activation. Per-channel constant Mul/Add after a BatchNormalization
+(Caffe2's scale layers) fold into its scale and bias first. A channel shuffle (the
 Reshape/Transpose/Reshape idiom of ShuffleNet) after a conv becomes its ``shuffle``
 attribute, so the conv writes the shuffled layout instead of a copy being made.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import replace
 
@@ -33,12 +36,16 @@ def optimize(g: Graph, registry: Registry) -> Graph:
     integerize(g)  # QDQ patterns -> integer ops (modelloader.qpasses)
     optimize_layout(g)  # cancel/sink NHWC<->NCHW transposes (modelloader.layout)
     fuse_integer_clip(g)
+    _fold_constant_reshapes(g, registry)
+    _fold_affine_into_batchnorm(g)
     _fold_batchnorm(g)
     if registry.supports("FusedConv", FUSED):
         _fuse(g, "Conv", "FusedConv", residual=True)
         _fuse_shuffle(g)
     if registry.supports("FusedGemm", FUSED):
         _fuse(g, "Gemm", "FusedGemm", residual=False)
+    if registry.supports("FusedBatchNorm", FUSED):
+        _fuse(g, "BatchNormalization", "FusedBatchNorm", residual=False, single_output=True)
     return g
 
 
@@ -59,6 +66,106 @@ def _consumers(g: Graph) -> dict[str, list[int]]:
             if x:
                 out.setdefault(x, []).append(i)
     return out
+
+
+#: ops that only re-view a tensor: folded here when their inputs are constants, so the
+#: passes below see the per-channel constants exporters reshape at run time
+_REVIEWS = frozenset({"Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity"})
+
+
+def _fold_constant_reshapes(g: Graph, registry: Registry) -> None:
+    """Evaluates Unsqueeze/Squeeze/Reshape/Flatten/Identity nodes of constants (the planner
+    would fold them anyway; done first so ``_fold_affine_into_batchnorm`` sees them)."""
+    kept = []
+    for n in g.nodes:
+        if (
+            n.op in _REVIEWS
+            and not n.domain
+            and n.inputs
+            and all(i == "" or i in g.constants for i in n.inputs)
+            and not g.sparse_sources.intersection(n.inputs)  # kept sparse by compress.sparse
+        ):
+            first = g.constants[n.inputs[0]]
+            fn = registry.lookup(n.op, "", getattr(first, "dtype", None))
+            if fn is not None and len(n.outputs) == 1:
+                try:
+                    value = fn(*[g.constants.get(i) if i else None for i in n.inputs], **n.attrs)
+                except Exception:  # noqa: BLE001  left to run time, which reports it properly
+                    value = None
+                if isinstance(value, np.ndarray):
+                    g.constants[n.outputs[0]] = value  # a view of a weight stays a view
+                    continue
+        kept.append(n)
+    g.nodes[:] = kept
+
+
+def _per_channel(k: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
+    """``k`` as a (channels,) vector if, broadcast against a rank-``rank`` NC... tensor, it
+    varies along axis 1 only (or is a scalar); else None."""
+    if k.ndim > rank or k.dtype.kind != "f":
+        return None
+    if k.size == 1:
+        return np.full(channels, k.reshape(()), np.float64)
+    shape = (1,) * (rank - k.ndim) + k.shape
+    if rank < 2 or shape[1] != channels or math.prod(shape) != channels:
+        return None
+    return k.reshape(channels).astype(np.float64)
+
+
+def _fold_affine_into_batchnorm(g: Graph) -> None:
+    """BatchNormalization -> Mul/Add by per-channel constants becomes one BatchNormalization
+    (y*k: scale and bias times k; y+k: bias plus k), as long as the BN output (and each
+    folded result) has no other reader. A BatchNormalization of a Conv is left to
+    ``_fold_batchnorm`` alone: folding the Mul/Add into the conv weights as well moves
+    DenseNet-121's logits by more than the 1e-5 it must stay within onnxruntime's (which
+    keeps them as separate float32 ops)."""
+    uses, cons = _uses(g), _consumers(g)
+    convs = {n.outputs[0] for n in g.nodes if n.op == "Conv" and not n.domain and n.outputs}
+    dead: set[int] = set()
+    for i, bn in enumerate(g.nodes):
+        if (
+            bn.op != "BatchNormalization"
+            or bn.domain
+            or bn.attrs.get("training_mode", 0)
+            or len([o for o in bn.outputs if o]) != 1
+            or len(bn.inputs) < 5
+            or (bn.inputs[0] in convs and uses[bn.inputs[0]] == 1)  # see the docstring
+        ):
+            continue
+        params = [g.constants.get(x) for x in bn.inputs[1:5]]
+        v = g.values.get(bn.inputs[0])
+        if any(p is None for p in params) or v is None or v.shape is None:
+            continue
+        scale, bias = (np.asarray(p, np.float64).copy() for p in params[:2])
+        out, rank, folded = bn.outputs[0], len(v.shape), False
+        while uses[out] == 1 and len(cons.get(out, [])) == 1:
+            j = cons[out][0]
+            op = g.nodes[j]
+            if op.domain or op.op not in ("Mul", "Add") or j in dead or len(op.inputs) != 2:
+                break
+            other = op.inputs[1] if op.inputs[0] == out else op.inputs[0]
+            k = g.constants.get(other)
+            kv = (
+                None if k is None or other == out else _per_channel(np.asarray(k), scale.size, rank)
+            )
+            if kv is None or np.asarray(k).dtype != np.asarray(params[0]).dtype:
+                break
+            if op.op == "Mul":
+                scale *= kv
+                bias *= kv
+            else:
+                bias += kv
+            out, folded = op.outputs[0], True
+            dead.add(j)
+        if folded:
+            dt = np.asarray(params[0]).dtype
+            sname = _free_name(g, "", uses, f"{out}__bn_scale")
+            g.constants[sname] = scale.astype(dt)
+            bname = _free_name(g, "", uses, f"{out}__bn_bias")
+            g.constants[bname] = bias.astype(dt)
+            ins = [bn.inputs[0], sname, bname, *bn.inputs[3:5]]
+            g.nodes[i] = replace(bn, inputs=ins, outputs=[out])
+    g.nodes[:] = [n for k, n in enumerate(g.nodes) if k not in dead]
 
 
 def _fold_batchnorm(g: Graph) -> None:
@@ -143,13 +250,18 @@ def _same_shape(g: Graph, a: str, b: str) -> bool:
     return va.shape == vb.shape and None not in va.shape
 
 
-def _fuse(g: Graph, op: str, fused: str, residual: bool) -> None:
-    """Absorbs an optional residual Add and then one activation into ``op`` nodes."""
+def _fuse(g: Graph, op: str, fused: str, residual: bool, single_output: bool = False) -> None:
+    """Absorbs an optional residual Add and then one activation into ``op`` nodes
+    (``single_output``: only nodes whose other outputs are all omitted)."""
     dead: set[int] = set()
     # Fusion only renames which node produces a value, so counts taken once stay valid.
     uses, cons = _uses(g), _consumers(g)
     for i in range(len(g.nodes)):
         n = g.nodes[i]
+        if single_output and n.op == op and not n.domain and n.outputs and not any(n.outputs[1:]):
+            if n.attrs.get("training_mode", 0):
+                continue
+            n = replace(n, outputs=n.outputs[:1])
         if n.op != op or n.domain or len(n.outputs) != 1:
             continue
         inputs, out, attrs = list(n.inputs), n.outputs[0], dict(n.attrs)

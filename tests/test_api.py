@@ -112,12 +112,13 @@ def test_outputs_in_declared_order() -> None:
     assert list(m.predict(np.array([-1.0, 2.0], np.float32))) == ["b", "n"]
 
 
-@pytest.mark.parametrize("op", ["Identity", "Gather"])
+@pytest.mark.parametrize("op", ["Identity", "Gather", "Add"])
 def test_outputs_are_the_callers_to_modify(op: str) -> None:
-    """An output that is a slice or view of a weight (Gather with a scalar index, Identity)
-    comes back writeable, and writing it changes neither the weight nor the next run."""
+    """An output that is a weight, a slice or view of one (Gather with a scalar index,
+    Identity) or folded from weights at load (Add) comes back writeable, and writing it
+    changes neither the weight nor the next run."""
     w = np.arange(12, dtype=np.float32).reshape(3, 4)
-    ins = ["W", "i"] if op == "Gather" else ["W"]
+    ins = {"Gather": ["W", "i"], "Identity": ["W"], "Add": ["W", "W"]}[op]
     graph = helper.make_graph(
         [helper.make_node(op, ins, ["y"])],
         "g",
@@ -126,7 +127,7 @@ def test_outputs_are_the_callers_to_modify(op: str) -> None:
         initializer=[numpy_helper.from_array(w, "W")],
     )
     m = modelloader.load(helper.make_model(graph).SerializeToString())
-    want = w[1] if op == "Gather" else w
+    want = {"Gather": w[1], "Identity": w, "Add": w + w}[op]
     y = m.predict({"i": np.array(1)})["y"]
     np.testing.assert_array_equal(y, want)
     y[...] = -1

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
 from modelloader.kernels.cpu._registry import kernel
-from modelloader.kernels.cpu.conv import scratch
+from modelloader.kernels.cpu.conv import apply_activation, scratch
 from modelloader.kernels.cpu.elementwise import pooled_out
 
 
@@ -56,11 +57,49 @@ def batch_normalization(
         mean = input_mean.astype(ct, copy=False)
         var = input_var.astype(ct, copy=False)
         run_mean = run_var = None
-    # Fold into one multiply-add: y = x * a + c.
-    a = scale.astype(ct) / np.sqrt(var + ct(epsilon))
-    c = b.astype(ct) - mean * a
-    y = xc * _channel_param(a, x.ndim) + _channel_param(c, x.ndim)
+    y = _affine(xc, scale, b, mean, var, epsilon)
     return y.astype(x.dtype, copy=False), run_mean, run_var
+
+
+def _affine(
+    x: np.ndarray,
+    scale: np.ndarray,
+    b: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+    epsilon: float,
+) -> np.ndarray:
+    """Inference batch norm as one per-channel multiply-add, y = x * a + c, into a recycled
+    buffer (x: compute dtype, channels on axis 1)."""
+    ct = x.dtype.type
+    a = scale.astype(ct) / np.sqrt(var.astype(ct) + ct(epsilon))
+    c = b.astype(ct) - mean.astype(ct) * a
+    y = np.multiply(x, _channel_param(a, x.ndim), out=pooled_out(x))
+    y += _channel_param(c, x.ndim)
+    return y
+
+
+@kernel("FusedBatchNorm", domain="modelloader")
+def fused_batch_norm(
+    x: np.ndarray,
+    scale: np.ndarray,
+    b: np.ndarray,
+    input_mean: np.ndarray,
+    input_var: np.ndarray,
+    *,
+    epsilon: float = 1e-5,
+    momentum: float = 0.9,
+    training_mode: int = 0,
+    activation: str = "",
+    activation_params: Sequence[float] = (),
+) -> np.ndarray:
+    """modelloader FusedBatchNorm: act(BatchNormalization(X, ...)) in inference mode, one
+    output (the running statistics outputs of training mode are not produced)."""
+    if training_mode:
+        raise ValueError("FusedBatchNorm is inference-only (training_mode=0)")
+    xc = x.astype(_compute_dtype(x.dtype), copy=False)
+    y = _affine(xc, scale, b, input_mean, input_var, epsilon)
+    return apply_activation(y, activation, activation_params).astype(x.dtype, copy=False)
 
 
 @kernel("InstanceNormalization")
