@@ -44,6 +44,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: products below this many multiply-adds are not worth a thread hand-off (~20 us)
 MATMUL_MIN_MACS = 1 << 22
+#: a stack times a matrix of at least this many elements runs as one product (see matmul)
+_FOLD_MIN = 1 << 12
 
 _MAX_DEFAULT = 8
 
@@ -244,6 +246,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     if (
         a.ndim > 2
         and b.ndim >= 2
+        and b.size >= _FOLD_MIN
         and b.size == b.shape[-2] * b.shape[-1]
         and a.ndim >= b.ndim
         and a.flags.c_contiguous

@@ -44,6 +44,8 @@ def optimize(g: Graph, registry: Registry) -> Graph:
         _fuse_shuffle(g)
     if registry.supports("FusedGemm", FUSED):
         _fuse(g, "Gemm", "FusedGemm", residual=False)
+    if registry.supports("Gelu", ""):
+        _fuse_gelu(g)
     if registry.supports("FusedBatchNorm", FUSED):
         _fuse(g, "BatchNormalization", "FusedBatchNorm", residual=False, single_output=True)
     return g
@@ -206,6 +208,83 @@ def _fold_batchnorm(g: Graph) -> None:
         g.constants[wname], g.constants[bname] = new_w, new_b
         g.nodes[i] = replace(conv, inputs=[conv.inputs[0], wname, bname], outputs=[bn.outputs[0]])
         dead.add(j)
+    g.nodes[:] = [n for k, n in enumerate(g.nodes) if k not in dead]
+
+
+def _scalar(g: Graph, name: str) -> float | None:
+    """The value of a one-element float constant, else None."""
+    v = g.constants.get(name)
+    if v is None:
+        return None
+    v = np.asarray(v)
+    return float(v.reshape(())) if v.size == 1 and v.dtype.kind == "f" else None
+
+
+def _fuse_gelu(g: Graph) -> None:
+    """PyTorch's exact GELU, ``x * 0.5 * (1 + erf(x / sqrt(2)))`` as Div (or Mul by
+    1/sqrt(2)), Erf, Add 1 and two Muls in either order, becomes one ONNX Gelu node (its
+    kernel works through cache-sized blocks instead of five full-size passes)."""
+    uses, cons = _uses(g), _consumers(g)
+    producer = {o: i for i, n in enumerate(g.nodes) for o in n.outputs if o}
+    dead: set[int] = set()
+
+    def single(value: str, op: str) -> tuple[int, Node, str] | None:
+        """The sole reader of ``value`` if it is an ``op`` node: (index, node, other input)."""
+        readers = cons.get(value, [])
+        if uses[value] != 1 or len(readers) != 1 or readers[0] in dead:
+            return None
+        n = g.nodes[readers[0]]
+        if n.op != op or n.domain or len(n.inputs) != 2 or len(n.outputs) != 1:
+            return None
+        return readers[0], n, n.inputs[1] if n.inputs[0] == value else n.inputs[0]
+
+    def near(v: float | None, want: float) -> bool:
+        return v is not None and abs(v - want) <= 1e-6 * abs(want)
+
+    for e, erf in enumerate(g.nodes):
+        if erf.op != "Erf" or erf.domain or not erf.inputs or uses[erf.inputs[0]] != 1:
+            continue
+        d = producer.get(erf.inputs[0])
+        if d is None or d in dead:
+            continue
+        div = g.nodes[d]
+        if div.domain or len(div.inputs) != 2:
+            continue
+        if div.op == "Div" and near(_scalar(g, div.inputs[1]), math.sqrt(2)):
+            x = div.inputs[0]
+        elif div.op == "Mul" and near(_scalar(g, div.inputs[1]), math.sqrt(0.5)):
+            x = div.inputs[0]
+        elif div.op == "Mul" and near(_scalar(g, div.inputs[0]), math.sqrt(0.5)):
+            x = div.inputs[1]
+        else:
+            continue
+        add = single(erf.outputs[0], "Add")
+        if add is None or not near(_scalar(g, add[2]), 1.0):
+            continue
+        mul = single(add[1].outputs[0], "Mul")
+        if mul is None:
+            continue
+        chain = [d, e, add[0], mul[0]]
+        if mul[2] == x:  # (x * (1 + erf)) * 0.5
+            half = single(mul[1].outputs[0], "Mul")
+            if half is None or not near(_scalar(g, half[2]), 0.5):
+                continue
+            chain.append(half[0])
+            out = half[1].outputs[0]
+        else:  # (x * 0.5) * (1 + erf)
+            h = producer.get(mul[2])
+            if h is None or h in dead or uses[mul[2]] != 1:
+                continue
+            pre = g.nodes[h]
+            if pre.op != "Mul" or pre.domain or len(pre.inputs) != 2 or x not in pre.inputs:
+                continue
+            if not near(_scalar(g, pre.inputs[1] if pre.inputs[0] == x else pre.inputs[0]), 0.5):
+                continue
+            chain.append(h)
+            out = mul[1].outputs[0]
+        last = max(chain)  # the fused node stands where its last piece stood
+        g.nodes[last] = Node("Gelu", [x], [out], {}, "", g.nodes[last].name)
+        dead.update(i for i in chain if i != last)
     g.nodes[:] = [n for k, n in enumerate(g.nodes) if k not in dead]
 
 

@@ -187,11 +187,12 @@ def test_set_num_threads_sets_blas_and_team() -> None:
 @pytest.mark.parametrize(
     "sa,sb",
     [
-        ((128, 1, 48), (48, 40)),  # a stack of row vectors (PyTorch's attention projection)
-        ((2, 3, 4, 5), (5, 6)),
-        ((2, 3, 4, 5), (1, 5, 6)),
-        ((1, 1, 4, 5), (1, 1, 5, 6)),
-        ((3, 4, 5), (1, 1, 5, 6)),  # b's unit batch axes lead the result
+        ((128, 1, 48), (48, 96)),  # a stack of row vectors (PyTorch's attention projection)
+        ((2, 3, 4, 64), (64, 64)),
+        ((2, 3, 4, 64), (1, 64, 64)),
+        ((1, 1, 4, 64), (1, 1, 64, 64)),
+        ((3, 4, 64), (1, 1, 64, 64)),  # b's unit batch axes lead the result
+        ((2, 3, 4, 5), (5, 6)),  # small: numpy's own loop
     ],
 )
 def test_stacked_times_one_matrix_is_one_product(sa, sb) -> None:

@@ -7,11 +7,12 @@ exact for 8/16-bit operands (|sum| < 2**53), and are returned as int32.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
-from modelloader.buffers import take
+from modelloader.buffers import MIN_BYTES, take
 from modelloader.kernels.cpu._registry import kernel
 from modelloader.kernels.cpu.conv import apply_activation, requantize
 from modelloader.parallel import matmul as blas_matmul
@@ -28,9 +29,13 @@ def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if a.dtype == b.dtype and a.dtype in _BLAS:
         if a.ndim < 2 or b.ndim < 2:
             return blas_matmul(a, b)
-        # the product goes into a recycled buffer (a fresh one page-faults on every run)
-        lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-        return blas_matmul(a, b, out=take((*lead, a.shape[-2], b.shape[-1]), a.dtype))
+        la, lb = a.shape[:-2], b.shape[:-2]
+        lead = la if la == lb or not lb else np.broadcast_shapes(la, lb)
+        shape = (*lead, a.shape[-2], b.shape[-1])
+        if math.prod(shape) * a.itemsize < MIN_BYTES:
+            return blas_matmul(a, b)
+        # a large product goes into a recycled buffer (a fresh one page-faults on every run)
+        return blas_matmul(a, b, out=take(shape, a.dtype))
     if _is_float(a.dtype) and _is_float(b.dtype):
         # float16/bfloat16: accumulate in float32 BLAS, round once to the input type
         return blas_matmul(a.astype(np.float32), b.astype(np.float32)).astype(a.dtype)
