@@ -35,6 +35,7 @@ from modelloader.quantize.calibrate import (
     load_data,
     make_calibrator,
     no_progress,
+    random_dataset,
 )
 from modelloader.quantize.config import QuantConfig
 from modelloader.quantize.report import Report, collect, compare_outputs, drop_of, layer_snr
@@ -98,6 +99,10 @@ def _float_graph(src: Any) -> tuple[Graph, int, str]:
     return clone(m.graph), m.size_bytes, m.source
 
 
+#: seeded random samples the report uses when no calibration or evaluation data is given
+RANDOM_SAMPLES = 8
+
+
 def quantize(
     model_or_path: Any,
     config: QuantConfig | None = None,
@@ -128,6 +133,15 @@ def quantize(
         calib, held = data, data
     if config.mode == "static" and (calib is None or not calib.batches):
         raise ValueError("static quantization needs calibration data")
+    random_inputs = held is None
+    if random_inputs:
+        if config.max_drop is not None:
+            raise ValueError(
+                "max_drop needs data to measure the drop on: pass evaluation data "
+                "(--eval DATA, with labels for accuracy) or calibration data"
+            )
+        # no data: the report measures the quantization error on seeded random inputs
+        held = random_dataset(graph.inputs, RANDOM_SAMPLES)
     float_model = Model(clone(graph), format="onnx", source=source)
     ref = collect([float_model], held, progress, "float reference")[0] if held else {}
     labels = np.concatenate(held.labels) if held and held.labels else None
@@ -157,6 +171,7 @@ def quantize(
             config, float_model, qmodel, graph, qgraph, layers, held, ref, labels, progress
         )
         report.size_before, report.size_after = size_before, qmodel.size_bytes
+        report.random_inputs = random_inputs
         report.auto_excluded = list(auto)
         report.nonfinite_excluded = list(nonfinite)
         qmodel.report = report

@@ -70,6 +70,27 @@ class Dataset:
         return Dataset(out, labels if self.labels is not None else None, self.whole)
 
 
+def random_dataset(inputs: list[Value], samples: int, seed: int = 0) -> Dataset:
+    """``samples`` seeded inputs shaped like ``inputs`` (standard normal floats, zero
+    integers and booleans; unknown dimensions 1, a fixed leading dimension kept as the
+    batch): for measuring quantization error when no data is given."""
+    rng = np.random.default_rng(seed)
+    batch: Feeds = {}
+    whole = False
+    for v in inputs:
+        dims = [d if isinstance(d, int) and d > 0 else 1 for d in (v.shape or ())]
+        if dims and isinstance((v.shape or (None,))[0], int):
+            whole = True  # the model fixes its batch dimension
+        elif dims:
+            dims[0] = samples
+        dt = np.dtype(v.dtype) if v.dtype is not None else np.dtype(np.float32)
+        if dt.kind == "f":
+            batch[v.name] = rng.standard_normal(dims).astype(dt)
+        else:
+            batch[v.name] = np.zeros(dims, dt)
+    return Dataset([batch], None, whole)
+
+
 def _fit(arr: np.ndarray, v: Value) -> np.ndarray:
     """Casts to the input's dtype and reshapes flat samples to its static per-sample shape."""
     if v.dtype is not None and arr.dtype != v.dtype:

@@ -59,6 +59,9 @@ class Report:
     nonfinite_excluded: list[str] = field(default_factory=list)
     size_before: int = 0
     size_after: int = 0
+    #: no data was given: ``samples`` are seeded random inputs, so the figures measure the
+    #: quantization error, not accuracy
+    random_inputs: bool = False
 
     @property
     def passed(self) -> bool:
@@ -74,7 +77,15 @@ class Report:
 
     def format(self) -> str:
         """The report as printable text."""
-        lines = [f"accuracy report ({self.mode}, {self.samples} held-out samples)"]
+        if self.random_inputs:
+            lines = [
+                f"accuracy report ({self.mode}, {self.samples} seeded random "
+                f"input{'s' if self.samples != 1 else ''}: no "
+                "evaluation data was given, so this is the quantization error, not accuracy; "
+                "pass --eval DATA for accuracy)"
+            ]
+        else:
+            lines = [f"accuracy report ({self.mode}, {self.samples} held-out samples)"]
         lines.append(
             f"  {'output':<20} {'max abs':>10} {'rel err':>9} {'SNR dB':>8} {'cosine':>9} {'top-1 agree':>11}"
         )

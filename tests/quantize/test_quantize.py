@@ -251,3 +251,25 @@ def test_fixed_batch_models_get_whole_batches() -> None:
     assert data.take(0, 3).samples == 4  # the batches starting before sample 3, entire
     free = load_data({"x": np.zeros((10, 3), np.float32)}, [Value("x", None, ("n", 3))])
     assert not free.whole and free.split(0.3)[1].samples == 3
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "float16"])
+def test_no_data_measures_error_on_random_inputs(mode: str) -> None:
+    """Without calibration or evaluation data the report is the quantization error on seeded
+    random inputs, recomputed here; it says so, and a gate is refused rather than passed."""
+    from modelloader.quantize import RANDOM_SAMPLES
+    from modelloader.quantize.calibrate import random_dataset
+
+    path = MODELS / "digits_cnn.onnx"
+    q = quantize(path, QuantConfig(mode=mode))  # type: ignore[arg-type]
+    rep = q.report
+    assert rep.random_inputs and rep.samples == RANDOM_SAMPLES
+    assert "seeded random inputs" in rep.format() and "not accuracy" in rep.format()
+    fm = modelloader.load(path)
+    [batch] = random_dataset(fm.graph.inputs, RANDOM_SAMPLES).batches
+    want, got = fm.predict(batch)["probabilities"], q.predict(batch)["probabilities"]
+    probs = next(o for o in rep.outputs if o.name == "probabilities")
+    assert probs.max_abs_error == pytest.approx(float(np.abs(got - want).max()), rel=1e-6)
+    assert probs.float_accuracy is None  # no labels: no accuracy claimed
+    with pytest.raises(ValueError, match="max_drop needs data"):
+        quantize(path, QuantConfig(mode=mode, max_drop=1.0))  # type: ignore[arg-type]
