@@ -372,7 +372,8 @@ def set_num_threads(n: int) -> None:
     """Computes with at most ``n`` threads from now on: NumPy's BLAS pool and modelloader's
     intra-op team both get ``n`` (onnxruntime's ``intra_op_num_threads``, the TFLite
     interpreter's ``num_threads``, but process-wide: BLAS's pool is shared by the process).
-    ``n = 1`` runs everything on the calling thread."""
+    ``n = 1`` runs everything on the calling thread. Call it between runs, not while other
+    threads are predicting (BLAS libraries do not expect their pool resized mid-call)."""
     from modelloader import parallel
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
