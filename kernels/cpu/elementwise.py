@@ -152,6 +152,11 @@ _ERF_Q = [
 ]
 
 
+_ERF_P32 = tuple(np.float32(c) for c in _ERF_P)
+_ERF_Q32 = tuple(np.float32(c) for c in _ERF_Q)
+_F32_4 = (np.float32(-4), np.float32(4))
+
+
 def erf(x: np.ndarray) -> np.ndarray:
     """The error function elementwise, in ``x``'s dtype (blockwise for large inputs)."""
     if x.dtype == np.float64:
@@ -171,19 +176,22 @@ def _erf(x: np.ndarray) -> np.ndarray:
         except ImportError:  # pragma: no cover - scipy ships with the test extras
             return np.vectorize(math.erf, otypes=[np.float64])(x)
         return np.asarray(sp_erf(x))
-    xf = np.clip(x.astype(np.float32, copy=False), np.float32(-4), np.float32(4))
+    xf = clip_(x.astype(np.float32, copy=False), _F32_4[0], _F32_4[1])
     x2 = xf * xf
-    p = np.full_like(x2, _ERF_P[0])
-    for c in _ERF_P[1:]:
-        p *= x2
-        p += np.float32(c)
+    p = _horner(x2, _ERF_P32)
     p *= xf
-    q = np.full_like(x2, _ERF_Q[0])
-    for c in _ERF_Q[1:]:
-        q *= x2
-        q += np.float32(c)
-    p /= q
+    p /= _horner(x2, _ERF_Q32)
     return _as(p, x.dtype)
+
+
+def _horner(t: np.ndarray, coeffs: tuple[np.float32, ...]) -> np.ndarray:
+    """c0*t^n + ... + cn by Horner's rule, in a new array (the first step is c0 * t + c1)."""
+    p = np.multiply(t, coeffs[0])
+    p += coeffs[1]
+    for c in coeffs[2:]:
+        p *= t
+        p += c
+    return p
 
 
 @kernel("Erf")
