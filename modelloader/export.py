@@ -7,7 +7,8 @@ Ops keep their domains: standard, ``ai.onnx.ml`` and ``com.microsoft`` contrib o
 (onnxruntime runs those) export as they are. Ops in modelloader's own domain are
 lowered to standard ONNX (or onnxruntime contrib) ops:
 
-* ``FusedConv`` / ``FusedGemm`` (from ``optimize``) -> ``Conv`` (+ ``Add``) / ``Gemm`` and
+* ``FusedConv`` / ``FusedGemm`` / ``FusedBatchNorm`` (from ``optimize``) -> ``Conv`` (+ ``Add``)
+  / ``Gemm`` / ``BatchNormalization`` and
   the activation node; folded BatchNorm weights stay folded.
 * TFLite integer ops: ``TFLiteConv`` -> ``QLinearConv``; ``TFLiteFullyConnected`` ->
   ``com.microsoft.QGemm``; ``TFLiteAdd``/``TFLiteMul`` -> ``com.microsoft.QLinearAdd``/
@@ -233,6 +234,13 @@ def _fused_conv(node: Node, s: _Scope) -> list[Node]:
 def _fused_gemm(node: Node, s: _Scope) -> list[Node]:
     attrs = {k: v for k, v in node.attrs.items() if k not in ("activation", "activation_params")}
     core = _n("Gemm", node.inputs, [s.fresh("gemm")], **attrs)
+    return _fused_tail(s, node, core, "", s.dtype(node.inputs[0]))
+
+
+@_lowers("FusedBatchNorm")
+def _fused_batch_norm(node: Node, s: _Scope) -> list[Node]:
+    attrs = {k: v for k, v in node.attrs.items() if k in ("epsilon", "momentum")}
+    core = _n("BatchNormalization", node.inputs[:5], [s.fresh("bn")], **attrs)
     return _fused_tail(s, node, core, "", s.dtype(node.inputs[0]))
 
 
@@ -981,6 +989,38 @@ def _std(*ops: str) -> Callable[[Lowering], Lowering]:
     return deco
 
 
+def _gelu_ops(node: Node, s: _Scope) -> list[Node]:
+    """Gelu (opset 20; the planner makes it from exporters' Erf subgraphs) spelled with
+    opset-13 ops for an older target opset."""
+    x, y = node.inputs[0], node.outputs[0]
+    dt = s.dtype(x) or np.dtype(np.float32)
+
+    def c(v: float) -> str:
+        return s.const(np.asarray(v, dt), "gelu")
+
+    t = [s.fresh("gelu") for _ in range(4)]
+    if node.attrs.get("approximate", "none") == "tanh":
+        cube = [s.fresh("gelu") for _ in range(4)]
+        return [
+            _n("Mul", [x, x], [cube[0]]),
+            _n("Mul", [cube[0], x], [cube[1]]),
+            _n("Mul", [cube[1], c(0.044715)], [cube[2]]),
+            _n("Add", [x, cube[2]], [cube[3]]),
+            _n("Mul", [cube[3], c(math.sqrt(2 / math.pi))], [t[0]]),
+            _n("Tanh", [t[0]], [t[1]]),
+            _n("Add", [t[1], c(1.0)], [t[2]]),
+            _n("Mul", [x, t[2]], [t[3]]),
+            _n("Mul", [t[3], c(0.5)], [y]),
+        ]
+    return [
+        _n("Div", [x, c(math.sqrt(2))], [t[0]]),
+        _n("Erf", [t[0]], [t[1]]),
+        _n("Add", [t[1], c(1.0)], [t[2]]),
+        _n("Mul", [x, t[2]], [t[3]]),
+        _n("Mul", [t[3], c(0.5)], [y]),
+    ]
+
+
 @_std("Scatter")
 def _scatter(node: Node, s: _Scope) -> list[Node]:
     """Scatter (deprecated in opset 11) is ScatterElements."""
@@ -1247,6 +1287,11 @@ class _Writer:
         return helper.make_graph(nodes, g.name or "graph", inputs, outputs, initializer=inits)
 
     def _lower(self, node: Node, s: _Scope) -> list[Node]:
+        if node.domain == "" and node.op == "Gelu" and self.opset < 20:
+            out = _gelu_ops(node, s)
+            for n in out:
+                self._lower(n, s)
+            return out
         if node.domain == MS and node.op in MS_LOWER:
             out = MS_LOWER[node.op](node, s)
             for n in out:

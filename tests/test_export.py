@@ -524,3 +524,53 @@ def test_tflite_if_and_call_export_to_onnx_if() -> None:
         want = np.maximum(x * 2 if flag else x - 1, 0)
         np.testing.assert_allclose(m.predict(feeds)["z"], want, rtol=1e-6)
         np.testing.assert_allclose(_run(proto, feeds)["z"], want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("opset", [None, 17], ids=["newest", "opset17"])
+def test_optimized_transformer_gelu_exports(opset: int | None) -> None:
+    """The planner's Gelu (from the exporter's Erf subgraph) is written as Gelu where the
+    opset has it and spelled with Erf before opset 20; onnxruntime agrees either way."""
+    m = modelloader.load(MODELS / "tiny_transformer.onnx")
+    proto = to_onnx(m.graph, opset=opset)
+    ops = [n.op_type for n in proto.graph.node]
+    assert ("Gelu" in ops) == (opset is None) and ("Erf" in ops) == (opset is not None)
+    rng = np.random.default_rng(0)
+    feeds = {"ids": rng.integers(0, 100, (2, 16)), "mask": np.ones((2, 16), np.int64)}
+    want = m.predict(feeds)
+    got = _run(proto, feeds)
+    for k, v in want.items():
+        _same(got[k], v, rtol=1e-4, atol=1e-5, where=k)
+
+
+def test_optimized_fused_batchnorm_exports_and_quantizes(tmp_path: Path) -> None:
+    """FusedBatchNorm (a pre-activation BatchNorm with its Relu) lowers to BatchNormalization +
+    Relu for export, and quantize, given the planned Model, expands it the same way."""
+    rng = np.random.default_rng(1)
+    c = 4
+    inits = [
+        numpy_helper.from_array(rng.uniform(0.5, 2, c).astype(np.float32), n) for n in ("s", "v")
+    ] + [numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), n) for n in ("b", "m")]
+    inits.append(numpy_helper.from_array(rng.standard_normal((c, c, 1, 1)).astype(np.float32), "w"))
+    graph = helper.make_graph(
+        [
+            helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["n"]),
+            helper.make_node("Relu", ["n"], ["r"]),
+            helper.make_node("Conv", ["r", "w"], ["y"]),
+        ],
+        "prebn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 6, 6])],
+        initializer=inits,
+    )
+    m = modelloader.load(helper.make_model(graph).SerializeToString())
+    assert "FusedBatchNorm" in [s.node.op for s in m._plan.steps]
+    proto = to_onnx(m.graph)
+    ops = [n.op_type for n in proto.graph.node]
+    assert "BatchNormalization" in ops and "Relu" in ops and "FusedBatchNorm" not in ops
+    x = rng.standard_normal((1, c, 6, 6)).astype(np.float32)
+    _same(_run(proto, {"x": x})["y"], m.predict(x)["y"], rtol=1e-5, atol=1e-5)
+    q = modelloader.quantize(m, modelloader.QuantConfig(mode="float16"))
+    q.save(tmp_path / "q.onnx")
+    saved = onnx.load(str(tmp_path / "q.onnx"))
+    assert not any(n.domain == "modelloader" for n in saved.graph.node)
+    _same(_run(saved, {"x": x})["y"], q.predict(x)["y"], rtol=1e-3, atol=1e-3)

@@ -60,21 +60,22 @@ def clone(g: Graph) -> Graph:
 
 
 def unfuse(g: Graph) -> Graph:
-    """Expands ``modelloader`` FusedConv/FusedGemm (an optimised graph) back to standard ops."""
+    """Expands ``modelloader`` FusedConv/FusedGemm/FusedBatchNorm (an optimised graph) back
+    to standard ops."""
     out: list[Node] = []
     k = 0
     for n in g.nodes:
-        if n.domain != "modelloader" or n.op not in ("FusedConv", "FusedGemm"):
+        if n.domain != "modelloader" or n.op not in ("FusedConv", "FusedGemm", "FusedBatchNorm"):
             out.append(n)
             continue
         attrs = dict(n.attrs)
         act = attrs.pop("activation", "")
         params = attrs.pop("activation_params", [])
         groups = attrs.pop("shuffle", 0)
-        op = n.op[len("Fused") :]
+        op = "BatchNormalization" if n.op == "FusedBatchNorm" else n.op[len("Fused") :]
         ins = list(n.inputs)
         z = ins[3] if op == "Conv" and len(ins) > 3 else ""
-        ins = ins[:3]
+        ins = ins[:5] if op == "BatchNormalization" else ins[:3]
         y = shuffled = n.outputs[0]
         if groups:
             y = f"{shuffled}__unshuffled"
