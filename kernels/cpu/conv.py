@@ -309,9 +309,12 @@ def _conv_float(
     depthwise = group == c and mg == 1 and group > 1
 
     # flat taps pay for Wq - ow junk columns per row (and a phase split when strided): worth it
-    # for wide outputs and stride-1 depthwise convs
+    # for wide outputs and stride-1 depthwise convs; a strided conv of many channels copies
+    # its windows straight from the padded input faster than it splits phases
     wq = -(-(x.shape[3] + p[1] + p[3]) // s[1]) if r == 2 else 0
-    flat = r == 2 and (s == [1, 1] if depthwise else wq <= 1.1 * out_sp[1])
+    flat = r == 2 and (
+        s == [1, 1] if depthwise else wq <= 1.1 * out_sp[1] and (s == [1, 1] or cg < 16)
+    )
     if r == 2 and kk > 1 and min(p) >= 0 and flat:
         src, wq, taps = phase_taps(x, p, k, s, d, out_sp)
         ext = out_sp[0] * wq
