@@ -839,6 +839,44 @@ def _right_matmul(a_f32: np.ndarray, prep: _Prepared) -> np.ndarray:
     return acc
 
 
+@kernel("MatMulInteger", dtypes=_INT8)
+def matmul_integer_fast(
+    a: np.ndarray,
+    b: np.ndarray,
+    a_zero_point: np.ndarray | None = None,
+    b_zero_point: np.ndarray | None = None,
+) -> np.ndarray:
+    """ONNX MatMulInteger-10 for 8-bit a with a 2-D 8-bit b (dynamic quantization's
+    products): the generic kernel's int32 result, on exact float32 K-chunks instead of
+    float64 BLAS."""
+    az = None if a_zero_point is None else np.asarray(a_zero_point)
+    if (
+        b.ndim != 2
+        or a.ndim < 2
+        or b.dtype not in (np.uint8, np.int8)
+        or (az is not None and az.size != 1)
+        or a.shape[-1] != b.shape[0]
+    ):
+        return _gemm.matmul_integer(a, b, a_zero_point, b_zero_point)
+    za = 0 if az is None else int(az.reshape(-1)[0])
+    ra, rb = _xrange(a.dtype, za)
+
+    def bi():
+        v = b.astype(np.int64)
+        if b_zero_point is not None:
+            v = v - np.asarray(b_zero_point).astype(np.int64)
+        return np.broadcast_to(v, b.shape)
+
+    prep = _mat_prep(bi, b, b_zero_point, ("mmi",), ra, rb)
+    if prep.chunks is None:
+        return _gemm.matmul_integer(a, b, a_zero_point, b_zero_point)
+    a2 = a.reshape(-1, a.shape[-1]).astype(np.float32)
+    if za:
+        a2 -= np.float32(za)
+    y = _right_matmul(a2, prep)
+    return y.astype(np.int32).reshape(*a.shape[:-1], b.shape[1])
+
+
 @kernel("QLinearMatMul", dtypes=_INT8)
 def qlinear_matmul_fast(
     a: np.ndarray,

@@ -31,6 +31,7 @@ def test_registered_for_8bit():
         assert registry.lookup("QLinearConv", "", np.dtype(dt)) is fast.qlinear_conv_fast
         assert registry.lookup("QLinearMatMul", "", np.dtype(dt)) is fast.qlinear_matmul_fast
         assert registry.lookup("QGemm", "com.microsoft", np.dtype(dt)) is fast.qgemm_fast
+        assert registry.lookup("MatMulInteger", "", np.dtype(dt)) is fast.matmul_integer_fast
         assert (
             registry.lookup("QLinearConv", "com.microsoft", np.dtype(dt))
             is fast.qlinear_conv_ms_fast
@@ -140,6 +141,28 @@ def test_qlinear_matmul_bit_exact(adt, bdt, shape_a, k, n, per_col):
             got = fast.qlinear_matmul_fast(*args)
             assert got.dtype == want.dtype and got.shape == want.shape
             np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    "adt,bdt,shape_a,k,n",
+    [
+        (np.uint8, np.int8, (1, 128, 768), 768, 40),  # dynamic quantization's projection
+        (np.uint8, np.int8, (3, 3072), 3072, 9),  # chunked K
+        (np.int8, np.uint8, (2, 5, 33), 33, 7),
+        (np.uint8, np.uint8, (1, 1), 1, 1),
+    ],
+)
+@pytest.mark.parametrize("zps", ["none", "scalar", "per_column"])
+def test_matmul_integer_bit_exact(adt, bdt, shape_a, k, n, zps):
+    rng = np.random.default_rng(k + n)
+    a, b = _q(rng, shape_a, adt), _q(rng, (k, n), bdt)
+    az = None if zps == "none" else _zp(rng, adt)
+    bz = {"none": None, "scalar": _zp(rng, bdt), "per_column": _zp(rng, bdt, n)}[zps]
+    want = ggemm.matmul_integer(a, b, az, bz)
+    for _ in range(2):  # the second call reuses the prepared weight chunks
+        got = fast.matmul_integer_fast(a, b, az, bz)
+        assert got.dtype == np.int32 and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("adt,bdt", [(np.uint8, np.int8), (np.int8, np.int8), (np.uint8, np.uint8)])
