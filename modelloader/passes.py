@@ -1,11 +1,13 @@
-"""Graph rewrites run once at plan time: BatchNorm folding and activation fusion.
+"""Graph rewrites run once at plan time, before the planner folds constants.
 
-Fused ops live in the ``modelloader``
-domain: ``FusedConv(X, W, B, Z)`` computes ``act(Conv(X, W, B) + Z)``,
-``FusedGemm(A, B, C)`` computes ``act(Gemm(A, B, C))`` and ``FusedBatchNorm`` is an inference
-BatchNormalization with an activation. Per-channel constant Mul/Add after a BatchNormalization
-(Caffe2's scale layers) fold into its scale and bias first. A channel shuffle (the
-Reshape/Transpose/Reshape idiom of ShuffleNet) after a conv becomes its ``shuffle``
+In order: repeated nodes (same op, inputs and attributes) merge; QDQ patterns become integer
+ops; NHWC<->NCHW transposes cancel; per-channel constant Mul/Add after a pre-activation
+BatchNormalization (Caffe2's scale layers) fold into it; a Conv's BatchNormalization folds
+into the conv; the exact-GELU subgraph becomes Gelu; residual adds and activations fuse.
+Fused ops live in the ``modelloader`` domain: ``FusedConv(X, W, B, Z)`` computes
+``act(Conv(X, W, B) + Z)``, ``FusedGemm(A, B, C)`` computes ``act(Gemm(A, B, C))``,
+``FusedBatchNorm`` is an inference BatchNormalization with an activation. A channel shuffle
+(the Reshape/Transpose/Reshape idiom of ShuffleNet) after a conv becomes its ``shuffle``
 attribute, so the conv writes the shuffled layout instead of a copy being made.
 """
 
@@ -33,6 +35,7 @@ def optimize(g: Graph, registry: Registry) -> Graph:
 
     In place, so replaced weights are freed as soon as their folded versions exist.
     """
+    _merge_duplicates(g, registry)
     integerize(g)  # QDQ patterns -> integer ops (modelloader.qpasses)
     optimize_layout(g)  # cancel/sink NHWC<->NCHW transposes (modelloader.layout)
     fuse_integer_clip(g)
@@ -49,6 +52,57 @@ def optimize(g: Graph, registry: Registry) -> Graph:
     if registry.supports("FusedBatchNorm", FUSED):
         _fuse(g, "BatchNormalization", "FusedBatchNorm", residual=False, single_output=True)
     return g
+
+
+def _attr_key(v: object) -> object:
+    """A hashable stand-in for an attribute value (None for a subgraph: never merged)."""
+    if isinstance(v, (list, tuple)):
+        items = [_attr_key(x) for x in v]
+        return None if any(x is None for x in items) else tuple(items)
+    if isinstance(v, np.ndarray):
+        return (v.dtype.str, v.shape, v.tobytes())
+    if isinstance(v, Graph):
+        return None
+    if isinstance(v, (int, float, str, bytes, bool)) or v is None:
+        return (type(v).__name__, v)
+    return None
+
+
+def _merge_duplicates(g: Graph, registry: Registry) -> None:
+    """Common-subexpression elimination on the top level: a node computing what an earlier
+    node with the same op, inputs and attributes computed reads that node's outputs instead
+    (quantizers write one DynamicQuantizeLinear per consumer of a tensor; exporters repeat
+    shape arithmetic). Random and stateful ops, nodes with subgraphs, graph outputs and
+    values a subgraph reads are left alone."""
+    from modelloader.executor import NONDETERMINISTIC
+
+    pinned = {o.name for o in g.outputs}
+    for n in g.nodes:
+        for sub in n.subgraphs():
+            pinned.update(sub.outer_refs())
+    seen: dict[tuple, Node] = {}
+    rename: dict[str, str] = {}
+    kept: list[Node] = []
+    for n in g.nodes:
+        if rename and any(i in rename for i in n.inputs):
+            n = replace(n, inputs=[rename.get(i, i) for i in n.inputs])
+        attrs = tuple(sorted((k, _attr_key(v)) for k, v in n.attrs.items()))
+        mergeable = (
+            n.op not in NONDETERMINISTIC
+            and not any(v[1] is None and n.attrs[v[0]] is not None for v in attrs)
+            and not any(getattr(sp.fn, "stateful", False) for sp in registry.specs(n.op, n.domain))
+            and not pinned.intersection(n.outputs)
+            and all(n.outputs)
+        )
+        key = (n.domain, n.op, tuple(n.inputs), attrs, len(n.outputs))
+        first = seen.get(key) if mergeable else None
+        if first is None:
+            if mergeable:
+                seen[key] = n
+            kept.append(n)
+            continue
+        rename.update(zip(n.outputs, first.outputs))
+    g.nodes[:] = kept
 
 
 def _uses(g: Graph) -> Counter[str]:

@@ -1,7 +1,7 @@
-"""Plan-time BatchNormalization rewrites, checked against onnxruntime on the same file:
-per-channel Mul/Add after a pre-activation BatchNormalization fold into it (Caffe2's scale
-layers, as in DenseNet-121) and it takes its activation as FusedBatchNorm; a Conv's
-BatchNormalization folds into the conv."""
+"""Plan-time rewrites, checked against onnxruntime on the same file: per-channel Mul/Add
+after a pre-activation BatchNormalization fold into it (Caffe2's scale layers, as in
+DenseNet-121) and it takes its activation as FusedBatchNorm; a Conv's BatchNormalization
+folds into the conv; repeated nodes run once."""
 
 from __future__ import annotations
 
@@ -128,3 +128,29 @@ def test_scalar_mul_folds() -> None:
     ]
     ops = _check(_model(nodes, [*_bn_inits("bn"), _const("k", np.float32(-1.5))], ["y"]), X)
     assert ops == ["FusedBatchNorm"]
+
+
+def test_duplicate_nodes_merge() -> None:
+    """Common-subexpression elimination: repeated deterministic nodes on the same inputs run
+    once (a quantizer's DynamicQuantizeLinear per consumer); random nodes and nodes whose
+    output the graph returns stay; results match onnxruntime."""
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r1"]),
+        helper.make_node("Relu", ["x"], ["r2"]),
+        helper.make_node("Add", ["r1", "r2"], ["s"]),
+        helper.make_node("Sigmoid", ["x"], ["g1"]),
+        helper.make_node("Sigmoid", ["x"], ["g2"]),  # a graph output: kept
+        helper.make_node("Mul", ["s", "g1"], ["y"]),
+        helper.make_node("RandomNormalLike", ["x"], ["n1"], seed=1.0),
+        helper.make_node("RandomNormalLike", ["x"], ["n2"], seed=1.0),
+        helper.make_node("Sub", ["n1", "n2"], ["d"]),
+    ]
+    m = modelloader.load(_model(nodes, [], ["y", "g2", "d"]))
+    ops = [s.node.op for s in m._plan.steps]
+    assert ops.count("Relu") == 1 and ops.count("Sigmoid") == 2
+    assert ops.count("RandomNormalLike") == 2
+    sess = ort.InferenceSession(_model(nodes, [], ["y", "g2"]), providers=["CPUExecutionProvider"])
+    want = sess.run(None, {"x": X})
+    got = m.predict(X)
+    np.testing.assert_allclose(got["y"], want[0], rtol=1e-6)
+    np.testing.assert_allclose(got["g2"], want[1], rtol=1e-6)
