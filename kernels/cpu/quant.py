@@ -10,8 +10,10 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
+from modelloader.buffers import take
 from modelloader.kernels.cpu._registry import kernel
 from modelloader.kernels.cpu._ufuncs import clip
+from modelloader.kernels.cpu.conv import scratch
 
 # TensorProto.DataType -> numpy dtype, for the types these ops produce or compute in
 _ONNX_DTYPES: dict[int, np.dtype] = {
@@ -153,5 +155,11 @@ def dynamic_quantize_linear(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     if scale == 0:
         return np.zeros(x.shape, np.uint8), np.asarray(scale), np.asarray(np.uint8(0))
     zp = np.clip(np.rint(np.float32(0) - lo / scale), 0, 255)
-    y = np.clip(np.rint(xf / scale) + zp, 0, 255).astype(np.uint8)
+    # saturate(rint(x / scale) + zp), in place in one work buffer
+    t = np.divide(xf, scale, out=scratch("dql", xf.shape, np.float32))
+    np.rint(t, out=t)
+    t += zp
+    clip(t, np.float32(0), np.float32(255), out=t)
+    y = take(x.shape, np.uint8)
+    np.copyto(y, t, casting="unsafe")
     return y, np.asarray(scale, np.float32), np.asarray(zp.astype(np.uint8))
