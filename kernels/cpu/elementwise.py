@@ -409,6 +409,10 @@ def cast_array(x: np.ndarray, to: int, saturate: int = 1, round_mode: str = "up"
     if x.dtype.kind == "V" and dtype.kind in "iub":
         # ml_dtypes floats (bfloat16, float8...) go through float32 to reach ints/bool.
         return x.astype(np.float32).astype(dtype)
+    if dtype.kind in "biuf" and x.dtype.kind in "biuf" and type(x) is np.ndarray:
+        out = take(x.shape, dtype)  # recycled memory, the same conversion as astype
+        np.copyto(out, x, casting="unsafe")
+        return out
     return x.astype(dtype)
 
 

@@ -870,11 +870,17 @@ def matmul_integer_fast(
     prep = _mat_prep(bi, b, b_zero_point, ("mmi",), ra, rb)
     if prep.chunks is None:
         return _gemm.matmul_integer(a, b, a_zero_point, b_zero_point)
-    a2 = a.reshape(-1, a.shape[-1]).astype(np.float32)
-    if za:
-        a2 -= np.float32(za)
-    y = _right_matmul(a2, prep)
-    return y.astype(np.int32).reshape(*a.shape[:-1], b.shape[1])
+    rows = a.reshape(-1, a.shape[-1])
+    a2 = np.subtract(rows, np.float32(za), out=_conv.scratch("mmi_a", rows.shape, np.float32))
+    if len(prep.mats) == 1:
+        y = matmul(
+            a2, prep.mats[0][0].T, out=_conv.scratch("mmi_y", (len(rows), b.shape[1]), np.float32)
+        )
+    else:
+        y = _right_matmul(a2, prep)
+    out = _take((*a.shape[:-1], b.shape[1]), np.int32)
+    np.copyto(out.reshape(y.shape), y, casting="unsafe")
+    return out
 
 
 @kernel("QLinearMatMul", dtypes=_INT8)
