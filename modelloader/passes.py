@@ -63,7 +63,9 @@ def _attr_key(v: object) -> object:
         return (v.dtype.str, v.shape, v.tobytes())
     if isinstance(v, Graph):
         return None
-    if isinstance(v, (int, float, str, bytes, bool)) or v is None:
+    if isinstance(v, float):
+        return ("float", repr(v))  # -0.0 and 0.0 stay apart
+    if isinstance(v, (int, str, bytes, bool)) or v is None:
         return (type(v).__name__, v)
     return None
 
@@ -89,7 +91,7 @@ def _merge_duplicates(g: Graph, registry: Registry) -> None:
         attrs = tuple(sorted((k, _attr_key(v)) for k, v in n.attrs.items()))
         mergeable = (
             n.op not in NONDETERMINISTIC
-            and not any(v[1] is None and n.attrs[v[0]] is not None for v in attrs)
+            and all(key is not None for _, key in attrs)
             and not any(getattr(sp.fn, "stateful", False) for sp in registry.specs(n.op, n.domain))
             and not pinned.intersection(n.outputs)
             and all(n.outputs)
