@@ -825,6 +825,23 @@ def _mat_prep(bi_fn, b: np.ndarray, zp, key: tuple, a: int, bb: int) -> _Prepare
     return _cached(arrays, (*key, zp is None, _scalar_key(zp), a, bb), build)
 
 
+def _right_operand(
+    a_dtype: np.dtype, az: np.ndarray | None, b: np.ndarray, b_zero_point, tag: str
+) -> tuple[int, int, int, _Prepared]:
+    """For a @ b with 8-bit a (scalar zero point ``az``) and a 2-D 8-bit b: (a's zero point,
+    the bounds (a, b) of a - a_zp as _xrange gives them, b - b_zp prepared in K-chunks)."""
+    za = 0 if az is None else int(az.reshape(-1)[0])
+    ra, rb = _xrange(a_dtype, za)
+
+    def bi():
+        v = b.astype(np.int64)
+        if b_zero_point is not None:
+            v = v - np.asarray(b_zero_point).astype(np.int64)
+        return np.broadcast_to(v, b.shape)
+
+    return za, ra, rb, _mat_prep(bi, b, b_zero_point, (tag,), ra, rb)
+
+
 def _right_matmul(a_f32: np.ndarray, prep: _Prepared) -> np.ndarray:
     """a (M, K) float32 times the prepared operand's (K, N), exact (float32 or float64)."""
     if len(prep.mats) == 1:
@@ -858,16 +875,7 @@ def matmul_integer_fast(
         or a.shape[-1] != b.shape[0]
     ):
         return _gemm.matmul_integer(a, b, a_zero_point, b_zero_point)
-    za = 0 if az is None else int(az.reshape(-1)[0])
-    ra, rb = _xrange(a.dtype, za)
-
-    def bi():
-        v = b.astype(np.int64)
-        if b_zero_point is not None:
-            v = v - np.asarray(b_zero_point).astype(np.int64)
-        return np.broadcast_to(v, b.shape)
-
-    prep = _mat_prep(bi, b, b_zero_point, ("mmi",), ra, rb)
+    za, ra, rb, prep = _right_operand(a.dtype, az, b, b_zero_point, "mmi")
     if prep.chunks is None:
         return _gemm.matmul_integer(a, b, a_zero_point, b_zero_point)
     rows = a.reshape(-1, a.shape[-1])
@@ -905,16 +913,7 @@ def qlinear_matmul_fast(
         and np.asarray(a_scale).size == 1
     )
     if fast:
-        za = 0 if az is None else int(az.reshape(-1)[0])
-        ra, rb = _xrange(a.dtype, za)
-
-        def bi():
-            v = b.astype(np.int64)
-            if b_zero_point is not None:
-                v = v - np.asarray(b_zero_point).astype(np.int64)
-            return np.broadcast_to(v, b.shape)
-
-        prep = _mat_prep(bi, b, b_zero_point, ("qmm",), ra, rb)
+        za, ra, rb, prep = _right_operand(a.dtype, az, b, b_zero_point, "qmm")
         kdim = b.shape[0]
         # the generic kernel accumulates in int32: stay clear of any wrap-around
         fast = prep.chunks is not None and kdim * max(ra, rb) * prep.absmax <= _INT32_MAX
