@@ -99,3 +99,111 @@ def skip_simplified_layer_normalization(
     y = sc * inv
     y *= gamma.astype(ct, copy=False)
     return y.astype(s.dtype, copy=False), np.zeros_like(inv), inv, s
+
+
+@kernel("Attention", domain=MS)
+def attention(
+    x: np.ndarray,
+    weights: np.ndarray,
+    bias: np.ndarray | None = None,
+    mask_index: np.ndarray | None = None,
+    past: np.ndarray | None = None,
+    attention_bias: np.ndarray | None = None,
+    past_sequence_length: np.ndarray | None = None,
+    *,
+    num_heads: int,
+    scale: float | None = None,
+    mask_filter_value: float = -10000.0,
+    unidirectional: int = 0,
+    qkv_hidden_sizes: list[int] | None = None,
+    do_rotary: int = 0,
+    past_present_share_buffer: int = 0,
+    rotary_embedding_dim: int = 0,
+) -> np.ndarray:
+    """com.microsoft Attention-1 (self-attention with packed Q/K/V weights), without a past
+    state or rotary embedding: softmax(Q K^T * scale + mask + attention_bias) V per head.
+
+    mask_index: a raw 0/1 mask (B, T) or (B, S, T), or key lengths (B,) (right padding) or
+    end and start positions (2B,) (left padding); masked scores get ``mask_filter_value``
+    added, as do later positions when ``unidirectional``."""
+    if past is not None or do_rotary or past_present_share_buffer:
+        raise ValueError(
+            "Attention with a past state or rotary embedding is not supported; export the "
+            "model without onnxruntime's attention fusion"
+        )
+    b, s, _ = x.shape
+    hq, hk, hv = qkv_hidden_sizes or [weights.shape[1] // 3] * 3
+    ct = x.dtype.type
+    qkv = np.matmul(x, weights.astype(x.dtype, copy=False))
+    if bias is not None:
+        qkv += bias.astype(x.dtype, copy=False)
+    n = int(num_heads)
+
+    def heads(t: np.ndarray, size: int) -> np.ndarray:
+        return t.reshape(b, s, n, size // n).transpose(0, 2, 1, 3)
+
+    q = heads(qkv[..., :hq], hq)
+    k = heads(qkv[..., hq : hq + hk], hk)
+    v = heads(qkv[..., hq + hk : hq + hk + hv], hv)
+    sc = ct(scale) if scale else ct(1.0 / np.sqrt(hq // n))
+    scores = np.matmul(q, k.transpose(0, 1, 3, 2))
+    scores *= sc
+    if mask_index is not None:
+        scores += _mask(np.asarray(mask_index), b, s, ct(mask_filter_value))
+    if unidirectional:
+        scores += np.triu(np.full((s, s), ct(mask_filter_value), ct), 1)
+    if attention_bias is not None:
+        scores += attention_bias.astype(x.dtype, copy=False)
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    out = np.matmul(scores, v)  # (b, n, s, hv/n)
+    return np.ascontiguousarray(out.transpose(0, 2, 1, 3)).reshape(b, s, hv)
+
+
+def _mask(m: np.ndarray, b: int, s: int, fill: np.floating) -> np.ndarray:
+    """The additive mask, broadcastable to (B, N, S, T), of an Attention mask_index."""
+    t = s
+    if m.ndim == 1 and m.size in (b, 2 * b):
+        pos = np.arange(t)
+        end = m[:b].reshape(b, 1)
+        keep = pos < end
+        if m.size == 2 * b:
+            keep &= pos >= m[b:].reshape(b, 1)
+        return np.where(keep, 0, fill).astype(type(fill)).reshape(b, 1, 1, t)
+    if m.ndim == 2 and m.shape == (b, t):
+        return ((1 - m.astype(type(fill))) * fill).reshape(b, 1, 1, t)
+    if m.ndim == 3 and m.shape == (b, s, t):
+        return ((1 - m.astype(type(fill))) * fill).reshape(b, 1, s, t)
+    raise ValueError(
+        f"Attention mask_index of shape {m.shape} is not supported (use a (batch, seq) or "
+        "(batch, seq, seq) 0/1 mask, or (batch,) / (2*batch,) positions)"
+    )
+
+
+@kernel("EmbedLayerNormalization", domain=MS)
+def embed_layer_normalization(
+    input_ids: np.ndarray,
+    segment_ids: np.ndarray | None,
+    word_embedding: np.ndarray,
+    position_embedding: np.ndarray,
+    segment_embedding: np.ndarray | None,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    mask: np.ndarray | None = None,
+    position_ids: np.ndarray | None = None,
+    *,
+    epsilon: float = 1e-12,
+    mask_index_type: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """com.microsoft EmbedLayerNormalization-1: (LayerNorm(word[ids] + position[pos] +
+    segment[seg]) * gamma + beta, mask_index = the number of 1s in each mask row (int32; 0s
+    without a mask), the embedding sum before normalization)."""
+    b, s = input_ids.shape
+    pos = np.arange(s) if position_ids is None else position_ids
+    emb = np.take(word_embedding, input_ids, axis=0) + np.take(position_embedding, pos, axis=0)
+    if segment_ids is not None and segment_embedding is not None:
+        emb += np.take(segment_embedding, segment_ids, axis=0)
+    y, _, _ = layer_normalization(emb, gamma, beta, axis=-1, epsilon=epsilon)
+    count = np.zeros(b, np.int32) if mask is None else (mask != 0).sum(axis=1).astype(np.int32)
+    return y, count, emb

@@ -12,5 +12,7 @@ passthrough(
     "QuickGelu",
     "SkipLayerNormalization",
     "SkipSimplifiedLayerNormalization",
+    "Attention",
+    "EmbedLayerNormalization",
     domain="com.microsoft",
 )
