@@ -19,18 +19,23 @@ import numpy as np
 
 from modelloader.kernels.cpu._registry import kernel
 from modelloader.kernels.cpu.activation import gelu, sigmoid
+from modelloader.kernels.cpu.elementwise import pooled_out
 from modelloader.kernels.cpu.norm import layer_normalization
 
 MS = "com.microsoft"
 
 
 def _added(x: np.ndarray, *terms: np.ndarray | None) -> np.ndarray:
-    """x plus every present term, in a new array of x's dtype."""
-    out = x
+    """x plus every present term (each broadcast to x's shape), in a new (recycled) array of
+    x's dtype."""
+    out = pooled_out(x)
+    if out is None:
+        out = np.empty_like(x)
+    np.copyto(out, x)
     for t in terms:
         if t is not None:
-            out = np.add(out, t.astype(x.dtype, copy=False))
-    return out if out is not x else x.copy()
+            out += t.astype(x.dtype, copy=False)
+    return out
 
 
 @kernel("Gelu", domain=MS)
