@@ -124,17 +124,20 @@ def attention(
     do_rotary: int = 0,
     past_present_share_buffer: int = 0,
     rotary_embedding_dim: int = 0,
-) -> np.ndarray:
-    """com.microsoft Attention-1 (self-attention with packed Q/K/V weights), without a past
-    state or rotary embedding: softmax(Q K^T * scale + mask + attention_bias) V per head.
+) -> tuple[np.ndarray, np.ndarray]:
+    """com.microsoft Attention-1 (self-attention with packed Q/K/V weights), without rotary
+    embedding or a shared past/present buffer: softmax(Q K^T * scale + mask +
+    attention_bias) V per head; returns (output, present).
 
-    mask_index: a raw 0/1 mask (B, T) or (B, S, T), or key lengths (B,) (right padding) or
-    end and start positions (2B,) (left padding); masked scores get ``mask_filter_value``
-    added, as do later positions when ``unidirectional``."""
-    if past is not None or do_rotary or past_present_share_buffer:
+    ``past`` (2, B, N, P, head_size) holds earlier keys and values: they precede this call's
+    (total length T = P + S) and ``present`` is the concatenation. mask_index: a raw 0/1 mask
+    (B, T) or (B, S, T), or key lengths (B,) (right padding) or end and start positions (2B,)
+    (left padding); masked scores get ``mask_filter_value`` added, as do later positions
+    when ``unidirectional``."""
+    if do_rotary or past_present_share_buffer:
         raise ValueError(
-            "Attention with a past state or rotary embedding is not supported; export the "
-            "model without onnxruntime's attention fusion"
+            "Attention with rotary embedding or a shared past/present buffer is not "
+            "supported; export the model without onnxruntime's attention fusion"
         )
     b, s, _ = x.shape
     hq, hk, hv = qkv_hidden_sizes or [weights.shape[1] // 3] * 3
@@ -150,25 +153,31 @@ def attention(
     q = heads(qkv[..., :hq], hq)
     k = heads(qkv[..., hq : hq + hk], hk)
     v = heads(qkv[..., hq + hk : hq + hk + hv], hv)
+    if past is not None:
+        if hq != hk or hk != hv:
+            raise ValueError("Attention with a past state needs equal Q/K/V hidden sizes")
+        k = np.concatenate([past[0].astype(x.dtype, copy=False), k], axis=2)
+        v = np.concatenate([past[1].astype(x.dtype, copy=False), v], axis=2)
+    t = k.shape[2]
     sc = ct(scale) if scale else ct(1.0 / np.sqrt(hq // n))
     scores = np.matmul(q, k.transpose(0, 1, 3, 2))
     scores *= sc
     if mask_index is not None:
-        scores += _mask(np.asarray(mask_index), b, s, ct(mask_filter_value))
-    if unidirectional:
-        scores += np.triu(np.full((s, s), ct(mask_filter_value), ct), 1)
+        scores += _mask(np.asarray(mask_index), b, s, t, ct(mask_filter_value))
+    if unidirectional:  # query i sits at position t - s + i
+        scores += np.triu(np.full((s, t), ct(mask_filter_value), ct), t - s + 1)
     if attention_bias is not None:
         scores += attention_bias.astype(x.dtype, copy=False)
     scores -= scores.max(axis=-1, keepdims=True)
     np.exp(scores, out=scores)
     scores /= scores.sum(axis=-1, keepdims=True)
     out = np.matmul(scores, v)  # (b, n, s, hv/n)
-    return np.ascontiguousarray(out.transpose(0, 2, 1, 3)).reshape(b, s, hv)
+    present = np.stack([k, v]) if hk == hv else np.empty((0,), x.dtype)
+    return np.ascontiguousarray(out.transpose(0, 2, 1, 3)).reshape(b, s, hv), present
 
 
-def _mask(m: np.ndarray, b: int, s: int, fill: np.floating) -> np.ndarray:
+def _mask(m: np.ndarray, b: int, s: int, t: int, fill: np.floating) -> np.ndarray:
     """The additive mask, broadcastable to (B, N, S, T), of an Attention mask_index."""
-    t = s
     if m.ndim == 1 and m.size in (b, 2 * b):
         pos = np.arange(t)
         end = m[:b].reshape(b, 1)

@@ -145,14 +145,35 @@ def test_embed_layer_normalization_matches_onnxruntime(segments, mask, positions
     _run_both(node, inputs, inits, ["y", "mask_index", "sum"])
 
 
-def test_attention_with_past_is_a_clear_error() -> None:
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("causal", [0, 1])
+def test_attention_with_past_matches_onnxruntime(masked: bool, causal: int) -> None:
+    """GPT-2 style: earlier keys/values come in as ``past``, ``present`` carries them on."""
+    rng = np.random.default_rng(4)
+    s, p = 3, 5
+    inputs = {
+        "x": rng.standard_normal((B, s, H)).astype(np.float32),
+        "past": rng.standard_normal((2, B, N, p, H // N)).astype(np.float32),
+    }
+    inits = {
+        "w": (rng.standard_normal((H, 3 * H)) * 0.3).astype(np.float32),
+        "b": rng.standard_normal(3 * H).astype(np.float32),
+    }
+    names = ["x", "w", "b", "", "past"]
+    if masked:
+        inputs["m"] = np.ones((B, p + s), np.int32)
+        inputs["m"][1, :2] = 0
+        names[3] = "m"
+    node = helper.make_node(
+        "Attention", names, ["y", "present"], domain="com.microsoft", num_heads=N,
+        unidirectional=causal,
+    )  # fmt: skip
+    _run_both(node, inputs, inits, ["y", "present"])
+
+
+def test_attention_with_rotary_is_a_clear_error() -> None:
     from modelloader.kernels.cpu.ms_transformer import attention
 
     x = np.zeros((1, 2, 8), np.float32)
-    with pytest.raises(ValueError, match="past state or rotary"):
-        attention(
-            x,
-            np.zeros((8, 24), np.float32),
-            past=np.zeros((2, 1, 2, 0, 4), np.float32),
-            num_heads=2,
-        )
+    with pytest.raises(ValueError, match="rotary embedding"):
+        attention(x, np.zeros((8, 24), np.float32), num_heads=2, do_rotary=1)
