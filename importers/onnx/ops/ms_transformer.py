@@ -1,5 +1,6 @@
-"""ONNX rows for onnxruntime's com.microsoft transformer fusions (what its transformer
-optimizer writes into ``model_optimized.onnx`` files); kernels in kernels/cpu/ms_transformer.py."""
+"""ONNX rows for onnxruntime's com.microsoft fusions: what its transformer optimizer writes
+into ``model_optimized.onnx`` files (kernels/cpu/ms_transformer.py) and what a model saved
+after its graph optimizations holds (kernels/cpu/ms_fused.py)."""
 
 from __future__ import annotations
 
@@ -14,5 +15,8 @@ passthrough(
     "SkipSimplifiedLayerNormalization",
     "Attention",
     "EmbedLayerNormalization",
+    "FusedConv",
+    "FusedGemm",
+    "FusedMatMul",
     domain="com.microsoft",
 )
