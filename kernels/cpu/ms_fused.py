@@ -9,6 +9,8 @@ modelloader-domain fusions:
   Clip min, max).
 * ``FusedMatMul(A, B)``: alpha * op(A) @ op(B) with numpy.matmul broadcasting (see
   ``fused_matmul`` for op).
+* ``MatMulIntegerToFloat`` / ``DynamicQuantizeMatMul``: a dynamically quantized MatMul with
+  its dequantization (and, for the latter, the quantization of A) folded in.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from modelloader.kernels.cpu._registry import kernel
+from modelloader.kernels.cpu._registry import kernel, registry
 from modelloader.kernels.cpu.conv import fused_conv
 from modelloader.kernels.cpu.gemm import _matmul, fused_gemm
+from modelloader.kernels.cpu.quant import dynamic_quantize_linear
 
 MS = "com.microsoft"
 
@@ -102,3 +105,37 @@ def fused_matmul(
     if alpha != 1.0:
         y = y * y.dtype.type(alpha)
     return y
+
+
+@kernel("MatMulIntegerToFloat", domain=MS)
+def matmul_integer_to_float(
+    a: np.ndarray,
+    b: np.ndarray,
+    a_scale: np.ndarray,
+    b_scale: np.ndarray,
+    a_zero_point: np.ndarray | None = None,
+    b_zero_point: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+) -> np.ndarray:
+    """com.microsoft MatMulIntegerToFloat-1: float32 (A - a_zp) @ (B - b_zp) * (a_scale *
+    b_scale) + bias, the integer product exact (MatMulInteger)."""
+    acc = registry.lookup("MatMulInteger", "", a.dtype)(a, b, a_zero_point, b_zero_point)
+    y = acc.astype(np.float32)
+    y *= np.asarray(a_scale, np.float32) * np.asarray(b_scale, np.float32)
+    if bias is not None:
+        y += bias.astype(np.float32, copy=False)
+    return y
+
+
+@kernel("DynamicQuantizeMatMul", domain=MS)
+def dynamic_quantize_matmul(
+    a: np.ndarray,
+    b: np.ndarray,
+    b_scale: np.ndarray,
+    b_zero_point: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+) -> np.ndarray:
+    """com.microsoft DynamicQuantizeMatMul-1: A quantized to uint8 as DynamicQuantizeLinear
+    does, then MatMulIntegerToFloat with B."""
+    aq, a_scale, a_zp = dynamic_quantize_linear(a)
+    return matmul_integer_to_float(aq, b, a_scale, b_scale, a_zp, b_zero_point, bias)

@@ -74,3 +74,78 @@ def test_fused_matmul_matches_onnxruntime(sa, sb, attrs) -> None:
     np.testing.assert_allclose(
         modelloader.load(model).predict(feeds)["Y"], want, rtol=1e-5, atol=1e-5
     )
+
+
+def _single(node, feeds: dict[str, np.ndarray], inits: dict[str, np.ndarray]) -> None:
+    """One com.microsoft node against onnxruntime. Weights stay within 7 bits: onnxruntime's
+    AVX2 u8s8 kernels saturate pairwise 16-bit sums of full-range products (off by whole
+    units then), which is why its quantizer reduces the weight range there; ours are exact."""
+    graph = helper.make_graph(
+        [node],
+        "q",
+        [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+         for k, v in feeds.items()],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        initializer=[onnx.numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )  # fmt: skip
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=8).SerializeToString()
+    want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(
+        modelloader.load(model).predict(feeds)["Y"], want, rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("per_column", [False, True])
+def test_dynamic_quantize_matmul_matches_onnxruntime(bias: bool, per_column: bool) -> None:
+    rng = np.random.default_rng(2)
+    n = 24
+    inits = {
+        "b": rng.integers(-64, 64, (40, n)).astype(np.int8),  # 7-bit: see below
+        "bs": (rng.random(n if per_column else ()) * 0.01 + 1e-3).astype(np.float32),
+        "bz": np.array(0, np.int8),
+    }
+    names = ["a", "b", "bs", "bz"]
+    if bias:
+        inits["bias"] = rng.standard_normal(n).astype(np.float32)
+        names.append("bias")
+    feeds = {"a": rng.standard_normal((2, 7, 40)).astype(np.float32)}
+    _single(
+        helper.make_node("DynamicQuantizeMatMul", names, ["Y"], domain="com.microsoft"),
+        feeds,
+        inits,
+    )
+
+
+@pytest.mark.parametrize("zero_points", [False, True])
+def test_matmul_integer_to_float_matches_onnxruntime(zero_points: bool) -> None:
+    rng = np.random.default_rng(3)
+    feeds = {"a": rng.integers(0, 256, (3, 5, 32)).astype(np.uint8)}
+    inits = {
+        "b": rng.integers(-64, 64, (32, 16)).astype(np.int8),
+        "as": np.array(0.02, np.float32),
+        "bs": (rng.random(16) * 0.01 + 1e-3).astype(np.float32),
+        "bias": rng.standard_normal(16).astype(np.float32),
+    }
+    names = ["a", "b", "as", "bs", "", "", "bias"]
+    if zero_points:
+        inits["az"] = np.array(131, np.uint8)
+        inits["bz"] = np.array(-3, np.int8)
+        names[4:6] = ["az", "bz"]
+    _single(
+        helper.make_node("MatMulIntegerToFloat", names, ["Y"], domain="com.microsoft"), feeds, inits
+    )
+
+
+def test_matmul_integer_to_float_is_exact_for_full_range_weights() -> None:
+    """Where onnxruntime's AVX2 kernels saturate (full-range int8 weights against large uint8
+    inputs), ours give the exact integer product, scaled."""
+    from modelloader.kernels.cpu.ms_fused import matmul_integer_to_float
+
+    rng = np.random.default_rng(5)
+    a = rng.integers(200, 256, (4, 64)).astype(np.uint8)
+    b = rng.integers(-128, 128, (64, 8)).astype(np.int8)
+    a_s, b_s = np.float32(0.02), (rng.random(8) * 0.01 + 1e-3).astype(np.float32)
+    want = (a.astype(np.int64) @ b.astype(np.int64)).astype(np.float32) * (a_s * b_s)
+    np.testing.assert_array_equal(matmul_integer_to_float(a, b, a_s, b_s), want)

@@ -18,5 +18,7 @@ passthrough(
     "FusedConv",
     "FusedGemm",
     "FusedMatMul",
+    "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul",
     domain="com.microsoft",
 )
