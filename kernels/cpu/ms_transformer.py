@@ -221,3 +221,28 @@ def embed_layer_normalization(
     y, _, _ = layer_normalization(emb, gamma, beta, axis=-1, epsilon=epsilon)
     count = np.zeros(b, np.int32) if mask is None else (mask != 0).sum(axis=1).astype(np.int32)
     return y, count, emb
+
+
+@kernel("SimplifiedLayerNormalization")
+def simplified_layer_normalization(
+    x: np.ndarray,
+    scale: np.ndarray,
+    *,
+    axis: int = -1,
+    epsilon: float = 1e-5,
+    stash_type: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """onnxruntime's SimplifiedLayerNormalization-1 (registered in the ai.onnx domain; what
+    its optimizer writes for T5/LLaMA RMS norms): (X / sqrt(mean(X^2 over [axis, rank)) +
+    eps) * scale, inv_std_var)."""
+    ct = np.float64 if x.dtype == np.float64 else np.float32
+    axes = tuple(range(axis % x.ndim, x.ndim))
+    xc = x.astype(ct, copy=False)
+    inv = np.add.reduce(np.square(xc), axis=axes, keepdims=True)
+    inv /= ct(np.prod([x.shape[a] for a in axes]))
+    inv += ct(epsilon)
+    np.sqrt(inv, out=inv)
+    np.divide(1, inv, out=inv)
+    y = xc * inv
+    y *= scale.astype(ct, copy=False)
+    return y.astype(x.dtype, copy=False), inv

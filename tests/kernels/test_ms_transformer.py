@@ -177,3 +177,15 @@ def test_attention_with_rotary_is_a_clear_error() -> None:
     x = np.zeros((1, 2, 8), np.float32)
     with pytest.raises(ValueError, match="rotary embedding"):
         attention(x, np.zeros((8, 24), np.float32), num_heads=2, do_rotary=1)
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_simplified_layer_normalization_matches_onnxruntime(axis: int) -> None:
+    """onnxruntime's SimplifiedLayerNormalization, which it registers in the ai.onnx domain."""
+    rng = np.random.default_rng(6)
+    scale_shape = (H,) if axis == -1 else (5, H)
+    inits = {"scale": rng.uniform(0.5, 2, scale_shape).astype(np.float32)}
+    node = helper.make_node(
+        "SimplifiedLayerNormalization", ["x", "scale"], ["y", "inv"], axis=axis, epsilon=1e-5
+    )
+    _run_both(node, {"x": X}, inits, ["y", "inv"])

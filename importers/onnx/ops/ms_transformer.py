@@ -22,3 +22,6 @@ passthrough(
     "DynamicQuantizeMatMul",
     domain="com.microsoft",
 )
+
+# registered by onnxruntime in the ai.onnx domain, though no ONNX opset has it
+passthrough("SimplifiedLayerNormalization")
