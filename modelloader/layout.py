@@ -56,7 +56,7 @@ def optimize_layout(g: Graph) -> Graph:
         return g
     _fold_constant_transposes(g)
     # rewrites touch top-level nodes only: what subgraphs read stays pinned throughout
-    sub_refs = _sub_refs(g)
+    sub_refs = subgraph_refs(g)
     while _step(g, sub_refs):
         pass
     return g
@@ -107,7 +107,9 @@ class _Ctx:
         }
         self.readers: Counter[str] = Counter(x for n in g.nodes for x in n.inputs if x)
         # graph outputs and subgraph references are readers that cannot be rewired
-        self.pinned = {o.name for o in g.outputs} | (_sub_refs(g) if sub_refs is None else sub_refs)
+        self.pinned = {o.name for o in g.outputs} | (
+            subgraph_refs(g) if sub_refs is None else sub_refs
+        )
         self.names = set(self.producer) | set(g.constants) | {v.name for v in g.inputs}
         self.names |= set(g.values)
 
@@ -134,7 +136,7 @@ class _Ctx:
         return None if v is None else np.asarray(v)
 
 
-def _sub_refs(g: Graph) -> set[str]:
+def subgraph_refs(g: Graph) -> set[str]:
     """The enclosing-scope names the subgraphs of ``g``'s nodes read."""
     return {r for n in g.nodes for sub in n.subgraphs() for r in sub.outer_refs()}
 

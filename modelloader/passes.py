@@ -21,7 +21,7 @@ import numpy as np
 
 from modelloader.ir import Graph, Node
 from modelloader.kernels.registry import Registry
-from modelloader.layout import fuse_integer_clip, optimize_layout
+from modelloader.layout import fuse_integer_clip, optimize_layout, subgraph_refs
 from modelloader.qpasses import integerize
 
 FUSED = "modelloader"
@@ -78,10 +78,7 @@ def _merge_duplicates(g: Graph, registry: Registry) -> None:
     values a subgraph reads are left alone."""
     from modelloader.executor import NONDETERMINISTIC
 
-    pinned = {o.name for o in g.outputs}
-    for n in g.nodes:
-        for sub in n.subgraphs():
-            pinned.update(sub.outer_refs())
+    pinned = {o.name for o in g.outputs} | subgraph_refs(g)
     seen: dict[tuple, Node] = {}
     rename: dict[str, str] = {}
     kept: list[Node] = []

@@ -20,7 +20,7 @@ import numpy as np
 from modelloader.kernels.cpu._registry import kernel
 from modelloader.kernels.cpu.activation import gelu, sigmoid
 from modelloader.kernels.cpu.elementwise import pooled_out
-from modelloader.kernels.cpu.norm import layer_normalization
+from modelloader.kernels.cpu.norm import _norm_axes, layer_normalization
 
 MS = "com.microsoft"
 
@@ -94,16 +94,8 @@ def skip_simplified_layer_normalization(
     mean (zeros: RMS normalization subtracts none), inv_std_var, s) with s = input + skip
     (+ bias), over the last axis."""
     s = _added(x, skip, bias)
-    ct = np.float64 if s.dtype == np.float64 else np.float32
-    sc = s.astype(ct, copy=False)
-    inv = np.add.reduce(np.square(sc), axis=-1, keepdims=True)
-    inv /= ct(sc.shape[-1])
-    inv += ct(epsilon)
-    np.sqrt(inv, out=inv)
-    np.divide(1, inv, out=inv)
-    y = sc * inv
-    y *= gamma.astype(ct, copy=False)
-    return y.astype(s.dtype, copy=False), np.zeros_like(inv), inv, s
+    y, inv = simplified_layer_normalization(s, gamma, axis=-1, epsilon=epsilon)
+    return y, np.zeros_like(inv), inv, s
 
 
 @kernel("Attention", domain=MS)
@@ -236,7 +228,7 @@ def simplified_layer_normalization(
     its optimizer writes for T5/LLaMA RMS norms): (X / sqrt(mean(X^2 over [axis, rank)) +
     eps) * scale, inv_std_var)."""
     ct = np.float64 if x.dtype == np.float64 else np.float32
-    axes = tuple(range(axis % x.ndim, x.ndim))
+    axes = _norm_axes(axis, x.ndim)
     xc = x.astype(ct, copy=False)
     inv = np.add.reduce(np.square(xc), axis=axes, keepdims=True)
     inv /= ct(np.prod([x.shape[a] for a in axes]))
