@@ -21,6 +21,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from modelloader.buffers import take
+from modelloader.kernels.cpu import _jit
 from modelloader.kernels.cpu._registry import kernel
 from modelloader.kernels.cpu._ufuncs import clip
 from modelloader.parallel import matmul
@@ -291,6 +292,8 @@ def _conv_float(
         if b is not None:
             out += b.astype(x.dtype, copy=False).reshape((m,) + (1,) * r)
         return out
+    if depthwise_jit(x, group, r, (k, s, d, p, out_sp)):
+        return _depthwise_compiled(x, w, b, (k, s, d, p, out_sp))
     cg, mg = c // group, m // group
     kk = math.prod(k)
     if (
@@ -378,6 +381,33 @@ def _conv_float(
     if bias is not None:
         out += bias
     return out
+
+
+def depthwise_jit(x: np.ndarray, group: int, rank: int, geometry: tuple) -> bool:
+    """Whether a grouped conv is a 2-D depthwise one the compiled loops (``_jit``) run."""
+    return (
+        _jit.available
+        and rank == 2
+        and group == x.shape[1]
+        and group > 1
+        and x.dtype.type in _FLOATS
+        and min(geometry[3]) >= 0
+    )
+
+
+def _depthwise_compiled(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    geometry: tuple,
+    lo: float = -np.inf,
+    hi: float = np.inf,
+) -> np.ndarray:
+    """2-D depthwise conv (+ bias, clamped to [lo, hi]) by the compiled loops of ``_jit``."""
+    k, s, d, p, out_sp = geometry
+    out = take((x.shape[0], w.shape[0]) + tuple(out_sp), x.dtype)
+    xc = x if x.flags.c_contiguous else np.ascontiguousarray(x)
+    return _jit.depthwise2d(xc, w, b, out, tuple(s), tuple(d), (p[0], p[1]), lo, hi)
 
 
 def _depthwise_same(
@@ -586,6 +616,19 @@ def fused_conv(
         pads=pads,
         strides=strides,
     )
+    bounds = _clamp_bounds(activation, activation_params)
+    if not shuffle and z is None and bounds is not None and _jit.available:
+        geo = _geometry(
+            xc.shape,
+            wc.shape,
+            auto_pad,
+            *map(_tup, (dilations, kernel_shape)),
+            _tup(pads),
+            _tup(strides),
+        )
+        if depthwise_jit(xc, group, xc.ndim - 2, geo):
+            y = _depthwise_compiled(xc, wc, b, geo, *bounds)
+            return y.astype(x.dtype, copy=False)
     if shuffle and _shuffles_in_matmul(wc, group, shuffle, geometry):
         y, in_conv_order = _pointwise_shuffled(xc, wc, b, group)
     else:
@@ -600,6 +643,17 @@ def fused_conv(
         np.copyto(out.reshape(n, m // g, g, -1), y.reshape(n, g, m // g, -1).transpose(0, 2, 1, 3))
         y = out
     return y.astype(x.dtype, copy=False)
+
+
+def _clamp_bounds(activation: str, params: Sequence[float]) -> tuple[float, float] | None:
+    """The [lo, hi] a fused activation clamps to, or None when it is not a clamp."""
+    if not activation:
+        return (-np.inf, np.inf)
+    if activation == "Relu":
+        return (0.0, np.inf)
+    if activation == "Clip" and len(params) > 1 and params[0] <= params[1]:
+        return (float(params[0]), float(params[1]))
+    return None
 
 
 def _shuffles_in_matmul(w: np.ndarray, group: int, shuffle: int, geometry: dict) -> bool:

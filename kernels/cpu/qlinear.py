@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from modelloader.buffers import take
+from modelloader.kernels.cpu import _jit
 from modelloader.kernels.cpu._registry import kernel, registry
 from modelloader.kernels.cpu._ufuncs import clip as _clip
 from modelloader.kernels.cpu.conv import _conv_float, scratch
@@ -829,7 +830,7 @@ class _TflRequant:
     The output zero point joins the rounding offset (adding zp * 2**r before the shift adds zp
     after it) when that stays inside int32."""
 
-    __slots__ = ("q", "c1", "right", "neg_mask", "off", "zp", "limit")
+    __slots__ = ("q", "c1", "right", "neg_mask", "off", "zp", "limit", "jit")
 
     def __init__(self, q, sh, bias64, zp: int) -> None:
         left = np.maximum(sh, 0)
@@ -841,6 +842,7 @@ class _TflRequant:
             c1 = c1 + bias64 * self.q
         self.c1 = c1
         self.zp = int(zp)
+        self.jit = None  # the compiled pass's per-channel vectors, built on first use
         if not right.any():
             self.right = self.neg_mask = self.off = None
             return
@@ -855,6 +857,13 @@ class _TflRequant:
 
     def apply(self, acc: np.ndarray, act_min, act_max, dtype: np.dtype) -> np.ndarray:
         """Requantizes the exact float accumulator ``acc`` (N, M, ...) into ``dtype``."""
+        lo, hi = _irange(dtype)
+        lo = lo if act_min is None else max(lo, int(act_min))
+        hi = hi if act_max is None else min(hi, int(act_max))
+        if _jit.available and acc.flags.c_contiguous:
+            if self.jit is None:
+                self.jit = _jit.requant_params(self.q, self.c1, self.right, self.neg_mask, self.off)
+            return _jit.requantize(acc, self.jit, self.zp, lo, hi, take(acc.shape, dtype))
         # float -> int32 converts 4x faster than float -> int64 (|acc| < 2**30)
         y = scratch("tfl_y", acc.shape, np.int32)
         np.copyto(y, acc, casting="unsafe")
@@ -871,9 +880,6 @@ class _TflRequant:
             y >>= self.right
         if self.zp:
             y += np.int32(self.zp)
-        lo, hi = _irange(dtype)
-        lo = lo if act_min is None else max(lo, int(act_min))
-        hi = hi if act_max is None else min(hi, int(act_max))
         _clip(y, lo, hi, out=y)
         out = take(acc.shape, dtype)
         np.copyto(out, y, casting="unsafe")

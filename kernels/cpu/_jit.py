@@ -1,0 +1,212 @@
+"""Compiled loops for the convolutions BLAS has no primitive for (the ``jit`` extra: numba).
+
+A depthwise convolution does k*k multiply-adds per output and shares no operand between
+channels, so lowering it to BLAS (im2col plus a batch of one-row products, see ``conv.py``)
+spends most of its time copying taps and dispatching tiny GEMMs. The loops here run it
+directly: per output row, one contiguous multiply-add per kernel tap over the columns whose
+window tap falls inside the image, so padding costs neither a copy nor a branch per element.
+
+Everything here is an optional accelerator: ``available`` is false when numba is not
+installed or ``MODELLOADER_JIT=0`` is set, and callers then take their NumPy/BLAS path.
+Both paths compute the same sums; only the float summation order differs (every kernel adds
+the bias first, then the taps row by row). Compiled code is cached on disk beside this file
+(or in numba's cache directory when that is read-only), so only the first load on a machine
+pays the compile time. Kernels release the GIL and are single-threaded; callers split work
+over channels with ``modelloader.parallel.parallel_for``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["available", "depthwise2d"]
+
+
+def _enabled() -> bool:
+    flag = os.environ.get("MODELLOADER_JIT", "1").strip().lower()
+    return flag not in ("0", "false", "no", "off")
+
+
+try:
+    if not _enabled():
+        raise ImportError("disabled by MODELLOADER_JIT")
+    import numba
+except ImportError:
+    numba = None
+
+#: whether the compiled kernels can be used in this process
+available: bool = numba is not None
+
+
+def _njit(fn: Callable[..., Any]) -> Callable[..., Any]:
+    if numba is None:
+        return fn
+    try:
+        return numba.njit(nogil=True, cache=True, boundscheck=False)(fn)
+    except RuntimeError:  # no writable cache location: compile in every process instead
+        return numba.njit(nogil=True, boundscheck=False)(fn)
+
+
+@_njit
+def _dw_plane(x, w, b, out, c0, c1, sh, sw, dh, dw, ph, pw, lo, hi):  # noqa: ANN001, ANN202
+    # x (N, C, H, W); w (M, kh, kw); b (M,); out (N, M, OH, OW); output channels [c0, c1).
+    # The padded input plane is stored as sh*sw phase planes (rows y = qy*sh + ry, columns
+    # likewise), each (hq, wq) and flat, so tap (ky, kx) reads one phase at a fixed offset and
+    # the whole output plane, in rows of wq (junk columns cropped at the end), is one
+    # contiguous multiply-add per tap.
+    n_, c_, h, wd = x.shape
+    m_, kh, kw = w.shape
+    oh, ow = out.shape[2], out.shape[3]
+    mult = m_ // c_
+    qy_max = ((kh - 1) * dh) // sh
+    qx_max = ((kw - 1) * dw) // sw
+    hq = max((h + ph + sh - 1) // sh, oh + qy_max)
+    wq = max((wd + pw + sw - 1) // sw, ow + qx_max)
+    plane = hq * wq
+    buf = np.zeros(sh * sw * plane + wq, x.dtype)
+    offs = np.empty((kh, kw), np.int64)
+    for ky in range(kh):
+        for kx in range(kw):
+            ty, tx = ky * dh, kx * dw
+            offs[ky, kx] = ((ty % sh) * sw + tx % sw) * plane + (ty // sh) * wq + tx // sw
+    size = oh * wq
+    acc = np.empty(size, x.dtype)
+    for n in range(n_):
+        filled = -1
+        for m in range(c0, c1):
+            c = m // mult
+            if c != filled:
+                xc = x[n, c]
+                for y in range(h):
+                    py = y + ph
+                    row = xc[y]
+                    for rx in range(sw):
+                        x0 = (rx - pw) % sw
+                        dst = buf[
+                            ((py % sh) * sw + rx) * plane + (py // sh) * wq + (x0 + pw) // sw :
+                        ]
+                        for j in range((wd - x0 + sw - 1) // sw):
+                            dst[j] = row[x0 + j * sw]
+                filled = c
+            bias = b[m]
+            for i in range(size):
+                acc[i] = bias
+            wm = w[m]
+            for ky in range(kh):
+                if kw == 3:
+                    w0, w1, w2 = wm[ky, 0], wm[ky, 1], wm[ky, 2]
+                    s0 = buf[offs[ky, 0] :]
+                    s1 = buf[offs[ky, 1] :]
+                    s2 = buf[offs[ky, 2] :]
+                    for i in range(size):
+                        acc[i] += w0 * s0[i] + w1 * s1[i] + w2 * s2[i]
+                else:
+                    for kx in range(kw):
+                        wv = wm[ky, kx]
+                        src = buf[offs[ky, kx] :]
+                        for i in range(size):
+                            acc[i] += wv * src[i]
+            for oy in range(oh):
+                o = out[n, m, oy]
+                a = acc[oy * wq :]
+                for i in range(ow):
+                    v = a[i]
+                    if v < lo:
+                        v = lo
+                    if v > hi:
+                        v = hi
+                    o[i] = v
+
+
+def _split(m: int, work: int, fn: Callable[[int, int], None]) -> None:
+    from modelloader.parallel import parallel_for
+
+    # a thread hand-off costs ~20 us: only worth it for convs of ~1M multiply-adds or more
+    if work < (1 << 20):
+        fn(0, m)
+    else:
+        parallel_for(m, fn)
+
+
+def depthwise2d(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    out: np.ndarray,
+    strides: tuple[int, int],
+    dilations: tuple[int, int],
+    pads_begin: tuple[int, int],
+    lo: float = -np.inf,
+    hi: float = np.inf,
+) -> np.ndarray:
+    """Writes the 2-D depthwise conv of x (N, C, H, W) with w (M, 1, kh, kw), M = C * mult,
+    plus bias, clamped to [lo, hi], into out (N, M, OH, OW); all float of one dtype,
+    C-contiguous. Pads are implied by the output size; only the leading ones are given."""
+    m, _, kh, kw = w.shape
+    wk = np.ascontiguousarray(w.reshape(m, kh, kw))
+    bias = np.zeros(m, x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
+    t = x.dtype.type
+    args = (*strides, *dilations, *pads_begin, t(lo), t(hi))
+    _split(
+        m,
+        out.size * kh * kw,
+        lambda c0, c1: _dw_plane(x, wk, bias, out, c0, c1, *args),
+    )
+    return out
+
+
+@_njit
+def _requant_rows(acc, q, c1, shifts, right, neg_mask, off, zp, lo, hi, out):  # noqa: ANN001, ANN202
+    # acc (N, M, L) float holding exact integers; per channel m: see requantize_tflite
+    n_, m_, ln = acc.shape
+    for n in range(n_):
+        for m in range(m_):
+            qm, cm, rm, mm, om = q[m], c1[m], right[m], neg_mask[m], off[m]
+            src = acc[n, m]
+            dst = out[n, m]
+            for i in range(ln):
+                v = (np.int64(np.int32(src[i])) * qm + cm) >> 31
+                if shifts:
+                    v = (v + ((v >> 63) & mm) + om) >> rm
+                v += zp
+                if v < lo:
+                    v = lo
+                if v > hi:
+                    v = hi
+                dst[i] = v
+
+
+def requant_params(
+    q: np.ndarray,
+    c1: np.ndarray,
+    right: np.ndarray | None,
+    neg_mask: np.ndarray | None,
+    off: np.ndarray | None,
+) -> tuple:
+    """The per-channel vectors ``requantize`` takes, from ``qlinear._TflRequant``'s arrays
+    (each broadcastable to (M,) once flattened; None: no rounding shift / no mask / 0)."""
+    m = max(a.size for a in (q, c1, right, neg_mask, off) if a is not None)
+
+    def vec(a: np.ndarray | None, fill: int) -> np.ndarray:
+        if a is None:
+            return np.full(m, fill, np.int64)
+        return np.ascontiguousarray(np.broadcast_to(a.reshape(-1), (m,)), np.int64)
+
+    return vec(q, 0), vec(c1, 0), right is not None, vec(right, 0), vec(neg_mask, -1), vec(off, 0)
+
+
+def requantize(
+    acc: np.ndarray, params: tuple, zp: int, lo: int, hi: int, out: np.ndarray
+) -> np.ndarray:
+    """One pass of TFLite's per-channel MultiplyByQuantizedMultiplier with the bias folded in
+    (``qlinear._TflRequant``: v = (int32(acc) * q + c1) >> 31, then the rounding right shift
+    (v + (neg_mask & -[v < 0]) + off) >> right, plus zp, clamped to [lo, hi]) from acc
+    (N, M, ...) float holding exact integers into out (N, M, ...) int; ``params`` from
+    ``requant_params``."""
+    shape = acc.shape[:2] + (-1,)
+    _requant_rows(acc.reshape(shape), *params, int(zp), int(lo), int(hi), out.reshape(shape))
+    return out

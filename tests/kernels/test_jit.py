@@ -1,0 +1,139 @@
+"""The compiled kernels (``kernels/cpu/_jit.py``) against the NumPy/BLAS path they replace
+and against a float64 reference computed tap by tap."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import modelloader
+from modelloader.kernels.cpu import _jit
+from modelloader.kernels.cpu.conv import conv, fused_conv
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+@pytest.fixture(autouse=True)
+def _needs_numba() -> None:
+    if not _jit.available:
+        pytest.fail("numba is a test dependency (the test extra): install it")
+
+
+def _reference(x, w, b, s, d, p, out_sp):
+    """Depthwise conv in float64, one kernel tap at a time over a zero-padded input."""
+    n, c, h, wd = x.shape
+    m, _, kh, kw = w.shape
+    xp = np.zeros((n, c, h + p[0] + p[2], wd + p[1] + p[3]))
+    xp[:, :, p[0] : p[0] + h, p[1] : p[1] + wd] = x
+    xp = np.repeat(xp, m // c, axis=1)
+    y = np.broadcast_to(b.astype(np.float64).reshape(1, m, 1, 1), (n, m, *out_sp)).copy()
+    for i in range(kh):
+        for j in range(kw):
+            y0, x0 = i * d[0], j * d[1]
+            win = xp[:, :, y0 : y0 + s[0] * out_sp[0] : s[0], x0 : x0 + s[1] * out_sp[1] : s[1]]
+            y += w[:, 0, i, j].reshape(1, m, 1, 1) * win[:, :, : out_sp[0], : out_sp[1]]
+    return y
+
+
+@st.composite
+def depthwise_cases(draw: st.DrawFn) -> dict:
+    c = draw(st.integers(1, 6))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    s = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    d = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    p = [draw(st.integers(0, 3)) for _ in range(4)]
+    h = draw(st.integers(max(1, (kh - 1) * d[0] + 1 - p[0] - p[2]), 12))
+    wd = draw(st.integers(max(1, (kw - 1) * d[1] + 1 - p[1] - p[3]), 12))
+    return dict(
+        n=draw(st.integers(1, 2)),
+        c=c,
+        mult=draw(st.integers(1, 3)),
+        hw=(h, wd),
+        k=(kh, kw),
+        s=s,
+        d=d,
+        p=p,
+        dtype=draw(st.sampled_from([np.float32, np.float64])),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(depthwise_cases())
+def test_depthwise_matches_reference_and_numpy(case: dict) -> None:
+    rng = np.random.default_rng(case["seed"])
+    n, c, mult, dt = case["n"], case["c"], case["mult"], case["dtype"]
+    if c == 1 and mult == 1:
+        mult = 2  # group == C == 1 is a plain conv, not depthwise
+    x = rng.standard_normal((n, c, *case["hw"])).astype(dt)
+    w = rng.standard_normal((c * mult, 1, *case["k"])).astype(dt)
+    b = rng.standard_normal(c * mult).astype(dt)
+    kw = dict(group=c, pads=case["p"], strides=case["s"], dilations=case["d"])
+    got = conv(x, w, b, **kw).copy()
+    _jit.available = False
+    try:
+        numpy_path = conv(x, w, b, **kw).copy()
+    finally:
+        _jit.available = True
+    out_sp = got.shape[2:]
+    want = _reference(x, w, b, case["s"], case["d"], case["p"], out_sp)
+    tol = 1e-5 if dt == np.float32 else 1e-12
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    np.testing.assert_allclose(got, numpy_path, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize(
+    "activation, params",
+    [("", ()), ("Relu", ()), ("Clip", (0.0, 6.0)), ("Clip", (-0.5, 0.25))],
+)
+def test_fused_clamp_matches_separate_activation(activation: str, params: tuple) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 8, 9, 10)).astype(np.float32) * 4
+    x[0, 0, 0, 0] = np.nan  # NaN passes a clamp, as np.clip lets it
+    w = rng.standard_normal((8, 1, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    kw = dict(group=8, pads=[1, 1, 1, 1], strides=[2, 1])
+    got = fused_conv(x, w, b, activation=activation, activation_params=params, **kw)
+    want = conv(x, w, b, **kw).astype(np.float64)
+    if activation == "Relu":
+        want = np.maximum(want, 0)
+    elif activation == "Clip":
+        want = np.clip(want, *params)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert np.isnan(got[0, 0, 0, 0])
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2_int8", "mobilenet_v2_f32"])
+def test_tflite_models_identical_with_and_without_jit(name: str) -> None:
+    """The compiled and NumPy paths agree on whole models: int8 bit for bit, float32 within
+    summation-order rounding; both match the interpreter's stored outputs (the fixture tests)."""
+    m = modelloader.load(MODELS / "tflite" / f"{name}.tflite")
+    with np.load(MODELS / "tflite" / f"{name}.npz") as z:
+        feeds = {k.split(":", 1)[1]: z[k] for k in z.files if k.startswith("input:")}
+    got = m.predict(feeds)
+    _jit.available = False
+    try:
+        numpy_path = m.predict(feeds)
+    finally:
+        _jit.available = True
+    for k, v in got.items():
+        if v.dtype.kind == "f":
+            np.testing.assert_allclose(v, numpy_path[k], rtol=1e-5, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(v, numpy_path[k])
+
+
+def test_env_switch_disables_the_compiled_path() -> None:
+    code = "from modelloader.kernels.cpu import _jit; print(_jit.available)"
+    env = dict(os.environ, MODELLOADER_JIT="0")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"
