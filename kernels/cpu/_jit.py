@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["available", "depthwise2d"]
+__all__ = ["available", "depthwise2d", "epilogue", "requant_params", "requantize"]
 
 
 def _enabled() -> bool:
@@ -210,3 +210,61 @@ def requantize(
     shape = acc.shape[:2] + (-1,)
     _requant_rows(acc.reshape(shape), *params, int(zp), int(lo), int(hi), out.reshape(shape))
     return out
+
+
+@_njit
+def _epilogue_rows(src, dst, src_ch, dst_ch, b, z, has_z, lo, hi):  # noqa: ANN001, ANN202
+    # rows are picked through channel maps only for shuffles: in place, the maps are None
+    n_, m_, ln = dst.shape
+    for n in range(n_):
+        for c in range(m_):
+            d = dst[n, c] if dst_ch is None else dst[n, dst_ch[c]]
+            s = d if src is None else src[n, c] if src_ch is None else src[n, src_ch[c]]
+            bias = b[c]
+            if has_z:
+                zr = z[n, c]
+                for i in range(ln):
+                    v = s[i] + bias + zr[i]
+                    if v < lo:
+                        v = lo
+                    if v > hi:
+                        v = hi
+                    d[i] = v
+            else:
+                for i in range(ln):
+                    v = s[i] + bias
+                    if v < lo:
+                        v = lo
+                    if v > hi:
+                        v = hi
+                    d[i] = v
+
+
+def epilogue(
+    dst: np.ndarray,
+    b: np.ndarray | None,
+    z: np.ndarray | None,
+    lo: float,
+    hi: float,
+    src: np.ndarray | None = None,
+    src_channels: np.ndarray | None = None,
+    dst_channels: np.ndarray | None = None,
+) -> np.ndarray:
+    """dst[:, dst_channels[c]] = clamp(src[:, src_channels[c]] + b[c] + z[:, c], lo, hi) for
+    every conv channel c, in that order of float additions (as the separate NumPy passes).
+    ``src`` None: in place, src is dst (read through dst_channels too); channel maps None:
+    the identity. dst and src (N, M, ...)
+    C-contiguous of one float dtype; z, if given, (N, M, ...) in conv channel order; a
+    missing b adds 0 (exact: x + 0.0 == x, and -0.0 + 0.0 only changes a zero's sign).
+    Returns dst."""
+    n, m = dst.shape[:2]
+    shape = (n, m, -1)
+    t = dst.dtype.type
+    bias = np.zeros(m, dst.dtype) if b is None else np.ascontiguousarray(b, dst.dtype)
+    has_z = z is not None
+    zz = np.ascontiguousarray(z).reshape(shape) if has_z else np.zeros((1, 1, 1), dst.dtype)
+    _epilogue_rows(
+        None if src is None else src.reshape(shape), dst.reshape(shape), src_channels,
+        dst_channels, bias, zz, has_z, t(lo), t(hi),
+    )  # fmt: skip
+    return dst

@@ -617,18 +617,10 @@ def fused_conv(
         strides=strides,
     )
     bounds = _clamp_bounds(activation, activation_params)
-    if not shuffle and z is None and bounds is not None and _jit.available:
-        geo = _geometry(
-            xc.shape,
-            wc.shape,
-            auto_pad,
-            *map(_tup, (dilations, kernel_shape)),
-            _tup(pads),
-            _tup(strides),
+    if bounds is not None and _jit.available and (z is None or z.dtype == cd):
+        return _fused_compiled(xc, wc, b, z, group, geometry, bounds, shuffle).astype(
+            x.dtype, copy=False
         )
-        if depthwise_jit(xc, group, xc.ndim - 2, geo):
-            y = _depthwise_compiled(xc, wc, b, geo, *bounds)
-            return y.astype(x.dtype, copy=False)
     if shuffle and _shuffles_in_matmul(wc, group, shuffle, geometry):
         y, in_conv_order = _pointwise_shuffled(xc, wc, b, group)
     else:
@@ -643,6 +635,49 @@ def fused_conv(
         np.copyto(out.reshape(n, m // g, g, -1), y.reshape(n, g, m // g, -1).transpose(0, 2, 1, 3))
         y = out
     return y.astype(x.dtype, copy=False)
+
+
+def _fused_compiled(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    z: np.ndarray | None,
+    group: int,
+    geometry: dict,
+    bounds: tuple[float, float],
+    shuffle: int,
+) -> np.ndarray:
+    """fused_conv with a clamp (or no) activation through the compiled kernels: depthwise
+    convs clamp as they go; other convs leave bias, residual, clamp and shuffle to one pass
+    (``_jit.epilogue``) instead of one NumPy pass each."""
+    geo = _geometry(
+        x.shape,
+        w.shape,
+        geometry["auto_pad"],
+        *map(_tup, (geometry["dilations"], geometry["kernel_shape"])),
+        _tup(geometry["pads"]),
+        _tup(geometry["strides"]),
+    )
+    if z is None and not shuffle and depthwise_jit(x, group, x.ndim - 2, geo):
+        return _depthwise_compiled(x, w, b, geo, *bounds)
+    if shuffle and _shuffles_in_matmul(w, group, shuffle, geometry):
+        y, _ = _pointwise_shuffled(x, w, None, group)
+        perm = _channel_map(w.shape[0], shuffle)
+        return _jit.epilogue(y, b, z, *bounds, dst_channels=perm)
+    y = _conv_float(x, w, None, group=group, **geometry)
+    if shuffle:
+        out = take(y.shape, y.dtype)
+        perm = _channel_map(w.shape[0], shuffle)
+        return _jit.epilogue(out, b, z, *bounds, src=y, dst_channels=perm)
+    return _jit.epilogue(y, b, z, *bounds)
+
+
+@functools.lru_cache(maxsize=256)
+def _channel_map(m: int, shuffle: int) -> np.ndarray:
+    """Where conv channel c lands after a channel shuffle with ``shuffle`` groups."""
+    c = np.arange(m)
+    mg = m // shuffle
+    return (c % mg) * shuffle + c // mg
 
 
 def _clamp_bounds(activation: str, params: Sequence[float]) -> tuple[float, float] | None:

@@ -137,3 +137,30 @@ def test_env_switch_disables_the_compiled_path() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize(
+    "k, group, shuffle",
+    [(1, 1, 0), (3, 1, 0), (1, 4, 4), (3, 2, 2), (1, 2, 4), (3, 8, 0)],
+)
+@pytest.mark.parametrize("activation, params", [("", ()), ("Relu", ()), ("Clip", (-1.0, 2.0))])
+def test_fused_epilogue_matches_numpy_passes(
+    k: int, group: int, shuffle: int, residual: bool, activation: str, params: tuple
+) -> None:
+    """Bias, residual, clamp and channel shuffle in one compiled pass, against the NumPy
+    passes: pointwise (shuffle written by the matmul), kxk (shuffle by copy), depthwise."""
+    rng = np.random.default_rng(k * 100 + group * 10 + shuffle)
+    x = rng.standard_normal((2, 8, 6, 7)).astype(np.float32)
+    w = rng.standard_normal((8, 8 // group, k, k)).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    z = rng.standard_normal((2, 8, 6, 7)).astype(np.float32) if residual else None
+    kw = dict(group=group, pads=[k // 2] * 4, shuffle=shuffle)
+    kw.update(activation=activation, activation_params=params)
+    got = fused_conv(x, w, b, z, **kw).copy()
+    _jit.available = False
+    try:
+        want = fused_conv(x, w, b, z, **kw).copy()
+    finally:
+        _jit.available = True
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
