@@ -268,3 +268,96 @@ def epilogue(
         dst_channels, bias, zz, has_z, t(lo), t(hi),
     )  # fmt: skip
     return dst
+
+
+@_njit
+def _qconv_requant_rows(acc, mult, bias, zp, lo, hi, out):  # noqa: ANN001, ANN202
+    # acc (N, M, OH, WQ) exact integers (WQ >= OW: junk columns past OW); out (N, M, OH, OW)
+    n_, m_, oh, _ = acc.shape
+    ow = out.shape[3]
+    for n in range(n_):
+        for m in range(m_):
+            bm, mm = bias[m], mult[m]
+            for y in range(oh):
+                src = acc[n, m, y]
+                dst = out[n, m, y]
+                for i in range(ow):
+                    v = np.rint((np.float64(src[i]) + bm) * mm) + zp
+                    if v < lo:
+                        v = lo
+                    if v > hi:
+                        v = hi
+                    dst[i] = np.int32(v)
+
+
+@_njit
+def _qconv_add_rows(acc, mult, bias, zp, lo, hi, z, za, ra, zb, rb, zc, tlo, thi, out):  # noqa: ANN001, ANN202
+    n_, m_, oh, _ = acc.shape
+    ow = out.shape[3]
+    conv = np.empty(ow, np.float32)  # the conv's requantized output minus zp, one row
+    for n in range(n_):
+        for m in range(m_):
+            bm, mm = bias[m], mult[m]
+            for y in range(oh):
+                src = acc[n, m, y]
+                zr = z[n, m, y]
+                dst = out[n, m, y]
+                for i in range(ow):
+                    v = np.rint((np.float64(src[i]) + bm) * mm)
+                    conv[i] = np.float32(min(max(v, lo - zp), hi - zp))
+                for i in range(ow):
+                    a = (conv[i] + za) * ra
+                    t = np.rint((np.float32(zr[i]) - zb) * rb + a)
+                    dst[i] = np.int32(min(max(t, tlo), thi) + zc)
+
+
+def qconv_requantize(
+    acc: np.ndarray,
+    mult: np.ndarray,
+    bias: np.ndarray,
+    zp: int,
+    clamp: tuple[int, int],
+    out: np.ndarray,
+    tail: tuple | None = None,
+) -> np.ndarray:
+    """QLinearConv requantization in one pass: out = clamp(rint((acc + bias[m]) * mult[m]) +
+    zp) in float64, round half to even, as ``conv.requantize`` (acc (N, M, OH, WQ) exact
+    integers, columns past out's OW ignored; mult, bias (M,) float64). ``tail``: the fused
+    com.microsoft QLinearAdd of ``qconv_fast._AddTail`` as (z, za, ra, zb, rb, zc, lo, hi),
+    float32 arithmetic: clamp(rint((z - zb) * rb + (y - zp + za) * ra), lo, hi) + zc."""
+    lo, hi = float(clamp[0]), float(clamp[1])
+    n, m, oh, ow = out.shape
+    if acc.shape[3] == ow and acc.flags.c_contiguous and out.flags.c_contiguous:
+        # no junk columns: each channel is one long row (short rows do not vectorize)
+        flat = (n, m, 1, oh * ow)
+        acc, out = acc.reshape(flat), out.reshape(flat)
+        if tail is not None and tail[0].flags.c_contiguous:
+            tail = (tail[0].reshape(flat), *tail[1:])
+        elif tail is not None:
+            tail = (np.ascontiguousarray(tail[0]).reshape(flat), *tail[1:])
+    if tail is None:
+        _qconv_requant_rows(acc, mult, bias, float(zp), lo, hi, out)
+    else:
+        _qconv_add_rows(acc, mult, bias, float(zp), lo, hi, *tail, out)
+    return out.reshape(n, m, oh, ow)
+
+
+@_njit
+def _gather_rows(src, offsets, zp, out):  # noqa: ANN001, ANN202
+    n_, c_, kk, ln = out.shape
+    for n in range(n_):
+        for c in range(c_):
+            s = src[n, c]
+            for t in range(kk):
+                r = s[offsets[t] :]
+                d = out[n, c, t]
+                for i in range(ln):
+                    d[i] = r[i] - zp
+
+
+def gather_shifted(src: np.ndarray, offsets: np.ndarray, zp: float, out: np.ndarray) -> np.ndarray:
+    """out[n, c, t, :] = src[n, c, offsets[t] : offsets[t] + L] - zp, converted to out's float
+    dtype (exact for 8/16-bit src): the "extended row" im2col of a flat padded input (one
+    shifted slice per kernel tap). src (N, C, S) and out (N, C, T, L) C-contiguous."""
+    _gather_rows(src, offsets, out.dtype.type(zp), out)
+    return out

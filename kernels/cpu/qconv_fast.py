@@ -41,6 +41,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from modelloader.kernels.cpu import _jit
 from modelloader.kernels.cpu import conv as _conv
 from modelloader.kernels.cpu import gemm as _gemm
 from modelloader.kernels.cpu import qlinear as _ql
@@ -318,12 +319,17 @@ class _Req:
     """A conv's requantization: clip(rint((acc + bias) * mult) + zp, lo + zp, hi + zp) with
     mult (rows, 1, 1) and bias (rows, 1, 1) (or None) in the working precision ``ft``."""
 
-    __slots__ = ("f32", "ft", "mult", "bias", "zp", "lo", "hi")
+    __slots__ = ("f32", "ft", "mult", "bias", "zp", "lo", "hi", "clamp", "jit")
 
     def __init__(self, f32: bool, mult, bias, zp: int, clamp: tuple[int, int]) -> None:
         self.f32, self.ft = f32, np.float32 if f32 else np.float64
         self.mult, self.bias, self.zp = mult, bias, zp
         self.lo, self.hi = self.ft(clamp[0] - zp), self.ft(clamp[1] - zp)
+        self.clamp = clamp
+        # (mult, bias) as float64 vectors for the compiled pass; None: multipliers not finite
+        m64 = mult.reshape(-1).astype(np.float64)
+        b64 = np.zeros_like(m64) if bias is None else bias.reshape(-1).astype(np.float64)
+        self.jit = (m64, b64) if np.isfinite(m64).all() else None
 
     @staticmethod
     def make(f32: bool, mult, bias, zp: int, clamp: tuple[int, int], m: int) -> _Req:
@@ -355,6 +361,22 @@ def _requant(
     integer range before rounding changes nothing (rint commutes with a clip to integers, and a
     clipped q means p saturates too).
     """
+    if _jit.available and req.jit is not None:
+        t = None
+        if tail is not None:
+            za = np.float32(req.zp - tail.za)
+            t = (
+                tail.z.reshape(out.shape),
+                za,
+                tail.ra,
+                tail.zb,
+                tail.rb,
+                tail.zc,
+                tail.lo,
+                tail.hi,
+            )
+        _jit.qconv_requantize(acc, *req.jit, req.zp, req.clamp, out, t)
+        return
     n, m, oh, wq = acc.shape
     rows = n * m
     a3 = acc.reshape(rows, oh, wq)
@@ -424,6 +446,9 @@ def _flat_taps(h, w, p, k, s, d, out_sp):
     return wq, hq, [(a, b, qa * wq + qb) for a, b, qa, qb in taps]
 
 
+_NO_SHIFT = np.zeros(1, np.int64)
+
+
 def _to_f32(src: np.ndarray, zp: int, out: np.ndarray) -> None:
     """out = float32(src) - zp (exact integers)."""
     if zp:
@@ -452,7 +477,10 @@ def _columns(x, fill, xz, p, k, s, d, out_sp, group, ones=False):
     if kk == 1 and not any(p):
         xs = x if s == [1, 1] else x[:, :, :: s[0], :: s[1]]
         cols, body = _cols_buf(n, c, 1, oh * ow, ones)
-        _to_f32(xs, xz, body.reshape(n, c, oh, ow))
+        if _jit.available and xs.flags.c_contiguous:
+            _jit.gather_shifted(xs.reshape(n, c, oh * ow), _NO_SHIFT, xz, body)
+        else:
+            _to_f32(xs, xz, body.reshape(n, c, oh, ow))
         return cols.reshape(n, group, -1, oh * ow), ow
     wq = -(-(wd + p[1] + p[3]) // s[1])
     if wq <= 1.1 * ow:  # extended rows: kk contiguous slice copies, few junk columns
@@ -460,7 +488,17 @@ def _columns(x, fill, xz, p, k, s, d, out_sp, group, ones=False):
         xp = _padded(x, (p[0], p[1], hq * s[0] - h - p[0], wq * s[1] - wd - p[1]), fill)
         ext = oh * wq
         cols, body = _cols_buf(n, c, kk, ext, ones)
-        if s == [1, 1]:
+        if _jit.available:
+            # every tap is one shifted slice of a flat stride phase: see _flat_taps
+            if s == [1, 1]:
+                src = xp.reshape(n, c, hq * wq)
+            else:
+                src = _scratch("phases", (n, c, s[0], s[1], hq, wq), x.dtype)
+                np.copyto(src, xp.reshape(n, c, hq, s[0], wq, s[1]).transpose(0, 1, 3, 5, 2, 4))
+                src = src.reshape(n, c, -1)
+            offs = np.array([(a * s[1] + b) * hq * wq + off for a, b, off in taps], np.int64)
+            _jit.gather_shifted(src, offs, xz, body)
+        elif s == [1, 1]:
             src = xp.reshape(n, c, hq * wq)
             st = src.strides
             view = as_strided(

@@ -62,7 +62,7 @@ CONV_CASES = [
 @pytest.mark.parametrize("xdt,wdt", [(np.uint8, np.uint8), (np.uint8, np.int8), (np.int8, np.int8)])
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
-def test_qlinear_conv_bit_exact(case, xdt, wdt, per_channel, bias):
+def test_qlinear_conv_bit_exact(case, xdt, wdt, per_channel, bias, path: str):
     xs, (m, kh, kw), group, s, p, d, auto_pad = case
     rng = np.random.default_rng(hash((xs, m, kh, group, per_channel, bias)) % 2**32)
     x = _q(rng, xs, xdt)
@@ -206,7 +206,7 @@ TIE_MULTS = [0.1, 0.3, 0.7, 1 / 3, 0.5, 0.25, 1.5, 0.05, 2.0**-9, 3e-3, 0.0123, 
 
 @pytest.mark.parametrize("zp,dt", [(0, np.uint8), (128, np.uint8), (255, np.uint8), (-3, np.int8)])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_float32_requantization_matches_float64_on_ties(zp, dt, with_bias):
+def test_float32_requantization_matches_float64_on_ties(zp, dt, with_bias, path: str):
     # every accumulator value whose product is in (or near) the output range, per channel
     mult = np.asarray(TIE_MULTS, np.float32)
     span = int(np.ceil(300 / mult.min())) + 2
@@ -236,7 +236,7 @@ def test_float32_requantization_matches_float64_on_ties(zp, dt, with_bias):
 
 @pytest.mark.parametrize("mult", [0.1, 0.3, 0.5, 1 / 3, 0.05])
 @pytest.mark.parametrize("k", [1, 3])
-def test_qlinear_conv_ties_end_to_end(mult, k):
+def test_qlinear_conv_ties_end_to_end(mult, k, path: str):
     # small weights and x_scale * w_scale / y_scale == float32(mult): many results near .5
     rng = np.random.default_rng(int(mult * 1000) + k)
     x = rng.integers(0, 12, (1, 5, 9, 9)).astype(np.uint8)
@@ -265,7 +265,7 @@ def _conv_add_reference(args, add, act, kw_):
 
 @pytest.mark.parametrize("case", CONV_CASES)
 @pytest.mark.parametrize("xdt,wdt", [(np.uint8, np.int8), (np.int8, np.int8)])
-def test_qlinear_conv_add_and_clip_bit_exact(case, xdt, wdt):
+def test_qlinear_conv_add_and_clip_bit_exact(case, xdt, wdt, path: str):
     xs, (m, kh, kw), group, s, p, d, auto_pad = case
     rng = np.random.default_rng(hash((xs, m, kh, group, 7)) % 2**32)
     x = _q(rng, xs, xdt)

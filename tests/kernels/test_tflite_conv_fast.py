@@ -5,17 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from modelloader.kernels.cpu import _jit
 from modelloader.kernels.cpu.qlinear import _finish, tflite_conv
-
-
-@pytest.fixture(params=["jit", "numpy"])
-def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Runs a test through the compiled kernels (``_jit``) and through the NumPy ones."""
-    if request.param == "jit" and not _jit.available:
-        pytest.fail("numba is a test dependency: install the test extra")
-    monkeypatch.setattr(_jit, "available", request.param == "jit")
-    return request.param
 
 
 def _reference(x, w, bias, x_zp, w_zp, mult, y_zp, act, stride, pads, group):
