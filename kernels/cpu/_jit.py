@@ -23,7 +23,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["available", "depthwise2d", "epilogue", "requant_params", "requantize"]
+__all__ = [
+    "available",
+    "depthwise2d",
+    "epilogue",
+    "gather_shifted",
+    "qconv_requantize",
+    "requant_params",
+    "requantize",
+]
 
 
 def _enabled() -> bool:
@@ -52,27 +60,47 @@ def _njit(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @_njit
-def _dw_plane(x, w, b, out, c0, c1, sh, sw, dh, dw, ph, pw, lo, hi):  # noqa: ANN001, ANN202
-    # x (N, C, H, W); w (M, kh, kw); b (M,); out (N, M, OH, OW); output channels [c0, c1).
+def _phase_offsets(h, wd, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw):  # noqa: ANN001, ANN202
     # The padded input plane is stored as sh*sw phase planes (rows y = qy*sh + ry, columns
     # likewise), each (hq, wq) and flat, so tap (ky, kx) reads one phase at a fixed offset and
     # the whole output plane, in rows of wq (junk columns cropped at the end), is one
-    # contiguous multiply-add per tap.
-    n_, c_, h, wd = x.shape
-    m_, kh, kw = w.shape
-    oh, ow = out.shape[2], out.shape[3]
-    mult = m_ // c_
+    # contiguous pass per tap. Returns (wq, plane size, buffer size, tap offsets (kh, kw)).
     qy_max = ((kh - 1) * dh) // sh
     qx_max = ((kw - 1) * dw) // sw
     hq = max((h + ph + sh - 1) // sh, oh + qy_max)
     wq = max((wd + pw + sw - 1) // sw, ow + qx_max)
     plane = hq * wq
-    buf = np.zeros(sh * sw * plane + wq, x.dtype)
     offs = np.empty((kh, kw), np.int64)
     for ky in range(kh):
         for kx in range(kw):
             ty, tx = ky * dh, kx * dw
             offs[ky, kx] = ((ty % sh) * sw + tx % sw) * plane + (ty // sh) * wq + tx // sw
+    return wq, plane, sh * sw * plane + wq, offs
+
+
+@_njit
+def _fill_phases(xc, buf, sh, sw, ph, pw, wq, plane):  # noqa: ANN001, ANN202
+    # copies plane xc (H, W) into its phase-plane positions; the rest of buf is left alone
+    h, wd = xc.shape
+    for y in range(h):
+        py = y + ph
+        row = xc[y]
+        for rx in range(sw):
+            x0 = (rx - pw) % sw
+            dst = buf[((py % sh) * sw + rx) * plane + (py // sh) * wq + (x0 + pw) // sw :]
+            for j in range((wd - x0 + sw - 1) // sw):
+                dst[j] = row[x0 + j * sw]
+
+
+@_njit
+def _dw_plane(x, w, b, out, c0, c1, sh, sw, dh, dw, ph, pw, lo, hi):  # noqa: ANN001, ANN202
+    # x (N, C, H, W); w (M, kh, kw); b (M,); out (N, M, OH, OW); output channels [c0, c1)
+    n_, c_, h, wd = x.shape
+    m_, kh, kw = w.shape
+    oh, ow = out.shape[2], out.shape[3]
+    mult = m_ // c_
+    wq, plane, total, offs = _phase_offsets(h, wd, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw)
+    buf = np.zeros(total, x.dtype)
     size = oh * wq
     acc = np.empty(size, x.dtype)
     for n in range(n_):
@@ -80,17 +108,7 @@ def _dw_plane(x, w, b, out, c0, c1, sh, sw, dh, dw, ph, pw, lo, hi):  # noqa: AN
         for m in range(c0, c1):
             c = m // mult
             if c != filled:
-                xc = x[n, c]
-                for y in range(h):
-                    py = y + ph
-                    row = xc[y]
-                    for rx in range(sw):
-                        x0 = (rx - pw) % sw
-                        dst = buf[
-                            ((py % sh) * sw + rx) * plane + (py // sh) * wq + (x0 + pw) // sw :
-                        ]
-                        for j in range((wd - x0 + sw - 1) // sw):
-                            dst[j] = row[x0 + j * sw]
+                _fill_phases(x[n, c], buf, sh, sw, ph, pw, wq, plane)
                 filled = c
             bias = b[m]
             for i in range(size):
