@@ -1,23 +1,31 @@
-"""Compiled loops for the convolutions BLAS has no primitive for (the ``jit`` extra: numba).
+"""Compiled loops (the ``jit`` extra: numba) for the work BLAS has no primitive for.
 
-A depthwise convolution does k*k multiply-adds per output and shares no operand between
-channels, so lowering it to BLAS (im2col plus a batch of one-row products, see ``conv.py``)
-spends most of its time copying taps and dispatching tiny GEMMs. The loops here run it
-directly: per output row, one contiguous multiply-add per kernel tap over the columns whose
-window tap falls inside the image, so padding costs neither a copy nor a branch per element.
+* Depthwise convolution: k*k multiply-adds per output and no operand shared between
+  channels, so lowering it to BLAS (im2col plus a batch of one-row products, see ``conv.py``)
+  spends most of its time copying taps and dispatching tiny GEMMs. Here each channel's padded
+  plane is laid out as stride phases (``_phase_offsets``) so every kernel tap is one
+  contiguous multiply-add over the whole output plane.
+* Conv epilogues: bias, residual, clamp and channel shuffle in one pass over the conv output
+  instead of one NumPy pass each.
+* Quantized conv requantization (ONNX QLinearConv with its fused residual QLinearAdd, TFLite's
+  fixed-point MultiplyByQuantizedMultiplier) in one pass instead of eight to twelve, and the
+  int8 -> float32 conversion of im2col taps.
 
 Everything here is an optional accelerator: ``available`` is false when numba is not
-installed or ``MODELLOADER_JIT=0`` is set, and callers then take their NumPy/BLAS path.
-Both paths compute the same sums; only the float summation order differs (every kernel adds
-the bias first, then the taps row by row). Compiled code is cached on disk beside this file
-(or in numba's cache directory when that is read-only), so only the first load on a machine
-pays the compile time. Kernels release the GIL and are single-threaded; callers split work
-over channels with ``modelloader.parallel.parallel_for``.
+installed or ``MODELLOADER_JIT=0`` is set, and callers then take their NumPy path. Integer
+results are bit-identical to the NumPy path; float ones differ only in summation order
+(every kernel adds the bias first, then the taps in kernel order). numba is imported and the
+kernels compiled on the first call that needs one, not at import or load; machine code is
+cached on disk beside this file (or in numba's cache directory when that is read-only), so
+later processes only load it. Kernels release the GIL and are single-threaded; callers split
+large work over channels with ``modelloader.parallel.parallel_for``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +36,8 @@ __all__ = [
     "depthwise2d",
     "epilogue",
     "gather_shifted",
+    "load",
+    "loaded",
     "qconv_requantize",
     "requant_params",
     "requantize",
@@ -39,24 +49,50 @@ def _enabled() -> bool:
     return flag not in ("0", "false", "no", "off")
 
 
-try:
-    if not _enabled():
-        raise ImportError("disabled by MODELLOADER_JIT")
-    import numba
-except ImportError:
-    numba = None
-
 #: whether the compiled kernels can be used in this process
-available: bool = numba is not None
+available: bool = _enabled() and importlib.util.find_spec("numba") is not None
+
+_KERNELS: list[str] = []
+_compiled = False
+_compile_lock = threading.Lock()
 
 
 def _njit(fn: Callable[..., Any]) -> Callable[..., Any]:
-    if numba is None:
-        return fn
-    try:
-        return numba.njit(nogil=True, cache=True, boundscheck=False)(fn)
-    except RuntimeError:  # no writable cache location: compile in every process instead
-        return numba.njit(nogil=True, boundscheck=False)(fn)
+    """Registers a loop for compilation by ``load`` (it stays plain Python until then)."""
+    _KERNELS.append(fn.__name__)
+    return fn
+
+
+def load() -> None:
+    """Imports numba and replaces every registered loop in this module by its dispatcher, all
+    at once (loops call each other through module globals, which numba resolves when
+    compiling); machine code is compiled, or loaded from the cache, on each loop's first call."""
+    global _compiled
+    with _compile_lock:
+        if _compiled:
+            return
+        import numba
+
+        g = globals()
+        for name in _KERNELS:
+            try:
+                g[name] = numba.njit(nogil=True, cache=True, boundscheck=False)(g[name])
+            except RuntimeError:  # no writable cache location: compile in every process
+                g[name] = numba.njit(nogil=True, boundscheck=False)(g[name])
+        _compiled = True
+
+
+def loaded() -> bool:
+    """Whether the kernels are compiled (numba imported) in this process: the fixed cost of
+    importing numba and starting LLVM (~0.5 s, ~150 MB RSS) is then already paid."""
+    return _compiled
+
+
+def _kernel(name: str) -> Callable[..., Any]:
+    """The compiled loop ``name``, compiling all of them on first use."""
+    if not _compiled:
+        load()
+    return globals()[name]
 
 
 @_njit
@@ -172,7 +208,7 @@ def depthwise2d(
     _split(
         m,
         out.size * kh * kw,
-        lambda c0, c1: _dw_plane(x, wk, bias, out, c0, c1, *args),
+        lambda c0, c1: _kernel("_dw_plane")(x, wk, bias, out, c0, c1, *args),
     )
     return out
 
@@ -226,7 +262,9 @@ def requantize(
     (N, M, ...) float holding exact integers into out (N, M, ...) int; ``params`` from
     ``requant_params``."""
     shape = acc.shape[:2] + (-1,)
-    _requant_rows(acc.reshape(shape), *params, int(zp), int(lo), int(hi), out.reshape(shape))
+    _kernel("_requant_rows")(
+        acc.reshape(shape), *params, int(zp), int(lo), int(hi), out.reshape(shape)
+    )
     return out
 
 
@@ -281,7 +319,7 @@ def epilogue(
     bias = np.zeros(m, dst.dtype) if b is None else np.ascontiguousarray(b, dst.dtype)
     has_z = z is not None
     zz = np.ascontiguousarray(z).reshape(shape) if has_z else np.zeros((1, 1, 1), dst.dtype)
-    _epilogue_rows(
+    _kernel("_epilogue_rows")(
         None if src is None else src.reshape(shape), dst.reshape(shape), src_channels,
         dst_channels, bias, zz, has_z, t(lo), t(hi),
     )  # fmt: skip
@@ -354,9 +392,9 @@ def qconv_requantize(
         elif tail is not None:
             tail = (np.ascontiguousarray(tail[0]).reshape(flat), *tail[1:])
     if tail is None:
-        _qconv_requant_rows(acc, mult, bias, float(zp), lo, hi, out)
+        _kernel("_qconv_requant_rows")(acc, mult, bias, float(zp), lo, hi, out)
     else:
-        _qconv_add_rows(acc, mult, bias, float(zp), lo, hi, *tail, out)
+        _kernel("_qconv_add_rows")(acc, mult, bias, float(zp), lo, hi, *tail, out)
     return out.reshape(n, m, oh, ow)
 
 
@@ -377,5 +415,5 @@ def gather_shifted(src: np.ndarray, offsets: np.ndarray, zp: float, out: np.ndar
     """out[n, c, t, :] = src[n, c, offsets[t] : offsets[t] + L] - zp, converted to out's float
     dtype (exact for 8/16-bit src): the "extended row" im2col of a flat padded input (one
     shifted slice per kernel tap). src (N, C, S) and out (N, C, T, L) C-contiguous."""
-    _gather_rows(src, offsets, out.dtype.type(zp), out)
+    _kernel("_gather_rows")(src, offsets, out.dtype.type(zp), out)
     return out

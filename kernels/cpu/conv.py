@@ -617,10 +617,12 @@ def fused_conv(
         strides=strides,
     )
     bounds = _clamp_bounds(activation, activation_params)
+    # the epilogue pass alone does not pay for loading numba: it runs compiled once a
+    # depthwise conv has loaded it (outputs are identical either way)
     if bounds is not None and _jit.available and (z is None or z.dtype == cd):
-        return _fused_compiled(xc, wc, b, z, group, geometry, bounds, shuffle).astype(
-            x.dtype, copy=False
-        )
+        y = _fused_compiled(xc, wc, b, z, group, geometry, bounds, shuffle)
+        if y is not None:
+            return y.astype(x.dtype, copy=False)
     if shuffle and _shuffles_in_matmul(wc, group, shuffle, geometry):
         y, in_conv_order = _pointwise_shuffled(xc, wc, b, group)
     else:
@@ -646,10 +648,11 @@ def _fused_compiled(
     geometry: dict,
     bounds: tuple[float, float],
     shuffle: int,
-) -> np.ndarray:
+) -> np.ndarray | None:
     """fused_conv with a clamp (or no) activation through the compiled kernels: depthwise
     convs clamp as they go; other convs leave bias, residual, clamp and shuffle to one pass
-    (``_jit.epilogue``) instead of one NumPy pass each."""
+    (``_jit.epilogue``) instead of one NumPy pass each, once numba is loaded (None: not
+    loaded, run the NumPy passes)."""
     geo = _geometry(
         x.shape,
         w.shape,
@@ -660,6 +663,8 @@ def _fused_compiled(
     )
     if z is None and not shuffle and depthwise_jit(x, group, x.ndim - 2, geo):
         return _depthwise_compiled(x, w, b, geo, *bounds)
+    if not _jit.loaded() and not depthwise_jit(x, group, x.ndim - 2, geo):
+        return None
     if shuffle and _shuffles_in_matmul(w, group, shuffle, geometry):
         y, _ = _pointwise_shuffled(x, w, None, group)
         perm = _channel_map(w.shape[0], shuffle)

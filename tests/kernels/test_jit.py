@@ -24,6 +24,7 @@ MODELS = Path(__file__).resolve().parents[2] / "models"
 def _needs_numba() -> None:
     if not _jit.available:
         pytest.fail("numba is a test dependency (the test extra): install it")
+    _jit.load()  # the epilogue only runs compiled once numba is loaded
 
 
 def _reference(x, w, b, s, d, p, out_sp):
@@ -164,3 +165,17 @@ def test_fused_epilogue_matches_numpy_passes(
     finally:
         _jit.available = True
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_epilogue_alone_does_not_load_numba() -> None:
+    """A float model without depthwise convs (ResNet-like) never imports numba: its ~150 MB
+    would outweigh the epilogue's gain."""
+    code = (
+        "import sys, numpy as np\n"
+        "from modelloader.kernels.cpu.conv import fused_conv\n"
+        "x = np.ones((1, 4, 5, 5), np.float32); w = np.ones((4, 4, 3, 3), np.float32)\n"
+        "fused_conv(x, w, np.ones(4, np.float32), x, pads=[1] * 4, activation='Relu')\n"
+        "print('numba' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
