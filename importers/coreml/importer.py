@@ -191,7 +191,12 @@ def import_model(file: CoreMLFile, registry: Registry, densify: bool = False) ->
     """
     spec = file.spec
     missing: list[tuple[str, str, int]] = []
-    part = import_part(spec, file, missing, [0], "", densify)
+    try:
+        part = import_part(spec, file, missing, [0], "", densify)
+    except Exception:
+        if missing:  # what failed depended on a refused op: report those
+            raise UnsupportedOpError(missing) from None
+        raise
     for n in part.builder.nodes:
         if not registry.supports(n.op, n.domain):
             missing.append((n.op, n.domain or "ai.onnx", 0))

@@ -29,6 +29,7 @@ from modelloader.errors import ModelFormatError
 from modelloader.importers.coreml.common import Builder
 from modelloader.importers.coreml.reader import CoreMLFile, protos
 from modelloader.ir import Value
+from modelloader.ir.builder import run_row
 
 MilFn = Callable[[Any, "MILContext"], None]
 MIL_TABLE: dict[str, MilFn] = {}
@@ -279,7 +280,7 @@ class MILContext(Builder):
             if row is None:
                 self.missing.append((op.type, f"coreml mlprogram {self.opset}", 0))
                 continue
-            row(op, self)
+            run_row(self.missing, row, op, self)
 
     def child(self) -> MILContext:
         """The context of a nested block (``cond`` branches, ``while_loop`` bodies), built

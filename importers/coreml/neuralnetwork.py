@@ -18,6 +18,7 @@ import numpy as np
 from modelloader.errors import ModelFormatError
 from modelloader.importers.coreml.common import Builder
 from modelloader.importers.coreml.reader import CoreMLFile, protos
+from modelloader.ir.builder import run_row
 
 LayerFn = Callable[[Any, "NNContext"], None]
 NN_TABLE: dict[str, LayerFn] = {}
@@ -214,7 +215,7 @@ def import_neuralnetwork(
             missing.append((kind or "?", "coreml neuralnetwork", version))
             continue
         known = {o: None for o in layer.output}
-        row(layer, ctx)
+        run_row(missing, row, layer, ctx)
         for i, o in enumerate(layer.output):
             if o in ctx.rank:
                 continue

@@ -12,6 +12,7 @@ from modelloader.importers.tflite import ops as _ops  # noqa: F401  (registers t
 from modelloader.importers.tflite.reader import Signature, TFLModel, TFLSubgraph
 from modelloader.importers.tflite.table import TFLContext, convert_op, densify_tensor
 from modelloader.ir import Graph, Value
+from modelloader.ir.builder import run_row
 from modelloader.kernels.registry import Registry
 
 
@@ -68,7 +69,7 @@ class _Importer:
                     ctx.sparse_sources.add(names[t.index])
         ctx.token = ctx.constant(np.zeros((), np.bool_), "token")
         for op in sg.operators:
-            if not convert_op(op, ctx):
+            if run_row(self.missing, convert_op, op, ctx) is False:
                 kind = "tflite custom op" if op.custom else "tflite builtin"
                 self.missing.append((op.name, kind, op.version))
         for n in ctx.nodes:
@@ -134,7 +135,12 @@ def import_model(model: TFLModel, registry: Registry, name: str = "<model>") -> 
     sig = imp.signature()
     main = imp.main = sig.subgraph if sig is not None else 0
     imp.building.add(main)
-    graph = imp.graph(main, sig)
+    try:
+        graph = imp.graph(main, sig)
+    except Exception:
+        if imp.missing:  # what failed depended on a refused op: report those
+            raise UnsupportedOpError(imp.missing) from None
+        raise
     # every subgraph is checked for unsupported ops, even ones no operator calls
     for i in range(len(model.subgraphs)):
         if i not in imp.graphs:

@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import onnx
 
+from modelloader.errors import UnsupportedOpError
 from modelloader.ir.graph import Node
+
+
+def run_row(missing: list[tuple[str, str, int]], row: Callable[..., Any], *args: Any) -> Any:
+    """Runs one importer table row; an ``UnsupportedOpError`` it raises (an attribute value or
+    variant no kernel runs) joins ``missing`` instead, so the load fails listing every
+    unsupported op, not just the first. Once anything is missing, a later row's error (say,
+    it needed a refused op's output) is dropped as well: the load fails with
+    UnsupportedOpError either way. Returns the row's result, or None when it failed."""
+    try:
+        return row(*args)
+    except UnsupportedOpError as e:
+        missing.extend(e.ops)
+    except Exception:
+        if not missing:
+            raise
+    return None
 
 
 class GraphBuilder:
