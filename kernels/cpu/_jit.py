@@ -215,7 +215,7 @@ def depthwise2d(
 
 @_njit
 def _requant_rows(acc, q, c1, shifts, right, neg_mask, off, zp, lo, hi, out):  # noqa: ANN001, ANN202
-    # acc (N, M, L) float holding exact integers; per channel m: see requantize_tflite
+    # acc (N, M, L) float holding exact integers; per channel m: see requantize
     n_, m_, ln = acc.shape
     for n in range(n_):
         for m in range(m_):
