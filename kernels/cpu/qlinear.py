@@ -794,7 +794,10 @@ def tflite_conv(
     wmat, ft, bias64, bound = _conv_weights(w, w_zp, bias, x.dtype, x_zp, group)
     # the exact integer conv is a float conv of x - x_zp (zero padding = x_zp) and w - w_zp
     xf = scratch("tfl_x", x.shape, ft)
-    np.subtract(x, ft(x_zp), out=xf)
+    if _jit.available and x.flags.c_contiguous:
+        _jit.to_float(x, x_zp, xf)
+    else:
+        np.subtract(x, ft(x_zp), out=xf)
     acc = _conv_float(
         xf,
         wmat.reshape(w.shape),
