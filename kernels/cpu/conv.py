@@ -5,7 +5,9 @@ Float convolutions are lowered to BLAS: 1x1 convs are one matmul over the input 
 (after subsampling when strided); kxk convs build an im2col buffer (one copy per kernel tap,
 from contiguous "extended row" slices of the padded input where that is cheap, else from one
 strided window view) and run one sgemm, or one batched matmul over groups. Depthwise convs are
-the one-channel-per-group case of that batched matmul. Work buffers are per-thread scratch,
+the one-channel-per-group case of that batched matmul, or, with the ``jit`` extra, compiled
+loops (``_jit.depthwise2d``), which also finish FusedConv's bias/residual/clamp/shuffle in
+one pass once loaded. Work buffers are per-thread scratch,
 reused between calls; outputs are always fresh arrays (from the run's buffer pool,
 ``modelloader.buffers``). Integer convolutions run the same
 engine in float64, which is exact for 8/16-bit operands."""
@@ -682,7 +684,9 @@ def _channel_map(m: int, shuffle: int) -> np.ndarray:
     """Where conv channel c lands after a channel shuffle with ``shuffle`` groups."""
     c = np.arange(m)
     mg = m // shuffle
-    return (c % mg) * shuffle + c // mg
+    perm = (c % mg) * shuffle + c // mg
+    perm.flags.writeable = False  # cached and shared
+    return perm
 
 
 def _clamp_bounds(activation: str, params: Sequence[float]) -> tuple[float, float] | None:

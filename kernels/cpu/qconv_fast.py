@@ -27,6 +27,11 @@ float64:
   residual com.microsoft QLinearAdd and/or integer clamp that follow a QLinearConv, applied
   in the same pass over the requantized conv output (bit for bit as the separate ops).
 
+* With the ``jit`` extra (``_jit``): depthwise convs run on the compiled depthwise loops
+  (their float32 accumulator is exact under the same bound), requantization with its tail
+  is one compiled float64 pass (the generic kernel's arithmetic, so no tie handling is
+  needed), and the int8 -> float32 tap conversion is a compiled gather.
+
 Anything outside the fast paths (non-2-D convs, negative pads, per-row a_zero_point, bias
 that could overflow int32...) is handed to the generic kernel.
 """
