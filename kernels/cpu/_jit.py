@@ -97,6 +97,16 @@ def _kernel(name: str) -> Callable[..., Any]:
 
 
 @_njit
+def _clamp(v, lo, hi):  # noqa: ANN001, ANN202
+    # NaN passes through, as with np.clip
+    if v < lo:
+        v = lo
+    if v > hi:
+        v = hi
+    return v
+
+
+@_njit
 def _phase_offsets(h, wd, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw):  # noqa: ANN001, ANN202
     # The padded input plane is stored as sh*sw phase planes (rows y = qy*sh + ry, columns
     # likewise), each (hq, wq) and flat, so tap (ky, kx) reads one phase at a fixed offset and
@@ -170,12 +180,7 @@ def _dw_plane(x, w, b, out, c0, c1, sh, sw, dh, dw, ph, pw, lo, hi, fill):  # no
                 o = out[n, m, oy]
                 a = acc[oy * wq :]
                 for i in range(ow):
-                    v = a[i]
-                    if v < lo:
-                        v = lo
-                    if v > hi:
-                        v = hi
-                    o[i] = v
+                    o[i] = _clamp(a[i], lo, hi)
 
 
 def _split(m: int, work: int, fn: Callable[[int, int], None]) -> None:
@@ -230,12 +235,7 @@ def _requant_rows(acc, q, c1, shifts, right, neg_mask, off, zp, lo, hi, out):  #
                 v = (np.int64(np.int32(src[i])) * qm + cm) >> 31
                 if shifts:
                     v = (v + ((v >> 63) & mm) + om) >> rm
-                v += zp
-                if v < lo:
-                    v = lo
-                if v > hi:
-                    v = hi
-                dst[i] = v
+                dst[i] = _clamp(v + zp, lo, hi)
 
 
 def requant_params(
@@ -284,20 +284,10 @@ def _epilogue_rows(src, dst, src_ch, dst_ch, b, z, has_z, lo, hi):  # noqa: ANN0
             if has_z:
                 zr = z[n, c]
                 for i in range(ln):
-                    v = s[i] + bias + zr[i]
-                    if v < lo:
-                        v = lo
-                    if v > hi:
-                        v = hi
-                    d[i] = v
+                    d[i] = _clamp(s[i] + bias + zr[i], lo, hi)
             else:
                 for i in range(ln):
-                    v = s[i] + bias
-                    if v < lo:
-                        v = lo
-                    if v > hi:
-                        v = hi
-                    d[i] = v
+                    d[i] = _clamp(s[i] + bias, lo, hi)
 
 
 def epilogue(
@@ -343,11 +333,7 @@ def _qconv_requant_rows(acc, mult, bias, zp, lo, hi, out):  # noqa: ANN001, ANN2
                 dst = out[n, m, y]
                 for i in range(ow):
                     v = np.rint((np.float64(src[i]) + bm) * mm) + zp
-                    if v < lo:
-                        v = lo
-                    if v > hi:
-                        v = hi
-                    dst[i] = np.int32(v)
+                    dst[i] = np.int32(_clamp(v, lo, hi))
 
 
 @_njit
