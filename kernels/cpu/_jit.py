@@ -321,40 +321,31 @@ def epilogue(
 
 
 @_njit
-def _qconv_requant_rows(acc, mult, bias, zp, lo, hi, out):  # noqa: ANN001, ANN202
-    # acc (N, M, OH, WQ) exact integers (WQ >= OW: junk columns past OW); out (N, M, OH, OW)
+def _qconv_requant_rows(acc, mult, bias, zp, lo, hi, out, z, za, ra, zb, rb, zc, tlo, thi):  # noqa: ANN001, ANN202
+    # acc (N, M, OH, WQ) exact integers (WQ >= OW: junk columns past OW); out (N, M, OH, OW);
+    # z None (numba compiles that case without the tail): no QLinearAdd tail
     n_, m_, oh, _ = acc.shape
     ow = out.shape[3]
+    conv = np.empty(ow, np.float32)  # with a tail: the requantized conv minus zp, one row
     for n in range(n_):
         for m in range(m_):
             bm, mm = bias[m], mult[m]
             for y in range(oh):
                 src = acc[n, m, y]
                 dst = out[n, m, y]
-                for i in range(ow):
-                    v = np.rint((np.float64(src[i]) + bm) * mm) + zp
-                    dst[i] = np.int32(_clamp(v, lo, hi))
-
-
-@_njit
-def _qconv_add_rows(acc, mult, bias, zp, lo, hi, z, za, ra, zb, rb, zc, tlo, thi, out):  # noqa: ANN001, ANN202
-    n_, m_, oh, _ = acc.shape
-    ow = out.shape[3]
-    conv = np.empty(ow, np.float32)  # the conv's requantized output minus zp, one row
-    for n in range(n_):
-        for m in range(m_):
-            bm, mm = bias[m], mult[m]
-            for y in range(oh):
-                src = acc[n, m, y]
-                zr = z[n, m, y]
-                dst = out[n, m, y]
-                for i in range(ow):
-                    v = np.rint((np.float64(src[i]) + bm) * mm)
-                    conv[i] = np.float32(min(max(v, lo - zp), hi - zp))
-                for i in range(ow):
-                    a = (conv[i] + za) * ra
-                    t = np.rint((np.float32(zr[i]) - zb) * rb + a)
-                    dst[i] = np.int32(min(max(t, tlo), thi) + zc)
+                if z is None:
+                    for i in range(ow):
+                        v = np.rint((np.float64(src[i]) + bm) * mm) + zp
+                        dst[i] = np.int32(_clamp(v, lo, hi))
+                else:
+                    zr = z[n, m, y]
+                    for i in range(ow):
+                        v = np.rint((np.float64(src[i]) + bm) * mm)
+                        conv[i] = np.float32(_clamp(v, lo - zp, hi - zp))
+                    for i in range(ow):
+                        a = (conv[i] + za) * ra
+                        t = np.rint((np.float32(zr[i]) - zb) * rb + a)
+                        dst[i] = np.int32(_clamp(t, tlo, thi) + zc)
 
 
 def qconv_requantize(
@@ -382,9 +373,8 @@ def qconv_requantize(
         elif tail is not None:
             tail = (np.ascontiguousarray(tail[0]).reshape(flat), *tail[1:])
     if tail is None:
-        _kernel("_qconv_requant_rows")(acc, mult, bias, float(zp), lo, hi, out)
-    else:
-        _kernel("_qconv_add_rows")(acc, mult, bias, float(zp), lo, hi, *tail, out)
+        tail = (None, *(np.float32(0),) * 7)
+    _kernel("_qconv_requant_rows")(acc, mult, bias, float(zp), lo, hi, out, *tail)
     return out.reshape(n, m, oh, ow)
 
 
