@@ -38,20 +38,22 @@ def test_tflite_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _listed(err.value) == {"DEPTHWISE_CONV_2D variant", "ADD variant"}
 
 
-def test_coreml_neuralnetwork_rows(monkeypatch: pytest.MonkeyPatch) -> None:
-    for kind in ("convolution", "activation"):
-        monkeypatch.setitem(neuralnetwork.NN_TABLE, kind, _refusing(kind))
+@pytest.mark.parametrize(
+    "table, rows, model",
+    [
+        (neuralnetwork.NN_TABLE, ("convolution", "activation"), "resnet_nn.mlmodel"),
+        (mlprogram.MIL_TABLE, ("conv", "relu"), "resnet_mlprogram_fp32.mlpackage"),
+    ],
+    ids=["neuralnetwork", "mlprogram"],
+)
+def test_coreml_rows(
+    monkeypatch: pytest.MonkeyPatch, table: dict, rows: tuple[str, str], model: str
+) -> None:
+    for name in rows:
+        monkeypatch.setitem(table, name, _refusing(name))
     with pytest.raises(UnsupportedOpError) as err:
-        modelloader.load(MODELS / "coreml" / "resnet_nn.mlmodel")
-    assert _listed(err.value) == {"convolution variant", "activation variant"}
-
-
-def test_coreml_mlprogram_rows(monkeypatch: pytest.MonkeyPatch) -> None:
-    for op in ("conv", "relu"):
-        monkeypatch.setitem(mlprogram.MIL_TABLE, op, _refusing(op))
-    with pytest.raises(UnsupportedOpError) as err:
-        modelloader.load(MODELS / "coreml" / "resnet_mlprogram_fp32.mlpackage")
-    assert _listed(err.value) == {"conv variant", "relu variant"}
+        modelloader.load(MODELS / "coreml" / model)
+    assert _listed(err.value) == {f"{name} variant" for name in rows}
 
 
 def test_a_row_error_without_refusals_still_raises(monkeypatch: pytest.MonkeyPatch) -> None:
