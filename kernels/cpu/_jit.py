@@ -3,7 +3,7 @@
 * Depthwise convolution: k*k multiply-adds per output and no operand shared between
   channels, so lowering it to BLAS (im2col plus a batch of one-row products, see ``conv.py``)
   spends most of its time copying taps and dispatching tiny GEMMs. Here each channel's padded
-  plane is laid out as stride phases (``_phase_offsets``) so every kernel tap is one
+  plane is laid out as stride phases (``conv.phase_offsets``) so every kernel tap is one
   contiguous multiply-add over the whole output plane.
 * Conv epilogues: bias, residual, clamp and channel shuffle in one pass over the conv output
   instead of one NumPy pass each.
@@ -31,17 +31,19 @@ from typing import Any
 
 import numpy as np
 
+from modelloader.parallel import parallel_for
+
 __all__ = [
     "available",
     "depthwise2d",
     "epilogue",
     "gather_shifted",
     "load",
-    "to_float",
     "loaded",
     "qconv_requantize",
     "requant_params",
     "requantize",
+    "to_float",
 ]
 
 
@@ -107,25 +109,6 @@ def _clamp(v, lo, hi):  # noqa: ANN001, ANN202
 
 
 @_njit
-def _phase_offsets(h, wd, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw):  # noqa: ANN001, ANN202
-    # The padded input plane is stored as sh*sw phase planes (rows y = qy*sh + ry, columns
-    # likewise), each (hq, wq) and flat, so tap (ky, kx) reads one phase at a fixed offset and
-    # the whole output plane, in rows of wq (junk columns cropped at the end), is one
-    # contiguous pass per tap. Returns (wq, plane size, buffer size, tap offsets (kh, kw)).
-    qy_max = ((kh - 1) * dh) // sh
-    qx_max = ((kw - 1) * dw) // sw
-    hq = max((h + ph + sh - 1) // sh, oh + qy_max)
-    wq = max((wd + pw + sw - 1) // sw, ow + qx_max)
-    plane = hq * wq
-    offs = np.empty((kh, kw), np.int64)
-    for ky in range(kh):
-        for kx in range(kw):
-            ty, tx = ky * dh, kx * dw
-            offs[ky, kx] = ((ty % sh) * sw + tx % sw) * plane + (ty // sh) * wq + tx // sw
-    return wq, plane, sh * sw * plane + wq, offs
-
-
-@_njit
 def _fill_phases(xc, buf, sh, sw, ph, pw, wq, plane):  # noqa: ANN001, ANN202
     # copies plane xc (H, W) into its phase-plane positions; the rest of buf is left alone
     h, wd = xc.shape
@@ -140,15 +123,17 @@ def _fill_phases(xc, buf, sh, sw, ph, pw, wq, plane):  # noqa: ANN001, ANN202
 
 
 @_njit
-def _dw_plane(x, w, b, out, c0, c1, sh, sw, dh, dw, ph, pw, lo, hi, fill):  # noqa: ANN001, ANN202
-    # x (N, C, H, W); w (M, kh, kw); b (M,); out (N, M, OH, OW); output channels [c0, c1);
-    # the padding holds ``fill``
+def _dw_plane(x, w, b, out, c0, c1, offs, wq, hq, sh, sw, ph, pw, lo, hi, fill):  # noqa: ANN001, ANN202
+    # x (N, C, H, W); w (M, kh, kw); b (M,); out (N, M, OH, OW); output channels [c0, c1).
+    # Each input plane, padded with ``fill``, lies in buf as sh*sw flat (hq, wq) stride phases
+    # (``conv.phase_offsets``), so tap t reads buf[offs[t]:] and the whole output plane, in
+    # rows of wq (junk columns cropped at the end), is one contiguous pass per tap.
     n_, c_, h, wd = x.shape
     m_, kh, kw = w.shape
     oh, ow = out.shape[2], out.shape[3]
     mult = m_ // c_
-    wq, plane, total, offs = _phase_offsets(h, wd, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw)
-    buf = np.full(total, fill, x.dtype)
+    plane = hq * wq
+    buf = np.full(sh * sw * plane, fill, x.dtype)
     size = oh * wq
     acc = np.empty(size, x.dtype)
     for n in range(n_):
@@ -165,15 +150,15 @@ def _dw_plane(x, w, b, out, c0, c1, sh, sw, dh, dw, ph, pw, lo, hi, fill):  # no
             for ky in range(kh):
                 if kw == 3:
                     w0, w1, w2 = wm[ky, 0], wm[ky, 1], wm[ky, 2]
-                    s0 = buf[offs[ky, 0] :]
-                    s1 = buf[offs[ky, 1] :]
-                    s2 = buf[offs[ky, 2] :]
+                    s0 = buf[offs[ky * 3] :]
+                    s1 = buf[offs[ky * 3 + 1] :]
+                    s2 = buf[offs[ky * 3 + 2] :]
                     for i in range(size):
                         acc[i] += w0 * s0[i] + w1 * s1[i] + w2 * s2[i]
                 else:
                     for kx in range(kw):
                         wv = wm[ky, kx]
-                        src = buf[offs[ky, kx] :]
+                        src = buf[offs[ky * kw + kx] :]
                         for i in range(size):
                             acc[i] += wv * src[i]
             for oy in range(oh):
@@ -184,8 +169,6 @@ def _dw_plane(x, w, b, out, c0, c1, sh, sw, dh, dw, ph, pw, lo, hi, fill):  # no
 
 
 def _split(m: int, work: int, fn: Callable[[int, int], None]) -> None:
-    from modelloader.parallel import parallel_for
-
     # a thread hand-off costs ~20 us: only worth it for convs of ~1M multiply-adds or more
     if work < (1 << 20):
         fn(0, m)
@@ -198,8 +181,8 @@ def depthwise2d(
     w: np.ndarray,
     b: np.ndarray | None,
     out: np.ndarray,
+    layout: tuple[int, int, np.ndarray],
     strides: tuple[int, int],
-    dilations: tuple[int, int],
     pads_begin: tuple[int, int],
     lo: float = -np.inf,
     hi: float = np.inf,
@@ -207,13 +190,15 @@ def depthwise2d(
 ) -> np.ndarray:
     """Writes the 2-D depthwise conv of x (N, C, H, W) with w (M, 1, kh, kw), M = C * mult,
     plus bias, clamped to [lo, hi], into out (N, M, OH, OW); all float of one dtype,
-    C-contiguous. Pads are implied by the output size; only the leading ones are given, and
-    padded positions hold ``fill``."""
+    C-contiguous. ``layout``: (Wq, Hq, tap offsets) of the conv's stride phases
+    (``conv.phase_offsets``, which holds kernel size and dilation); padded positions hold
+    ``fill``."""
     m, _, kh, kw = w.shape
     wk = np.ascontiguousarray(w.reshape(m, kh, kw))
     bias = np.zeros(m, x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
     t = x.dtype.type
-    args = (*strides, *dilations, *pads_begin, t(lo), t(hi), t(fill))
+    wq, hq, offs = layout
+    args = (offs, wq, hq, *strides, *pads_begin, t(lo), t(hi), t(fill))
     _split(
         m,
         out.size * kh * kw,

@@ -237,6 +237,25 @@ def _flat_geometry(
     return wq, hq, [(a, b, qa * wq + qb) for a, b, qa, qb in taps]
 
 
+@functools.lru_cache(maxsize=256)
+def phase_offsets(
+    h: int,
+    w: int,
+    p: tuple[int, ...],
+    k: tuple[int, ...],
+    s: tuple[int, ...],
+    d: tuple[int, ...],
+    out_sp: tuple[int, ...],
+) -> tuple[int, int, np.ndarray]:
+    """(Wq, Hq, offsets) of phase_taps's layout with the phases back to back, flat: tap t (in
+    kernel order) is ``buf[offsets[t] : offsets[t] + oh*Wq]`` of the (s0, s1, Hq, Wq) phase
+    buffer. Read-only, cached per geometry."""
+    wq, hq, taps = _flat_geometry(h, w, p, k, s, d, out_sp)
+    offs = np.array([(a * s[1] + b) * hq * wq + off for a, b, off in taps], np.int64)
+    offs.flags.writeable = False
+    return wq, hq, offs
+
+
 def bordered(
     shape: tuple[int, ...], dtype: np.dtype, fill: float, interior: tuple[int, ...]
 ) -> tuple[np.ndarray, bool]:
@@ -409,7 +428,8 @@ def _depthwise_compiled(
     k, s, d, p, out_sp = geometry
     out = take((x.shape[0], w.shape[0]) + tuple(out_sp), x.dtype)
     xc = x if x.flags.c_contiguous else np.ascontiguousarray(x)
-    return _jit.depthwise2d(xc, w, b, out, tuple(s), tuple(d), (p[0], p[1]), lo, hi)
+    layout = phase_offsets(*x.shape[2:], *map(tuple, (p, k, s, d, out_sp)))
+    return _jit.depthwise2d(xc, w, b, out, layout, tuple(s), (p[0], p[1]), lo, hi)
 
 
 def _depthwise_same(

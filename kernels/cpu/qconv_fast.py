@@ -435,22 +435,6 @@ def _requant(
         tail.apply(a, ow, z3[r0:r1], zbuf[: r1 - r0], o3[r0:r1])
 
 
-def _flat_taps(h, w, p, k, s, d, out_sp):
-    """(Wq, Hq, [(a, b, offset)]) of the "extended row" im2col: the padded input, split into
-    stride phases each flattened to Hq*Wq, gives tap (ki, kj) as the contiguous slice
-    ``phase[a, b][off : off + oh*Wq]``, an (oh, Wq) image whose last Wq - ow columns are junk."""
-    oh = out_sp[0]
-    taps = []
-    for ki in range(k[0]):
-        qa, a = divmod(ki * d[0], s[0])
-        for kj in range(k[1]):
-            qb, b = divmod(kj * d[1], s[1])
-            taps.append((a, b, qa, qb))
-    wq = -(-(w + p[1] + p[3]) // s[1])
-    hq = max(-(-(h + p[0] + p[2]) // s[0]), oh + max(t[2] for t in taps)) + 1
-    return wq, hq, [(a, b, qa * wq + qb) for a, b, qa, qb in taps]
-
-
 def _to_f32(src: np.ndarray, zp: int, out: np.ndarray) -> None:
     """out = float32(src) - zp (exact integers)."""
     if zp:
@@ -486,20 +470,20 @@ def _columns(x, fill, xz, p, k, s, d, out_sp, group, ones=False):
         return cols.reshape(n, group, -1, oh * ow), ow
     wq = -(-(wd + p[1] + p[3]) // s[1])
     if wq <= 1.1 * ow:  # extended rows: kk contiguous slice copies, few junk columns
-        wq, hq, taps = _flat_taps(h, wd, p, k, s, d, out_sp)
+        geo = (h, wd, *map(tuple, (p, k, s, d, out_sp)))
+        wq, hq, taps = _conv._flat_geometry(*geo)
         xp = _padded(x, (p[0], p[1], hq * s[0] - h - p[0], wq * s[1] - wd - p[1]), fill)
         ext = oh * wq
         cols, body = _cols_buf(n, c, kk, ext, ones)
         if _jit.available:
-            # every tap is one shifted slice of a flat stride phase: see _flat_taps
+            # every tap is one shifted slice of a flat stride phase: see conv.phase_offsets
             if s == [1, 1]:
                 src = xp.reshape(n, c, hq * wq)
             else:
                 src = _scratch("phases", (n, c, s[0], s[1], hq, wq), x.dtype)
                 np.copyto(src, xp.reshape(n, c, hq, s[0], wq, s[1]).transpose(0, 1, 3, 5, 2, 4))
                 src = src.reshape(n, c, -1)
-            offs = np.array([(a * s[1] + b) * hq * wq + off for a, b, off in taps], np.int64)
-            _jit.gather_shifted(src, offs, xz, body)
+            _jit.gather_shifted(src, _conv.phase_offsets(*geo)[2], xz, body)
         elif s == [1, 1]:
             src = xp.reshape(n, c, hq * wq)
             st = src.strides
@@ -659,8 +643,11 @@ def _depthwise_acc(x: np.ndarray, xz: int, lay: _Layer) -> np.ndarray:
     _jit.to_float(x if x.flags.c_contiguous else np.ascontiguousarray(x), shift, xf)
     wf = cp.prep.mats[0].reshape((-1, 1) + tuple(lay.k))
     acc = _scratch("dw_acc", (n, wf.shape[0]) + lay.out_sp, np.float32)
+    layout = _conv.phase_offsets(
+        *x.shape[2:], *map(tuple, (lay.p, lay.k, lay.s, lay.d)), lay.out_sp
+    )
     return _jit.depthwise2d(
-        xf, wf, None, acc, tuple(lay.s), tuple(lay.d), (lay.p[0], lay.p[1]), fill=xz - shift
+        xf, wf, None, acc, layout, tuple(lay.s), (lay.p[0], lay.p[1]), fill=xz - shift
     )
 
 
