@@ -27,10 +27,6 @@ from modelloader.kernels.cpu.quant import dynamic_quantize_linear
 MS = "com.microsoft"
 
 
-def _name(v: str | bytes) -> str:
-    return v.decode() if isinstance(v, bytes) else v
-
-
 @kernel("FusedConv", domain=MS)
 def ms_fused_conv(
     x: np.ndarray,
@@ -49,8 +45,8 @@ def ms_fused_conv(
 ) -> np.ndarray:
     """com.microsoft FusedConv-1: act(Conv(X, W, B) + Z)."""
     return fused_conv(
-        x, w, b, z, auto_pad=_name(auto_pad), dilations=dilations, group=group,
-        kernel_shape=kernel_shape, pads=pads, strides=strides, activation=_name(activation),
+        x, w, b, z, auto_pad=auto_pad, dilations=dilations, group=group,
+        kernel_shape=kernel_shape, pads=pads, strides=strides, activation=activation,
         activation_params=list(activation_params),
     )  # fmt: skip
 
@@ -74,7 +70,7 @@ def ms_fused_gemm(
     params = [p for p in (activation_alpha, activation_beta) if p is not None]
     return fused_gemm(
         a, b, c, alpha=alpha, beta=beta, transA=transA, transB=transB,
-        activation=_name(activation), activation_params=params,
+        activation=activation, activation_params=params,
     )  # fmt: skip
 
 

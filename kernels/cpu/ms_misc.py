@@ -17,7 +17,6 @@ import numpy as np
 from modelloader.errors import InputError
 from modelloader.kernels.cpu._registry import kernel
 from modelloader.kernels.cpu.image import _cubic_coeffs4
-from modelloader.kernels.cpu.ms_fused import _name
 
 MS = "com.microsoft"
 
@@ -57,7 +56,7 @@ def crop_and_resize(
         iy, ix = coords(y1, y2, h, ch), coords(x1, x2, w, cw)
         vy = (iy >= 0) & (iy <= h - 1)
         vx = (ix >= 0) & (ix <= w - 1)
-        if _name(mode) == "nearest":
+        if mode == "nearest":
             ny = np.clip(np.trunc(iy + np.copysign(0.5, iy)), 0, h - 1).astype(np.int64)
             nx = np.clip(np.trunc(ix + np.copysign(0.5, ix)), 0, w - 1).astype(np.int64)
             out = img[:, ny[:, None], nx[None, :]]
@@ -108,7 +107,7 @@ def cdist(a: np.ndarray, b: np.ndarray, *, metric: str = "sqeuclidean") -> np.nd
     (N, M); ``metric`` is sqeuclidean or euclidean. Computed in float64, rounded once."""
     d = a.astype(np.float64)[:, None, :] - b.astype(np.float64)[None, :, :]
     sq = np.einsum("nmk,nmk->nm", d, d)
-    return (np.sqrt(sq) if _name(metric) == "euclidean" else sq).astype(a.dtype)
+    return (np.sqrt(sq) if metric == "euclidean" else sq).astype(a.dtype)
 
 
 @kernel("UnfoldTensor", domain=MS)
