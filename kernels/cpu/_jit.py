@@ -3,7 +3,7 @@
 * Depthwise convolution: k*k multiply-adds per output and no operand shared between
   channels, so lowering it to BLAS (im2col plus a batch of one-row products, see ``conv.py``)
   spends most of its time copying taps and dispatching tiny GEMMs. Here each channel's padded
-  plane is laid out as stride phases (``conv.phase_offsets``) so every kernel tap is one
+  plane is laid out as stride phases (``conv.flat_geometry``) so every kernel tap is one
   contiguous multiply-add over the whole output plane.
 * Conv epilogues: bias, residual, clamp and channel shuffle in one pass over the conv output
   instead of one NumPy pass each.
@@ -126,7 +126,7 @@ def _fill_phases(xc, buf, sh, sw, ph, pw, wq, plane):  # noqa: ANN001, ANN202
 def _dw_plane(x, w, b, out, c0, c1, offs, wq, hq, sh, sw, ph, pw, lo, hi, fill):  # noqa: ANN001, ANN202
     # x (N, C, H, W); w (M, kh, kw); b (M,); out (N, M, OH, OW); output channels [c0, c1).
     # Each input plane, padded with ``fill``, lies in buf as sh*sw flat (hq, wq) stride phases
-    # (``conv.phase_offsets``), so tap t reads buf[offs[t]:] and the whole output plane, in
+    # (``conv.flat_geometry``), so tap t reads buf[offs[t]:] and the whole output plane, in
     # rows of wq (junk columns cropped at the end), is one contiguous pass per tap.
     n_, c_, h, wd = x.shape
     m_, kh, kw = w.shape
@@ -191,7 +191,7 @@ def depthwise2d(
     """Writes the 2-D depthwise conv of x (N, C, H, W) with w (M, 1, kh, kw), M = C * mult,
     plus bias, clamped to [lo, hi], into out (N, M, OH, OW); all float of one dtype,
     C-contiguous. ``layout``: (Wq, Hq, tap offsets) of the conv's stride phases
-    (``conv.phase_offsets``, which holds kernel size and dilation); padded positions hold
+    (``conv.flat_geometry``, which holds kernel size and dilation); padded positions hold
     ``fill``."""
     m, _, kh, kw = w.shape
     wk = np.ascontiguousarray(w.reshape(m, kh, kw))

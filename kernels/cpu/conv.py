@@ -195,7 +195,7 @@ def phase_taps(
     columns are the tap's values and whose last Wq - ow columns are junk to be cropped.
     """
     n, c, h, w = x.shape
-    wq, hq, taps = _flat_geometry(h, w, tuple(p), tuple(k), tuple(s), tuple(d), tuple(out_sp))
+    wq, hq, taps, _ = flat_geometry(h, w, *map(tuple, (p, k, s, d, out_sp)))
     shape = (n, c, hq * s[0], wq * s[1])
     xp, fresh = bordered(shape, x.dtype, fill, (p[0], p[1], h, w))
     if fresh:
@@ -215,7 +215,7 @@ def phase_taps(
 
 
 @functools.lru_cache(maxsize=256)
-def _flat_geometry(
+def flat_geometry(
     h: int,
     w: int,
     p: tuple[int, ...],
@@ -223,8 +223,11 @@ def _flat_geometry(
     s: tuple[int, ...],
     d: tuple[int, ...],
     out_sp: tuple[int, ...],
-) -> tuple[int, int, list[tuple[int, int, int]]]:
-    """(Wq, Hq, taps) of phase_taps for one geometry (callers must not mutate taps)."""
+) -> tuple[int, int, list[tuple[int, int, int]], np.ndarray]:
+    """(Wq, Hq, taps, offsets) of phase_taps for one geometry, cached (callers must not
+    mutate them): tap t (kernel order) is ``(a, b, off)``, the slice ``off : off + oh*Wq`` of
+    stride phase (a, b); ``offsets[t]`` is the same slice's start with the (s0, s1, Hq, Wq)
+    phases back to back and flat (read-only)."""
     oh = out_sp[0]
     taps = []
     for ki in range(k[0]):
@@ -234,26 +237,10 @@ def _flat_geometry(
             taps.append((a, b, qa, qb))
     wq = -(-(w + p[1] + p[3]) // s[1])
     hq = max(-(-(h + p[0] + p[2]) // s[0]), oh + max(t[2] for t in taps)) + 1
-    return wq, hq, [(a, b, qa * wq + qb) for a, b, qa, qb in taps]
-
-
-@functools.lru_cache(maxsize=256)
-def phase_offsets(
-    h: int,
-    w: int,
-    p: tuple[int, ...],
-    k: tuple[int, ...],
-    s: tuple[int, ...],
-    d: tuple[int, ...],
-    out_sp: tuple[int, ...],
-) -> tuple[int, int, np.ndarray]:
-    """(Wq, Hq, offsets) of phase_taps's layout with the phases back to back, flat: tap t (in
-    kernel order) is ``buf[offsets[t] : offsets[t] + oh*Wq]`` of the (s0, s1, Hq, Wq) phase
-    buffer. Read-only, cached per geometry."""
-    wq, hq, taps = _flat_geometry(h, w, p, k, s, d, out_sp)
-    offs = np.array([(a * s[1] + b) * hq * wq + off for a, b, off in taps], np.int64)
+    flat = [(a, b, qa * wq + qb) for a, b, qa, qb in taps]
+    offs = np.array([(a * s[1] + b) * hq * wq + off for a, b, off in flat], np.int64)
     offs.flags.writeable = False
-    return wq, hq, offs
+    return wq, hq, flat, offs
 
 
 def bordered(
@@ -428,8 +415,8 @@ def _depthwise_compiled(
     k, s, d, p, out_sp = geometry
     out = take((x.shape[0], w.shape[0]) + tuple(out_sp), x.dtype)
     xc = x if x.flags.c_contiguous else np.ascontiguousarray(x)
-    layout = phase_offsets(*x.shape[2:], *map(tuple, (p, k, s, d, out_sp)))
-    return _jit.depthwise2d(xc, w, b, out, layout, tuple(s), (p[0], p[1]), lo, hi)
+    wq, hq, _, offs = flat_geometry(*x.shape[2:], *map(tuple, (p, k, s, d, out_sp)))
+    return _jit.depthwise2d(xc, w, b, out, (wq, hq, offs), tuple(s), (p[0], p[1]), lo, hi)
 
 
 def _depthwise_same(

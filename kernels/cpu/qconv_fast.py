@@ -471,19 +471,19 @@ def _columns(x, fill, xz, p, k, s, d, out_sp, group, ones=False):
     wq = -(-(wd + p[1] + p[3]) // s[1])
     if wq <= 1.1 * ow:  # extended rows: kk contiguous slice copies, few junk columns
         geo = (h, wd, *map(tuple, (p, k, s, d, out_sp)))
-        wq, hq, taps = _conv._flat_geometry(*geo)
+        wq, hq, taps, offs = _conv.flat_geometry(*geo)
         xp = _padded(x, (p[0], p[1], hq * s[0] - h - p[0], wq * s[1] - wd - p[1]), fill)
         ext = oh * wq
         cols, body = _cols_buf(n, c, kk, ext, ones)
         if _jit.available:
-            # every tap is one shifted slice of a flat stride phase: see conv.phase_offsets
+            # every tap is one shifted slice of a flat stride phase: see conv.flat_geometry
             if s == [1, 1]:
                 src = xp.reshape(n, c, hq * wq)
             else:
                 src = _scratch("phases", (n, c, s[0], s[1], hq, wq), x.dtype)
                 np.copyto(src, xp.reshape(n, c, hq, s[0], wq, s[1]).transpose(0, 1, 3, 5, 2, 4))
                 src = src.reshape(n, c, -1)
-            _jit.gather_shifted(src, _conv.phase_offsets(*geo)[2], xz, body)
+            _jit.gather_shifted(src, offs, xz, body)
         elif s == [1, 1]:
             src = xp.reshape(n, c, hq * wq)
             st = src.strides
@@ -643,11 +643,11 @@ def _depthwise_acc(x: np.ndarray, xz: int, lay: _Layer) -> np.ndarray:
     _jit.to_float(x if x.flags.c_contiguous else np.ascontiguousarray(x), shift, xf)
     wf = cp.prep.mats[0].reshape((-1, 1) + tuple(lay.k))
     acc = _scratch("dw_acc", (n, wf.shape[0]) + lay.out_sp, np.float32)
-    layout = _conv.phase_offsets(
+    wq, hq, _, offs = _conv.flat_geometry(
         *x.shape[2:], *map(tuple, (lay.p, lay.k, lay.s, lay.d)), lay.out_sp
     )
     return _jit.depthwise2d(
-        xf, wf, None, acc, layout, tuple(lay.s), (lay.p[0], lay.p[1]), fill=xz - shift
+        xf, wf, None, acc, (wq, hq, offs), tuple(lay.s), (lay.p[0], lay.p[1]), fill=xz - shift
     )
 
 
