@@ -258,15 +258,16 @@ def requantize(
 
 
 @_njit
-def _epilogue_rows(src, dst, src_ch, dst_ch, b, z, has_z, lo, hi):  # noqa: ANN001, ANN202
-    # rows are picked through channel maps only for shuffles: in place, the maps are None
+def _epilogue_rows(src, dst, src_ch, dst_ch, b, z, lo, hi):  # noqa: ANN001, ANN202
+    # rows are picked through channel maps only for shuffles: in place, the maps are None;
+    # numba compiles each combination of None arguments without the branches it rules out
     n_, m_, ln = dst.shape
     for n in range(n_):
         for c in range(m_):
             d = dst[n, c] if dst_ch is None else dst[n, dst_ch[c]]
             s = d if src is None else src[n, c] if src_ch is None else src[n, src_ch[c]]
             bias = b[c]
-            if has_z:
+            if z is not None:
                 zr = z[n, c]
                 for i in range(ln):
                     d[i] = _clamp(s[i] + bias + zr[i], lo, hi)
@@ -288,19 +289,17 @@ def epilogue(
     """dst[:, dst_channels[c]] = clamp(src[:, src_channels[c]] + b[c] + z[:, c], lo, hi) for
     every conv channel c, in that order of float additions (as the separate NumPy passes).
     ``src`` None: in place, src is dst (read through dst_channels too); channel maps None:
-    the identity. dst and src (N, M, ...)
-    C-contiguous of one float dtype; z, if given, (N, M, ...) in conv channel order; a
+    the identity. dst and src (N, M, ...) C-contiguous of one float dtype; z, if given, (N, M, ...) in conv channel order; a
     missing b adds 0 (exact: x + 0.0 == x, and -0.0 + 0.0 only changes a zero's sign).
     Returns dst."""
     n, m = dst.shape[:2]
     shape = (n, m, -1)
     t = dst.dtype.type
     bias = np.zeros(m, dst.dtype) if b is None else np.ascontiguousarray(b, dst.dtype)
-    has_z = z is not None
-    zz = np.ascontiguousarray(z).reshape(shape) if has_z else np.zeros((1, 1, 1), dst.dtype)
+    zz = None if z is None else np.ascontiguousarray(z).reshape(shape)
     _kernel("_epilogue_rows")(
         None if src is None else src.reshape(shape), dst.reshape(shape), src_channels,
-        dst_channels, bias, zz, has_z, t(lo), t(hi),
+        dst_channels, bias, zz, t(lo), t(hi),
     )  # fmt: skip
     return dst
 

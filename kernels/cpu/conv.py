@@ -670,9 +670,10 @@ def _fused_compiled(
         _tup(geometry["pads"]),
         _tup(geometry["strides"]),
     )
-    if z is None and not shuffle and depthwise_jit(x, group, x.ndim - 2, geo):
+    depthwise = depthwise_jit(x, group, x.ndim - 2, geo)
+    if depthwise and z is None and not shuffle:
         return _depthwise_compiled(x, w, b, geo, *bounds)
-    if not _jit.loaded() and not depthwise_jit(x, group, x.ndim - 2, geo):
+    if not depthwise and not _jit.loaded():
         return None
     if shuffle and _shuffles_in_matmul(w, group, shuffle, geometry):
         y, _ = _pointwise_shuffled(x, w, None, group)
