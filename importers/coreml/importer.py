@@ -13,7 +13,7 @@ from modelloader.errors import ModelFormatError, UnsupportedOpError
 from modelloader.importers.coreml.common import Builder
 from modelloader.importers.coreml.reader import CoreMLFile, protos
 from modelloader.ir import Graph, Value
-from modelloader.ir.builder import onnx_dtype
+from modelloader.ir.builder import onnx_dtype, refusals_reported
 from modelloader.kernels.registry import Registry
 
 _ARRAY_DT = {
@@ -191,12 +191,8 @@ def import_model(file: CoreMLFile, registry: Registry, densify: bool = False) ->
     """
     spec = file.spec
     missing: list[tuple[str, str, int]] = []
-    try:
+    with refusals_reported(missing):
         part = import_part(spec, file, missing, [0], "", densify)
-    except Exception:
-        if missing:  # what failed depended on a refused op: report those
-            raise UnsupportedOpError(missing) from None
-        raise
     for n in part.builder.nodes:
         if not registry.supports(n.op, n.domain):
             missing.append((n.op, n.domain or "ai.onnx", 0))

@@ -12,7 +12,7 @@ from modelloader.importers.tflite import ops as _ops  # noqa: F401  (registers t
 from modelloader.importers.tflite.reader import Signature, TFLModel, TFLSubgraph
 from modelloader.importers.tflite.table import TFLContext, convert_op, densify_tensor
 from modelloader.ir import Graph, Value
-from modelloader.ir.builder import run_row
+from modelloader.ir.builder import refusals_reported, run_row
 from modelloader.kernels.registry import Registry
 
 
@@ -135,12 +135,8 @@ def import_model(model: TFLModel, registry: Registry, name: str = "<model>") -> 
     sig = imp.signature()
     main = imp.main = sig.subgraph if sig is not None else 0
     imp.building.add(main)
-    try:
+    with refusals_reported(imp.missing):
         graph = imp.graph(main, sig)
-    except Exception:
-        if imp.missing:  # what failed depended on a refused op: report those
-            raise UnsupportedOpError(imp.missing) from None
-        raise
     # every subgraph is checked for unsupported ops, even ones no operator calls
     for i in range(len(model.subgraphs)):
         if i not in imp.graphs:

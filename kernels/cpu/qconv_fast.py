@@ -324,13 +324,12 @@ class _Req:
     """A conv's requantization: clip(rint((acc + bias) * mult) + zp, lo + zp, hi + zp) with
     mult (rows, 1, 1) and bias (rows, 1, 1) (or None) in the working precision ``ft``."""
 
-    __slots__ = ("f32", "ft", "mult", "bias", "zp", "lo", "hi", "clamp", "jit")
+    __slots__ = ("f32", "ft", "mult", "bias", "zp", "lo", "hi", "jit")
 
     def __init__(self, f32: bool, mult, bias, zp: int, clamp: tuple[int, int]) -> None:
         self.f32, self.ft = f32, np.float32 if f32 else np.float64
         self.mult, self.bias, self.zp = mult, bias, zp
         self.lo, self.hi = self.ft(clamp[0] - zp), self.ft(clamp[1] - zp)
-        self.clamp = clamp
         # (mult, bias) as float64 vectors for the compiled pass; None: multipliers not finite
         m64 = mult.reshape(-1).astype(np.float64)
         b64 = np.zeros_like(m64) if bias is None else bias.reshape(-1).astype(np.float64)
@@ -380,7 +379,8 @@ def _requant(
                 tail.lo,
                 tail.hi,
             )
-        _jit.qconv_requantize(acc, *req.jit, req.zp, req.clamp, out, t)
+        clamp = (int(req.lo) + req.zp, int(req.hi) + req.zp)
+        _jit.qconv_requantize(acc, *req.jit, req.zp, clamp, out, t)
         return
     n, m, oh, wq = acc.shape
     rows = n * m

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,21 @@ import onnx
 
 from modelloader.errors import UnsupportedOpError
 from modelloader.ir.graph import Node
+
+
+@contextmanager
+def refusals_reported(missing: list[tuple[str, str, int]]) -> Iterator[None]:
+    """Around a whole import whose rows run through ``run_row``: an error escaping it once
+    something is missing (it depended on a refused op) is replaced by the
+    ``UnsupportedOpError`` listing everything missing, its own ops included."""
+    try:
+        yield
+    except Exception as e:
+        if not missing:
+            raise
+        if isinstance(e, UnsupportedOpError):
+            missing.extend(e.ops)
+        raise UnsupportedOpError(missing) from None
 
 
 def run_row(missing: list[tuple[str, str, int]], row: Callable[..., Any], *args: Any) -> Any:
