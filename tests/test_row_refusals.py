@@ -66,3 +66,14 @@ def test_a_row_error_without_refusals_still_raises(monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(neuralnetwork.NN_TABLE, "convolution", broken)
     with pytest.raises(modelloader.errors.ModelFormatError, match="bad layer"):
         modelloader.load(MODELS / "coreml" / "resnet_nn.mlmodel")
+
+
+def test_refusals_reported_merges_a_later_unsupported_op() -> None:
+    from modelloader.ir.builder import refusals_reported
+
+    missing = [("A variant", "test", 0)]
+    with pytest.raises(UnsupportedOpError) as err, refusals_reported(missing):
+        raise UnsupportedOpError([("B variant", "test", 0)])
+    assert _listed(err.value) == {"A variant", "B variant"}
+    with pytest.raises(KeyError), refusals_reported([]):  # nothing refused: the error stands
+        raise KeyError("x")
