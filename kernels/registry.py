@@ -13,6 +13,14 @@ The kernel contract (after onnx-reference): a kernel is a plain function called 
   outputs included; the executor drops those the node does not name).
 * It never writes into its inputs (they may be read-only memory-mapped weights) and
   returns arrays of exactly the dtypes the ONNX spec gives.
+
+A kernel may also have a *preparer* (after onnxruntime's kernel construction and weight
+prepacking): ``prep(consts, **attrs)``, called once per node when a plan is built, where
+``consts`` holds one entry per node input, the constant's value (weights) or None for a
+value computed at run time. It returns a kernel for that one node, called as
+``fn(*inputs)`` with the attributes already bound, that computes exactly what the generic
+kernel computes (same values, same errors) with the per-node work (weight layouts,
+requantization constants, geometry) done once; or None to keep the generic kernel.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from typing import Any
 import numpy as np
 
 KernelFn = Callable[..., Any]
+Preparer = Callable[..., KernelFn | None]
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,7 @@ class Registry:
     def __init__(self, provider: str) -> None:
         self.provider = provider
         self._specs: dict[tuple[str, str], list[KernelSpec]] = {}
+        self._preparers: dict[tuple[str, str], Preparer] = {}
 
     def register(
         self, *ops: str, domain: str = "", dtypes: Iterable[Any] | None = None
@@ -58,6 +68,22 @@ class Registry:
             return fn
 
         return deco
+
+    def register_preparer(self, *ops: str, domain: str = "") -> Callable[[Preparer], Preparer]:
+        """Decorator: ``@prepares("Conv")`` registers the preparer of ``ops`` (one per op)."""
+
+        def deco(fn: Preparer) -> Preparer:
+            for op in ops:
+                if (domain, op) in self._preparers:
+                    raise ValueError(f"{domain}::{op} already has a preparer")
+                self._preparers[(domain, op)] = fn
+            return fn
+
+        return deco
+
+    def preparer(self, op: str, domain: str = "") -> Preparer | None:
+        """The preparer registered for ``op``, if any."""
+        return self._preparers.get((domain, op))
 
     def specs(self, op: str, domain: str = "") -> tuple[KernelSpec, ...]:
         """Every kernel registered for ``op``, dtype-restricted ones first."""

@@ -318,15 +318,21 @@ class Plan:
             # outputs nobody reads are dead at once (e.g. unused optional outputs)
             unused = [o for o in n.outputs if o and o not in last_use and o not in keep]
             release = tuple(dead_at.get(i, [])) + tuple(unused)
+            attrs = {k: v for k, v in n.attrs.items() if not _is_graph_attr(v)}
+            subplans = self._subplans(n, visible)
             fn = self._bind(n)
+            if not subplans:
+                prepared = self._prepare(n, attrs)
+                if prepared is not None:
+                    fn, attrs = prepared, {}
             steps.append(
                 Step(
                     node=n,
                     fn=fn,
                     inputs=tuple(n.inputs),
                     outputs=tuple(n.outputs),
-                    attrs={k: v for k, v in n.attrs.items() if not _is_graph_attr(v)},
-                    subplans=self._subplans(n, visible),
+                    attrs=attrs,
+                    subplans=subplans,
                     release=tuple(x for x in release if x not in produced),
                     stateful=self._is_stateful(n),
                     recycle=tuple(x for x in release if x in produced),
@@ -336,6 +342,18 @@ class Plan:
                 )
             )
         return steps
+
+    def _prepare(self, node: Node, attrs: dict[str, Any]) -> KernelFn | None:
+        """The node's prepared kernel (see ``kernels.registry``), or None: no preparer, or it
+        declined or failed (the generic kernel then reports the problem when it runs)."""
+        prep = self.registry.preparer(node.op, node.domain)
+        if prep is None or self._is_stateful(node):
+            return None
+        consts = tuple(self.constants.get(i) if i else None for i in node.inputs)
+        try:
+            return prep(consts, **attrs)
+        except Exception:  # noqa: BLE001
+            return None
 
     @staticmethod
     def _call(node: Node, fn: KernelFn, args: list[Any], attrs: dict[str, Any]) -> list[Any]:

@@ -36,7 +36,9 @@ from modelloader.parallel import parallel_for
 __all__ = [
     "available",
     "depthwise2d",
+    "depthwise_fn",
     "epilogue",
+    "epilogue_fn",
     "gather_shifted",
     "load",
     "loaded",
@@ -193,18 +195,35 @@ def depthwise2d(
     C-contiguous. ``layout``: (Wq, Hq, tap offsets) of the conv's stride phases
     (``conv.flat_geometry``, which holds kernel size and dilation); padded positions hold
     ``fill``."""
+    return depthwise_fn(w, b, x.dtype, layout, strides, pads_begin, lo, hi, fill)(x, out)
+
+
+def depthwise_fn(
+    w: np.ndarray,
+    b: np.ndarray | None,
+    dtype: np.dtype,
+    layout: tuple[int, int, np.ndarray],
+    strides: tuple[int, int],
+    pads_begin: tuple[int, int],
+    lo: float = -np.inf,
+    hi: float = np.inf,
+    fill: float = 0.0,
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """``depthwise2d`` with everything but x and out bound: ``fn(x, out) -> out``, for a
+    conv run many times (weights in the kernel's layout and bias cast once)."""
     m, _, kh, kw = w.shape
-    wk = np.ascontiguousarray(w.reshape(m, kh, kw))
-    bias = np.zeros(m, x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
-    t = x.dtype.type
+    t = np.dtype(dtype).type
+    wk = np.ascontiguousarray(w.reshape(m, kh, kw), t)
+    bias = np.zeros(m, t) if b is None else np.ascontiguousarray(b, t)
     wq, hq, offs = layout
     args = (offs, wq, hq, *strides, *pads_begin, t(lo), t(hi), t(fill))
-    _split(
-        m,
-        out.size * kh * kw,
-        lambda c0, c1: _kernel("_dw_plane")(x, wk, bias, out, c0, c1, *args),
-    )
-    return out
+    kern = _kernel("_dw_plane")
+
+    def run(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        _split(m, out.size * kh * kw, lambda c0, c1: kern(x, wk, bias, out, c0, c1, *args))
+        return out
+
+    return run
 
 
 @_njit
@@ -289,19 +308,41 @@ def epilogue(
     """dst[:, dst_channels[c]] = clamp(src[:, src_channels[c]] + b[c] + z[:, c], lo, hi) for
     every conv channel c, in that order of float additions (as the separate NumPy passes).
     ``src`` None: in place, src is dst (read through dst_channels too); channel maps None:
-    the identity. dst and src (N, M, ...) C-contiguous of one float dtype; z, if given, (N, M, ...) in conv channel order; a
-    missing b adds 0 (exact: x + 0.0 == x, and -0.0 + 0.0 only changes a zero's sign).
-    Returns dst."""
-    n, m = dst.shape[:2]
-    shape = (n, m, -1)
-    t = dst.dtype.type
-    bias = np.zeros(m, dst.dtype) if b is None else np.ascontiguousarray(b, dst.dtype)
-    zz = None if z is None else np.ascontiguousarray(z).reshape(shape)
-    _kernel("_epilogue_rows")(
-        None if src is None else src.reshape(shape), dst.reshape(shape), src_channels,
-        dst_channels, bias, zz, t(lo), t(hi),
-    )  # fmt: skip
-    return dst
+    the identity. dst and src (N, M, ...) C-contiguous of one float dtype; z, if given,
+    (N, M, ...) in conv channel order; a missing b adds 0 (exact: x + 0.0 == x, and
+    -0.0 + 0.0 only changes a zero's sign). Returns dst."""
+    fn = epilogue_fn(b, dst.shape[1], dst.dtype, lo, hi, src_channels, dst_channels)
+    return fn(dst, z, src)
+
+
+def epilogue_fn(
+    b: np.ndarray | None,
+    m: int,
+    dtype: np.dtype,
+    lo: float,
+    hi: float,
+    src_channels: np.ndarray | None = None,
+    dst_channels: np.ndarray | None = None,
+) -> Callable[..., np.ndarray]:
+    """``epilogue`` for one conv of M channels with the bias, bounds and channel maps bound:
+    ``fn(dst, z=None, src=None) -> dst``."""
+    t = np.dtype(dtype).type
+    bias = np.zeros(m, t) if b is None else np.ascontiguousarray(b, t)
+    lo_, hi_ = t(lo), t(hi)
+    kern = _kernel("_epilogue_rows")
+
+    def run(
+        dst: np.ndarray, z: np.ndarray | None = None, src: np.ndarray | None = None
+    ) -> np.ndarray:
+        shape = (dst.shape[0], m, -1)
+        zz = None if z is None else np.ascontiguousarray(z).reshape(shape)
+        kern(
+            None if src is None else src.reshape(shape), dst.reshape(shape), src_channels,
+            dst_channels, bias, zz, lo_, hi_,
+        )  # fmt: skip
+        return dst
+
+    return run
 
 
 @_njit

@@ -4,3 +4,4 @@ from modelloader.kernels.registry import Registry
 
 registry = Registry("cpu")
 kernel = registry.register
+prepares = registry.register_preparer

@@ -24,8 +24,9 @@ from numpy.lib.stride_tricks import as_strided
 
 from modelloader.buffers import take
 from modelloader.kernels.cpu import _jit
-from modelloader.kernels.cpu._registry import kernel
+from modelloader.kernels.cpu._registry import kernel, prepares
 from modelloader.kernels.cpu._ufuncs import clip
+from modelloader.kernels.registry import KernelFn
 from modelloader.parallel import matmul
 
 _FLOATS = (np.float32, np.float64)
@@ -146,7 +147,7 @@ def _tup(v: Sequence[int] | None) -> tuple[int, ...] | None:
 
 
 @functools.lru_cache(maxsize=1024)
-def _geometry(
+def conv_geometry(
     x_shape: tuple[int, ...],
     w_shape: tuple[int, ...],
     auto_pad: str,
@@ -282,7 +283,7 @@ def _conv_float(
     n, c = x.shape[:2]
     m = w.shape[0]
     r = x.ndim - 2
-    k, s, d, p, out_sp = _geometry(
+    k, s, d, p, out_sp = conv_geometry(
         x.shape,
         w.shape,
         auto_pad,
@@ -662,7 +663,7 @@ def _fused_compiled(
     convs clamp as they go; other convs leave bias, residual, clamp and shuffle to one pass
     (``_jit.epilogue``) instead of one NumPy pass each, once numba is loaded (None: not
     loaded, run the NumPy passes)."""
-    geo = _geometry(
+    geo = conv_geometry(
         x.shape,
         w.shape,
         geometry["auto_pad"],
@@ -685,6 +686,111 @@ def _fused_compiled(
         perm = _channel_map(w.shape[0], shuffle)
         return _jit.epilogue(out, b, z, *bounds, src=y, dst_channels=perm)
     return _jit.epilogue(y, b, z, *bounds)
+
+
+@prepares("Conv")
+def _prepare_conv(consts: tuple, **attrs: object) -> KernelFn | None:
+    return prepared_float_conv(conv, consts, attrs)
+
+
+@prepares("FusedConv", domain="modelloader")
+def _prepare_fused_conv(consts: tuple, **attrs: object) -> KernelFn | None:
+    return prepared_float_conv(fused_conv, consts, attrs)
+
+
+_RECIPES_MAX = 16  # input shapes a prepared conv keeps recipes for (dynamic shapes vary)
+
+
+def prepared_float_conv(generic: KernelFn, consts: tuple, attrs: dict) -> KernelFn | None:
+    """A float Conv/FusedConv node with constant weights, run through one recipe per input
+    shape: a pointwise conv is one matmul into the output plus one epilogue pass, a 2-D
+    depthwise conv the compiled loops with the weights laid out once. Other shapes, dtypes
+    and inputs (a weight that is not the constant, a shuffle, a non-clamp activation) call
+    ``generic`` with the node's attributes, as an unprepared node does."""
+    w = consts[1] if len(consts) > 1 else None
+    b = consts[2] if len(consts) > 2 else None
+    if type(w) is not np.ndarray or w.ndim != 4 or w.dtype.type not in _FLOATS:
+        return None
+    if b is not None and (type(b) is not np.ndarray or b.shape != (w.shape[0],)):
+        return None
+    activation = str(attrs.get("activation", ""))
+    params = tuple(attrs.get("activation_params", ()))  # type: ignore[arg-type]
+    bounds = _clamp_bounds(activation, params)
+    if bounds is None or attrs.get("shuffle", 0):
+        return None
+    group = int(attrs.get("group", 1))  # type: ignore[call-overload]
+    geo_attrs = (
+        attrs.get("auto_pad", "NOTSET"),
+        *(_tup(attrs.get(k)) for k in ("dilations", "kernel_shape", "pads", "strides")),  # type: ignore[arg-type]
+    )
+    dt = w.dtype
+    m = w.shape[0]
+    b3 = None if b is None else b.astype(dt).reshape(m, 1, 1)
+    epilogues: list = []  # the compiled epilogue, built once numba is loaded
+
+    def finish(out: np.ndarray, z: np.ndarray | None) -> np.ndarray:
+        if _jit.loaded():
+            if not epilogues:
+                epilogues.append(_jit.epilogue_fn(b, m, dt, *bounds))
+            return epilogues[0](out, z)
+        if b3 is not None:
+            out += b3
+        if z is not None:
+            np.add(out, z.reshape(out.shape), out=out, casting="unsafe")
+        return apply_activation(out, activation, params)
+
+    plain = b is None and not activation
+
+    def recipe(shape: tuple[int, ...]) -> KernelFn | None:
+        if len(shape) != 4 or shape[1] != w.shape[1] * group or m % group:
+            return None
+        geo = conv_geometry(shape, w.shape, *geo_attrs)
+        k, s, d, p, out_sp = geo
+        n, c = shape[:2]
+        oshape = (n, m, *out_sp)
+        if group == 1 and n == 1 and not any(p) and k == [1, 1] and s == [1, 1]:
+            w2 = np.ascontiguousarray(w.reshape(m, c))
+            hw = out_sp[0] * out_sp[1]
+
+            def pointwise(x: np.ndarray, z: np.ndarray | None) -> np.ndarray:
+                out = take(oshape, dt)
+                matmul(w2, x.reshape(c, hw), out=out.reshape(m, hw))
+                return out if plain and z is None else finish(out, z)
+
+            return pointwise
+        if depthwise_jit(np.empty((0, c), dt), group, 2, geo):
+            wq, hq, _, offs = flat_geometry(*shape[2:], *map(tuple, (p, k, s, d, out_sp)))
+            dw = _jit.depthwise_fn(w, b, dt, (wq, hq, offs), tuple(s), (p[0], p[1]), *bounds)
+
+            def depthwise(x: np.ndarray, z: np.ndarray | None) -> np.ndarray | None:
+                if z is not None:
+                    return None
+                return dw(x if x.flags.c_contiguous else np.ascontiguousarray(x), take(oshape, dt))
+
+            return depthwise
+        return None
+
+    recipes: dict[tuple[int, ...], KernelFn | None] = {}
+
+    def run(x: np.ndarray, w_: np.ndarray, b_: np.ndarray | None = None, z=None) -> np.ndarray:  # noqa: ANN001
+        if w_ is w and b_ is b and x.dtype == dt and (z is None or z.dtype == dt):
+            shape = x.shape
+            try:
+                fn = recipes[shape]
+            except KeyError:
+                if len(recipes) >= _RECIPES_MAX:
+                    recipes.clear()
+                try:
+                    fn = recipes[shape] = recipe(shape)
+                except ValueError:  # geometry the generic kernel reports on
+                    fn = None
+            if fn is not None:
+                y = fn(x, z)
+                if y is not None:
+                    return y
+        return generic(x, w_, b_, **attrs) if z is None else generic(x, w_, b_, z, **attrs)
+
+    return run
 
 
 @functools.lru_cache(maxsize=256)

@@ -20,14 +20,22 @@ import functools
 import math
 import weakref
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from modelloader.buffers import take
 from modelloader.kernels.cpu import _jit
-from modelloader.kernels.cpu._registry import kernel, registry
+from modelloader.kernels.cpu._registry import kernel, prepares, registry
 from modelloader.kernels.cpu._ufuncs import clip as _clip
-from modelloader.kernels.cpu.conv import _conv_float, scratch
+from modelloader.kernels.cpu.conv import (
+    _conv_float,
+    conv_geometry,
+    depthwise_jit,
+    flat_geometry,
+    scratch,
+)
+from modelloader.kernels.registry import KernelFn
 from modelloader.parallel import matmul
 
 MS = "com.microsoft"
@@ -818,6 +826,90 @@ def tflite_conv(
         acc += bias64
     mult = float(x_scale) * _list(w_scale, np.float64) / float(y_scale)
     return _finish(acc, mult, y_zp, act_min, act_max, x.dtype, 1, x.dtype == np.int16)
+
+
+@prepares("TFLiteConv", domain=ML)
+def _prepare_tflite_conv(consts: tuple, **attrs: Any) -> KernelFn | None:
+    """TFLiteConv with constant weights: per input shape and dtype, the exact float weights
+    and the requantization are built once, and a pointwise or (compiled) depthwise conv runs
+    as int8 -> float taps, one product and one requantization pass; other convs, int16
+    inputs and accumulators the int32 requantization cannot hold run ``tflite_conv``."""
+    w = consts[1] if len(consts) > 1 else None
+    bias = consts[2] if len(consts) > 2 else None
+    if type(w) is not np.ndarray or w.ndim != 4 or w.dtype.type not in (np.int8, np.uint8):
+        return None
+    group = int(attrs.get("group", 1))
+    x_zp = int(attrs.get("x_zp", 0))
+    m = w.shape[0]
+    geo_attrs = ("NOTSET", *(tuple(attrs.get(k, d)) for k, d in _TFL_GEOMETRY))
+
+    def recipe(shape: tuple[int, ...], dtype: np.dtype) -> KernelFn | None:
+        if dtype.type not in (np.int8, np.uint8) or len(shape) != 4:
+            return None
+        if shape[1] != w.shape[1] * group or m % group:
+            return None
+        wmat, ft, bias64, bound = _conv_weights(w, attrs.get("w_zp", 0), bias, dtype, x_zp, group)
+        req = _tfl_requant(
+            attrs["x_scale"], attrs["w_scale"], attrs["y_scale"], m, bias64, attrs.get("y_zp", 0)
+        )
+        if req is None or bound >= req.limit:
+            return None
+        act = (attrs.get("act_min"), attrs.get("act_max"))
+        k, s, d, p, out_sp = geo = conv_geometry(shape, w.shape, *geo_attrs)
+        n, c = shape[:2]
+        acc_shape = (n, m, *out_sp)
+        if group == 1 and n == 1 and not any(p) and k == [1, 1] and s == [1, 1]:
+            w2 = np.ascontiguousarray(wmat.reshape(m, c))
+            hw = out_sp[0] * out_sp[1]
+
+            def product(xf: np.ndarray, acc: np.ndarray) -> None:
+                matmul(w2, xf.reshape(c, hw), out=acc.reshape(m, hw))
+
+        elif depthwise_jit(np.empty((0, c), ft), group, 2, geo):
+            wq, hq, _, offs = flat_geometry(*shape[2:], *map(tuple, (p, k, s, d, out_sp)))
+            product = _jit.depthwise_fn(wmat.reshape(w.shape), None, ft, (wq, hq, offs), s, p[:2])
+        else:
+            return None
+
+        def run(x: np.ndarray) -> np.ndarray:
+            xf = scratch("tfl_x", shape, ft)
+            if _jit.available and x.flags.c_contiguous:
+                _jit.to_float(x, x_zp, xf)
+            else:
+                np.subtract(x, ft(x_zp), out=xf)
+            acc = scratch("tfl_conv", acc_shape, ft)
+            product(xf, acc)
+            return req.apply(acc, *act, dtype)
+
+        return run
+
+    recipes: dict[tuple, KernelFn | None] = {}
+
+    def run(x: np.ndarray, w_: np.ndarray, b_: np.ndarray | None = None) -> np.ndarray:
+        if w_ is w and b_ is bias:
+            key = (x.shape, x.dtype)
+            try:
+                fn = recipes[key]
+            except KeyError:
+                if len(recipes) >= 16:
+                    recipes.clear()
+                try:
+                    fn = recipes[key] = recipe(*key)
+                except ValueError:  # geometry the generic kernel reports on
+                    fn = None
+            if fn is not None:
+                return fn(x)
+        return tflite_conv(x, w_, b_, **attrs)
+
+    return run
+
+
+_TFL_GEOMETRY = (
+    ("dilations", (1, 1)),
+    ("kernel_shape", ()),
+    ("pads", (0, 0, 0, 0)),
+    ("strides", (1, 1)),
+)
 
 
 class _TflRequant:
