@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import math
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -731,42 +730,6 @@ def _finish(acc, mult, y_zp, act_min, act_max, dtype, axis, wide: bool = False) 
     return y.astype(dtype)
 
 
-_WCACHE: dict[tuple, tuple] = {}
-
-
-def _conv_weights(
-    w: np.ndarray, w_zp, bias: np.ndarray | None, x_dtype: np.dtype, x_zp: int, group: int
-) -> tuple[np.ndarray, type, np.ndarray | None, int]:
-    """(w - w_zp) as an exact float BLAS operand (group, M/group, K), its float type, the
-    bias as (1, M, 1, 1) int64 and a bound of |accumulator|; cached per weight array while it lives (weights are constants)."""
-    # w_zp is one list per node, passed again on every call: the entry keeps it, so its id
-    # cannot be reused while the entry lives
-    key = (id(w), id(bias), np.dtype(x_dtype).str, int(x_zp), group, id(w_zp))
-    hit = _WCACHE.get(key)
-    if hit is not None and hit[0]() is w and (bias is None or hit[1]() is bias) and hit[3] is w_zp:
-        return hit[2]
-    m, cg, kh, kw = w.shape
-    wz = _list(w_zp, np.int32)
-    wi = w.astype(np.int32) - (wz.reshape(-1, 1, 1, 1) if wz.size > 1 else wz[0])
-    lo_x, hi_x = _irange(x_dtype)
-    bound_x = max(abs(lo_x - x_zp), abs(hi_x - x_zp))
-    bound_w = int(np.abs(wi).max(initial=0))
-    # exact float BLAS: float32 while every partial sum stays below 2**24, else float64
-    ft = np.float32 if cg * kh * kw * bound_x * bound_w < _F32_EXACT else np.float64
-    wmat = wi.astype(ft).reshape(group, m // group, cg * kh * kw)
-    b64 = None if bias is None else np.asarray(bias).astype(np.int64).reshape(1, m, 1, 1)
-    # |accumulator| bound: whether the int32 requantization below cannot overflow
-    bound = cg * kh * kw * bound_x * bound_w + (0 if b64 is None else int(np.abs(b64).max()))
-    out = (wmat, ft, b64, bound)
-    try:
-        refs = (weakref.ref(w), (lambda: None) if bias is None else weakref.ref(bias))
-    except TypeError:  # not weak-referenceable: no caching
-        return out
-    _WCACHE[key] = (*refs, out, w_zp)
-    weakref.finalize(w, _WCACHE.pop, key, None)
-    return out
-
-
 @kernel("TFLiteConv", domain=ML)
 def tflite_conv(
     x: np.ndarray,
@@ -798,110 +761,110 @@ def tflite_conv(
     + y_zp, act_min, act_max). w_scale/w_zp: scalar or per-output-channel list. pads:
     [top, left, bottom, right]; act_min/act_max default to the dtype range.
     """
-    m = w.shape[0]
-    wmat, ft, bias64, bound = _conv_weights(w, w_zp, bias, x.dtype, x_zp, group)
-    # the exact integer conv is a float conv of x - x_zp (zero padding = x_zp) and w - w_zp
-    xf = scratch("tfl_x", x.shape, ft)
-    if _jit.available and x.flags.c_contiguous:
-        _jit.to_float(x, x_zp, xf)
-    else:
-        np.subtract(x, ft(x_zp), out=xf)
-    acc = _conv_float(
-        xf,
-        wmat.reshape(w.shape),
-        None,
-        auto_pad="NOTSET",
-        dilations=dilations,
-        group=group,
-        kernel_shape=None,
-        pads=pads,
-        strides=strides,
-    )
-    if x.dtype != np.int16:
-        req = _tfl_requant(x_scale, w_scale, y_scale, m, bias64, y_zp)
-        if req is not None and bound < req.limit:
-            return req.apply(acc, act_min, act_max, x.dtype)
-    acc = acc.astype(np.int64)
-    if bias64 is not None:
-        acc += bias64
-    mult = float(x_scale) * _list(w_scale, np.float64) / float(y_scale)
-    return _finish(acc, mult, y_zp, act_min, act_max, x.dtype, 1, x.dtype == np.int16)
+    attrs = dict(
+        x_scale=x_scale, w_scale=w_scale, y_scale=y_scale, x_zp=x_zp, w_zp=w_zp, y_zp=y_zp,
+        strides=strides, pads=pads, dilations=dilations, group=group, act_min=act_min,
+        act_max=act_max,
+    )  # fmt: skip
+    return _TflConv(w, bias, x.dtype, attrs)(x)
 
 
-@prepares("TFLiteConv", domain=ML)
-def _prepare_tflite_conv(consts: tuple, **attrs: Any) -> KernelFn | None:
-    """TFLiteConv with constant weights: per input shape and dtype, the exact float weights
-    and the requantization are built once, and a pointwise or (compiled) depthwise conv runs
-    as int8 -> float taps, one product and one requantization pass; other convs, int16
-    inputs and accumulators the int32 requantization cannot hold run ``tflite_conv``."""
-    w = consts[1] if len(consts) > 1 else None
-    bias = consts[2] if len(consts) > 2 else None
-    if type(w) is not np.ndarray or w.ndim != 4 or w.dtype.type not in (np.int8, np.uint8):
-        return None
-    group = int(attrs.get("group", 1))
-    x_zp = int(attrs.get("x_zp", 0))
-    m = w.shape[0]
-    geo_attrs = ("NOTSET", *(tuple(attrs.get(k, d)) for k, d in _TFL_GEOMETRY))
+class _TflConv:
+    """One TFLiteConv node for one input dtype: (w - w_zp) as an exact float BLAS operand,
+    the bias, the requantization, and per input shape a recipe (``recipe``)."""
 
-    def recipe(shape: tuple[int, ...], dtype: np.dtype) -> KernelFn | None:
-        if dtype.type not in (np.int8, np.uint8) or len(shape) != 4:
-            return None
-        if shape[1] != w.shape[1] * group or m % group:
-            return None
-        wmat, ft, bias64, bound = _conv_weights(w, attrs.get("w_zp", 0), bias, dtype, x_zp, group)
-        req = _tfl_requant(
-            attrs["x_scale"], attrs["w_scale"], attrs["y_scale"], m, bias64, attrs.get("y_zp", 0)
+    def __init__(self, w: np.ndarray, bias: np.ndarray | None, dtype: np.dtype, attrs: dict):
+        self.attrs = attrs
+        self.dtype = dtype = np.dtype(dtype)
+        self.x_zp = x_zp = int(attrs.get("x_zp", 0))
+        self.group = int(attrs.get("group", 1))
+        self.w_shape = w.shape
+        m, cg, kh, kw = w.shape
+        wz = _list(attrs.get("w_zp", 0), np.int32)
+        wi = w.astype(np.int32) - (wz.reshape(-1, 1, 1, 1) if wz.size > 1 else wz[0])
+        lo_x, hi_x = _irange(dtype)
+        bound_x = max(abs(lo_x - x_zp), abs(hi_x - x_zp))
+        bound_w = int(np.abs(wi).max(initial=0))
+        # exact float BLAS: float32 while every partial sum stays below 2**24, else float64
+        self.ft = ft = np.float32 if cg * kh * kw * bound_x * bound_w < _F32_EXACT else np.float64
+        self.wmat = wi.astype(ft).reshape(w.shape)
+        self.bias64 = b64 = (
+            None if bias is None else np.asarray(bias).astype(np.int64).reshape(1, m, 1, 1)
         )
-        if req is None or bound >= req.limit:
-            return None
-        act = (attrs.get("act_min"), attrs.get("act_max"))
-        k, s, d, p, out_sp = geo = conv_geometry(shape, w.shape, *geo_attrs)
+        # |accumulator| bound: whether the int32 requantization cannot overflow
+        bound = cg * kh * kw * bound_x * bound_w + (0 if b64 is None else int(np.abs(b64).max()))
+        self.mult = (
+            float(attrs["x_scale"]) * _list(attrs["w_scale"], np.float64) / float(attrs["y_scale"])
+        )
+        self.req = None
+        if dtype != np.int16:
+            req = _tfl_requant(self.mult, m, b64, int(attrs.get("y_zp", 0)))
+            if req is not None and bound < req.limit:
+                self.req = req
+        self.geometry = (
+            "NOTSET",
+            *(tuple(attrs.get(k) or d) for k, d in _TFL_GEOMETRY),
+        )
+
+    def _to_float(self, x: np.ndarray) -> np.ndarray:
+        # the exact integer conv is a float conv of x - x_zp (zero padding = x_zp) and w - w_zp
+        xf = scratch("tfl_x", x.shape, self.ft)
+        if _jit.available and x.flags.c_contiguous:
+            _jit.to_float(x, self.x_zp, xf)
+        else:
+            np.subtract(x, self.ft(self.x_zp), out=xf)
+        return xf
+
+    def _finish(self, acc: np.ndarray) -> np.ndarray:
+        a = self.attrs
+        act_min, act_max = a.get("act_min"), a.get("act_max")
+        if self.req is not None:
+            return self.req.apply(acc, act_min, act_max, self.dtype)
+        acc = acc.astype(np.int64)
+        if self.bias64 is not None:
+            acc += self.bias64
+        wide = self.dtype == np.int16
+        return _finish(acc, self.mult, a.get("y_zp", 0), act_min, act_max, self.dtype, 1, wide)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The conv of any input shape."""
+        _, dilations, _, pads, strides = self.geometry
+        acc = _conv_float(
+            self._to_float(x), self.wmat, None, auto_pad="NOTSET", dilations=dilations,
+            group=self.group, kernel_shape=None, pads=pads, strides=strides,
+        )  # fmt: skip
+        return self._finish(acc)
+
+    def recipe(self, shape: tuple[int, ...]) -> KernelFn:
+        """The conv of inputs of ``shape``: a pointwise or (compiled) depthwise one as int ->
+        float taps, one product into a scratch accumulator and one requantization pass;
+        others as ``__call__``."""
+        m, cg = self.w_shape[:2]
+        if len(shape) != 4 or shape[1] != cg * self.group or m % self.group or not self.req:
+            return self
+        k, s, d, p, out_sp = geo = conv_geometry(shape, self.w_shape, *self.geometry)
         n, c = shape[:2]
-        acc_shape = (n, m, *out_sp)
-        if group == 1 and n == 1 and not any(p) and k == [1, 1] and s == [1, 1]:
-            w2 = np.ascontiguousarray(wmat.reshape(m, c))
+        ft = self.ft
+        if self.group == 1 and n == 1 and not any(p) and k == [1, 1] and s == [1, 1]:
+            w2 = np.ascontiguousarray(self.wmat.reshape(m, c))
             hw = out_sp[0] * out_sp[1]
 
             def product(xf: np.ndarray, acc: np.ndarray) -> None:
                 matmul(w2, xf.reshape(c, hw), out=acc.reshape(m, hw))
 
-        elif depthwise_jit(np.empty((0, c), ft), group, 2, geo):
+        elif depthwise_jit(np.empty((0, c), ft), self.group, 2, geo):
             wq, hq, _, offs = flat_geometry(*shape[2:], *map(tuple, (p, k, s, d, out_sp)))
-            product = _jit.depthwise_fn(wmat.reshape(w.shape), None, ft, (wq, hq, offs), s, p[:2])
+            product = _jit.depthwise_fn(self.wmat, None, ft, (wq, hq, offs), s, p[:2])
         else:
-            return None
+            return self
+        acc_shape = (n, m, *out_sp)
 
         def run(x: np.ndarray) -> np.ndarray:
-            xf = scratch("tfl_x", shape, ft)
-            if _jit.available and x.flags.c_contiguous:
-                _jit.to_float(x, x_zp, xf)
-            else:
-                np.subtract(x, ft(x_zp), out=xf)
             acc = scratch("tfl_conv", acc_shape, ft)
-            product(xf, acc)
-            return req.apply(acc, *act, dtype)
+            product(self._to_float(x), acc)
+            return self._finish(acc)
 
         return run
-
-    recipes: dict[tuple, KernelFn | None] = {}
-
-    def run(x: np.ndarray, w_: np.ndarray, b_: np.ndarray | None = None) -> np.ndarray:
-        if w_ is w and b_ is bias:
-            key = (x.shape, x.dtype)
-            try:
-                fn = recipes[key]
-            except KeyError:
-                if len(recipes) >= 16:
-                    recipes.clear()
-                try:
-                    fn = recipes[key] = recipe(*key)
-                except ValueError:  # geometry the generic kernel reports on
-                    fn = None
-            if fn is not None:
-                return fn(x)
-        return tflite_conv(x, w_, b_, **attrs)
-
-    return run
 
 
 _TFL_GEOMETRY = (
@@ -910,6 +873,37 @@ _TFL_GEOMETRY = (
     ("pads", (0, 0, 0, 0)),
     ("strides", (1, 1)),
 )
+
+
+@prepares("TFLiteConv", domain=ML)
+def _prepare_tflite_conv(consts: tuple, **attrs: Any) -> KernelFn | None:
+    """TFLiteConv with constant weights: per input dtype the exact float weights and the
+    requantization are built once (``_TflConv``), per input shape its recipe."""
+    w = consts[1] if len(consts) > 1 else None
+    bias = consts[2] if len(consts) > 2 else None
+    if type(w) is not np.ndarray or w.ndim != 4 or w.dtype.type not in (np.int8, np.uint8):
+        return None
+    convs: dict[np.dtype, _TflConv] = {}
+    recipes: dict[tuple, KernelFn] = {}
+
+    def run(x: np.ndarray, w_: np.ndarray, b_: np.ndarray | None = None) -> np.ndarray:
+        if w_ is not w or b_ is not bias:
+            return tflite_conv(x, w_, b_, **attrs)
+        key = (x.shape, x.dtype)
+        fn = recipes.get(key)
+        if fn is None:
+            if len(recipes) >= 16:
+                recipes.clear()
+            cv = convs.get(x.dtype)
+            if cv is None:
+                cv = convs[x.dtype] = _TflConv(w, bias, x.dtype, attrs)
+            try:
+                fn = recipes[key] = cv.recipe(x.shape)
+            except ValueError:  # geometry the generic path reports on
+                fn = cv
+        return fn(x)
+
+    return run
 
 
 class _TflRequant:
@@ -981,28 +975,12 @@ class _TflRequant:
         return out
 
 
-_QCACHE: dict[tuple, tuple] = {}
-
-
-def _tfl_requant(
-    x_scale: float, w_scale: float | Sequence[float], y_scale: float, m: int, bias64, y_zp: int
-) -> _TflRequant | None:
-    """The cached _TflRequant of a TFLiteConv (None where a multiplier is negative)."""
-    # per-channel scales are one list/array per node, passed again on every call: look them
-    # up by identity first (the entry keeps the objects, so their ids cannot be reused)
-    fast = (id(w_scale), id(bias64), float(x_scale), float(y_scale), m, int(y_zp))
-    hit = _QCACHE.get(fast)
-    if hit is not None and hit[0] is w_scale and hit[1] is bias64:
-        return hit[2]
-    mult = float(x_scale) * _list(w_scale, np.float64) / float(y_scale)
+def _tfl_requant(mult: np.ndarray, m: int, bias64, y_zp: int) -> _TflRequant | None:
+    """The _TflRequant of a TFLiteConv (None where a multiplier is negative)."""
     q, sh = tflite_quantize_multiplier(mult)
     q = np.broadcast_to(q, (m,)).reshape(1, m, 1, 1)
     sh = np.broadcast_to(sh, (m,)).reshape(1, m, 1, 1)
-    out = None if q.min() < 0 else _TflRequant(q, sh, bias64, y_zp)
-    if len(_QCACHE) > 4096:
-        _QCACHE.clear()
-    _QCACHE[fast] = (w_scale, bias64, out)
-    return out
+    return None if q.min() < 0 else _TflRequant(q, sh, bias64, y_zp)
 
 
 @kernel("TFLiteFullyConnected", domain=ML)

@@ -1,11 +1,12 @@
-"""TFLiteConv's cached weights / in-place int32 requantization against a plain reference."""
+"""TFLiteConv (generic and prepared: cached weights, in-place int32 requantization) against
+a plain reference."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from modelloader.kernels.cpu.qlinear import _finish, tflite_conv
+from modelloader.kernels.cpu.qlinear import _finish, _prepare_tflite_conv, tflite_conv
 
 
 def _reference(x, w, bias, x_zp, w_zp, mult, y_zp, act, stride, pads, group):
@@ -65,22 +66,12 @@ def test_matches_reference(seed: int, depthwise: bool, left: bool, path: str) ->
     mult = x_scale * np.asarray(w_scale) / y_scale
     want = _reference(x, w, bias, x_zp, [0] * m, mult, y_zp, act, stride, pads, group)
     np.testing.assert_array_equal(got, want)
-    # a second call (cached weights and multipliers) gives the same result
-    np.testing.assert_array_equal(
-        tflite_conv(
-            x,
-            w,
-            bias,
-            x_scale=x_scale,
-            w_scale=w_scale,
-            y_scale=y_scale,
-            x_zp=x_zp,
-            y_zp=y_zp,
-            strides=[stride, stride],
-            pads=pads,
-            group=group,
-            act_min=act[0],
-            act_max=act[1],
-        ),  # fmt: skip
-        want,
-    )
+    # the node's prepared kernel (weights and multipliers built once) gives the same result,
+    # on its first call and its second
+    attrs = dict(
+        x_scale=x_scale, w_scale=w_scale, y_scale=y_scale, x_zp=x_zp, y_zp=y_zp,
+        strides=[stride, stride], pads=pads, group=group, act_min=act[0], act_max=act[1],
+    )  # fmt: skip
+    prepared = _prepare_tflite_conv((None, w, bias), **attrs)
+    for _ in range(2):
+        np.testing.assert_array_equal(prepared(x, w, bias), want)

@@ -1,0 +1,181 @@
+"""Kernel preparers (``kernels.registry``): a prepared node computes exactly what its generic
+kernel computes, for every shape it is called with, and the executor falls back to the
+generic kernel where a preparer declines or fails."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from modelloader.executor import Plan, RunState
+from modelloader.ir import Graph, Node, Value
+from modelloader.kernels.cpu import conv as conv_mod
+from modelloader.kernels.cpu import qlinear, registry
+from modelloader.kernels.registry import Registry
+
+RNG = np.random.default_rng(11)
+
+# (C, M, group, kernel, strides, pads, H)
+GEOMETRIES = [
+    (8, 12, 1, 1, 1, 0, 6),  # pointwise: one matmul
+    (8, 12, 1, 1, 2, 0, 7),  # strided 1x1: generic
+    (6, 6, 6, 3, 1, 1, 9),  # depthwise, same size
+    (6, 12, 6, 3, 2, 1, 10),  # depthwise, multiplier 2, strided
+    (5, 5, 5, 5, 1, 0, 8),  # depthwise, no padding
+    (4, 6, 2, 3, 1, 1, 7),  # grouped: generic
+    (3, 7, 1, 3, 2, 1, 12),  # full 3x3: generic
+]
+ACTIVATIONS = [("", ()), ("Relu", ()), ("Clip", (0.0, 6.0)), ("LeakyRelu", (0.1,))]
+
+
+def _equal(a: np.ndarray, b: np.ndarray) -> None:
+    assert a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_array_equal(a, b)
+
+
+def _conv_case(geometry, dtype=np.float32, bias=True):
+    c, m, group, k, s, p, h = geometry
+    w = RNG.standard_normal((m, c // group, k, k)).astype(dtype)
+    b = RNG.standard_normal(m).astype(dtype) if bias else None
+    attrs = dict(group=group, strides=[s, s], pads=[p] * 4, kernel_shape=[k, k])
+    return w, b, attrs
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=lambda a: a[0] or "none")
+@pytest.mark.parametrize("residual", [False, True])
+def test_fused_conv_matches_generic(geometry, activation, residual, path: str) -> None:
+    w, b, attrs = _conv_case(geometry)
+    attrs.update(activation=activation[0], activation_params=list(activation[1]))
+    prepared = conv_mod._prepare_fused_conv((None, w, b, None), **attrs)
+    if activation[0] == "LeakyRelu":
+        assert prepared is None  # not a clamp: the generic kernel runs
+        return
+    c, h = geometry[0], geometry[-1]
+    for batch, size in ((1, h), (1, h + 3), (2, h)):  # a shape seen again, a new one, batch 2
+        x = RNG.standard_normal((batch, c, size, size)).astype(np.float32)
+        x[0, 0, 0, :2] = (np.nan, np.inf)
+        want_shape = conv_mod.conv(x, w, b, **{k: v for k, v in attrs.items() if "activ" not in k})
+        z = RNG.standard_normal(want_shape.shape).astype(np.float32) if residual else None
+        want = conv_mod.fused_conv(x, w, b, z, **attrs)
+        for _ in range(2):
+            _equal(prepared(x, w, b, z), want)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_matches_generic(geometry, bias, path: str) -> None:
+    w, b, attrs = _conv_case(geometry, bias=bias)
+    prepared = conv_mod._prepare_conv((None, w, b), **attrs)
+    assert prepared is not None
+    c, h = geometry[0], geometry[-1]
+    x = RNG.standard_normal((1, c, h, h)).astype(np.float32)
+    args = (x, w) if b is None else (x, w, b)
+    _equal(prepared(*args), conv_mod.conv(*args, **attrs))
+    # a non-contiguous input, float64 weights and a float16 input (computed in float32)
+    xt = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    _equal(prepared(xt, *args[1:]), conv_mod.conv(xt, *args[1:], **attrs))
+    x16 = x.astype(np.float16)
+    _equal(prepared(x16, *args[1:]), conv_mod.conv(x16, *args[1:], **attrs))
+    w64, b64, _ = _conv_case(geometry, np.float64, bias)
+    p64 = conv_mod._prepare_conv((None, w64, b64), **attrs)
+    a64 = (x.astype(np.float64), w64) + (() if b64 is None else (b64,))
+    _equal(p64(*a64), conv_mod.conv(*a64, **attrs))
+
+
+def test_prepared_conv_runs_its_recipes(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """Pointwise and (compiled) depthwise convs never reach the generic kernel; anything
+    else, or weights other than the node's constants, does."""
+    calls = []
+
+    def generic(*args, **kw):
+        calls.append(args[0].shape)
+        return conv_mod.fused_conv(*args, **kw)
+
+    for geometry, fast in ((GEOMETRIES[0], True), (GEOMETRIES[2], path == "jit")):
+        w, b, attrs = _conv_case(geometry)
+        prepared = conv_mod.prepared_float_conv(generic, (None, w, b), attrs)
+        x = RNG.standard_normal((1, geometry[0], 6, 6)).astype(np.float32)
+        want = conv_mod.fused_conv(x, w, b, **attrs)
+        calls.clear()
+        _equal(prepared(x, w, b), want)
+        assert (calls == []) is fast
+        calls.clear()
+        _equal(prepared(x, w.copy(), b), want)  # not the constant: generic
+        assert calls == [x.shape]
+
+
+def test_prepared_conv_reports_bad_shapes_as_the_generic_kernel() -> None:
+    w, b, attrs = _conv_case(GEOMETRIES[0])
+    prepared = conv_mod._prepare_conv((None, w, b), **attrs)
+    x = RNG.standard_normal((1, 5, 6, 6)).astype(np.float32)  # 5 channels, weights want 8
+    with pytest.raises(ValueError) as generic:
+        conv_mod.conv(x, w, b, **attrs)
+    with pytest.raises(ValueError) as got:
+        prepared(x, w, b)
+    assert str(got.value) == str(generic.value)
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_prepared_tflite_conv_runs_its_recipes(
+    depthwise: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = 6
+    m, group = (c, c) if depthwise else (5, 1)
+    k = 3 if depthwise else 1
+    w = RNG.integers(-127, 128, (m, c // group, k, k), dtype=np.int8)
+    bias = RNG.integers(-1000, 1000, m).astype(np.int32)
+    attrs = dict(
+        x_scale=0.02, w_scale=[0.01] * m, y_scale=0.05, x_zp=3, y_zp=-4, group=group,
+        pads=[1, 1, 1, 1] if depthwise else [0, 0, 0, 0], act_min=-128, act_max=127,
+    )  # fmt: skip
+    prepared = qlinear._prepare_tflite_conv((None, w, bias), **attrs)
+    x = RNG.integers(-128, 128, (1, c, 7, 7), dtype=np.int8)
+    want = qlinear.tflite_conv(x, w, bias, **attrs)
+    monkeypatch.setattr(qlinear, "tflite_conv", None)  # the recipe must not need it
+    np.testing.assert_array_equal(prepared(x, w, bias), want)
+
+
+def _graph(w: np.ndarray) -> Graph:
+    return Graph(
+        inputs=[Value("x", np.dtype(np.float32), (1, 2, 3, 3))],
+        outputs=[Value("y")],
+        nodes=[Node("Conv", ["x", "w"], ["y"], {"kernel_shape": [1, 1]})],
+        constants={"w": w},
+    )
+
+
+def test_executor_uses_a_preparer_and_falls_back_when_it_declines_or_fails() -> None:
+    w = RNG.standard_normal((4, 2, 1, 1)).astype(np.float32)
+    x = RNG.standard_normal((1, 2, 3, 3)).astype(np.float32)
+    want = conv_mod.conv(x, w, kernel_shape=[1, 1])
+    seen = []
+
+    def run_with(prep) -> np.ndarray:
+        reg = Registry("test")
+        reg.register("Conv")(conv_mod.conv)
+        reg.register_preparer("Conv")(prep)
+        plan = Plan(_graph(w), reg)
+        (got,) = plan.run({"x": x}, state=RunState())
+        return got, plan.steps[0].fn
+
+    def prep(consts, **attrs):
+        seen.append((consts, attrs))
+        return lambda x, w: conv_mod.conv(x, w, **attrs) + 1
+
+    got, fn = run_with(prep)
+    assert seen[0][0][1] is w and seen[0][0][0] is None and seen[0][1] == {"kernel_shape": [1, 1]}
+    _equal(got, want + 1)  # the prepared kernel ran
+    for declining in (lambda consts, **a: None, lambda consts, **a: 1 / 0):
+        got, fn = run_with(declining)
+        assert fn is conv_mod.conv
+        _equal(got, want)
+
+
+def test_registry_refuses_a_second_preparer() -> None:
+    reg = Registry("test")
+    reg.register_preparer("Conv")(lambda consts, **a: None)
+    with pytest.raises(ValueError, match="already has a preparer"):
+        reg.register_preparer("Conv")(lambda consts, **a: None)
+    assert registry.preparer("Conv") is conv_mod._prepare_conv
+    assert registry.preparer("TFLiteConv", "modelloader") is qlinear._prepare_tflite_conv
