@@ -34,6 +34,7 @@ from modelloader.kernels.cpu.conv import (
     flat_geometry,
     scratch,
 )
+from modelloader.kernels.cpu.reduce import row_sums
 from modelloader.kernels.registry import KernelFn
 from modelloader.parallel import matmul
 
@@ -304,12 +305,7 @@ def qlinear_softmax(
     else:
         xr, red = x, axis
     d = xr.shape[red] if xr.ndim else 1
-    xs = float(_f32(x_scale))
-    # table entry for distance t = x_max - x (0..255), as QlinearBuildLookupTableUint32 (float)
-    bit_shift = math.log(float(np.float32(np.finfo(np.float32).max) / np.float32(max(d, 1))))
-    bit_shift = max(0.0, bit_shift - 5.0) / xs
-    t = np.arange(256, dtype=np.float64)
-    table = np.exp((bit_shift - t) * xs).astype(np.float32)
+    table = _softmax_table(float(_f32(x_scale)), d)
     xi = xr.astype(np.int32)
     dist = xi.max(axis=red, keepdims=True) - xi
     e = table[dist]
@@ -458,6 +454,19 @@ def qlinear_concat(y_scale: np.ndarray, y_zero_point: np.ndarray, *inputs, axis:
     return np.concatenate(parts, axis=axis)
 
 
+@functools.lru_cache(maxsize=256)
+def _softmax_table(xs: float, d: int) -> np.ndarray:
+    """QLinearSoftmax's exp table for input scale ``xs`` and ``d`` values per reduction:
+    entry t is for distance t = x_max - x (0..255), as QlinearBuildLookupTableUint32 (float);
+    cached (read-only), since a node computes it from the same two numbers on every call."""
+    bit_shift = math.log(float(np.float32(np.finfo(np.float32).max) / np.float32(max(d, 1))))
+    bit_shift = max(0.0, bit_shift - 5.0) / xs
+    t = np.arange(256, dtype=np.float64)
+    table = np.exp((bit_shift - t) * xs).astype(np.float32)
+    table.flags.writeable = False
+    return table
+
+
 @kernel("QLinearReduceMean", domain=MS)
 def qlinear_reduce_mean(
     data: np.ndarray,
@@ -473,7 +482,10 @@ def qlinear_reduce_mean(
     requantized by data_scale / reduced_scale with round-half-to-even."""
     ax = tuple(a % data.ndim for a in axes) if len(axes) else tuple(range(data.ndim))
     n = math.prod(data.shape[a] for a in ax)
-    acc = data.sum(axis=ax, keepdims=bool(keepdims), dtype=np.int64) - _zp(data_zero_point) * n
+    acc = row_sums(data, tuple(sorted(ax)), bool(keepdims))
+    if acc is None:
+        acc = data.sum(axis=ax, keepdims=bool(keepdims), dtype=np.int64)
+    acc = acc - _zp(data_zero_point) * n
     mult = float(_f32(data_scale)) / (float(_f32(reduced_scale)) * n)
     dt = _out_dtype(reduced_zero_point, data.dtype)
     return requantize(acc, mult, reduced_zero_point, dt)
@@ -1007,17 +1019,88 @@ def tflite_fully_connected(
     acc = (x - x_zp) @ (w - w_zp).T + bias; requantized like TFLiteConv with per-tensor or
     per-output-channel w_scale/w_zp. Output (B, N), or x.shape[:-1] + (N,) with keep_num_dims=1.
     """
-    nout, kdim = w.shape
-    xi = x.reshape(-1, kdim).astype(np.int32) - x_zp
-    wz = _list(w_zp, np.int32)
-    wi = w.astype(np.int32) - (wz.reshape(-1, 1) if wz.size > 1 else wz[0])
-    lo_x, hi_x = _irange(x.dtype)
-    acc = int_matmul(xi, wi.T, max(abs(lo_x - x_zp), abs(hi_x - x_zp)))
-    if bias is not None:
-        acc += np.asarray(bias).astype(np.int64).reshape(1, nout)
-    mult = float(x_scale) * _list(w_scale, np.float64) / float(y_scale)
-    y = _finish(acc, mult, y_zp, act_min, act_max, x.dtype, 1, x.dtype == np.int16)
-    return y.reshape(x.shape[:-1] + (nout,)) if keep_num_dims else y
+    attrs = dict(
+        x_scale=x_scale, w_scale=w_scale, y_scale=y_scale, x_zp=x_zp, w_zp=w_zp, y_zp=y_zp,
+        act_min=act_min, act_max=act_max, keep_num_dims=keep_num_dims,
+    )  # fmt: skip
+    return _TflFullyConnected(w, bias, x.dtype, attrs)(x)
+
+
+class _TflFullyConnected:
+    """One TFLiteFullyConnected node for one input dtype: (w - w_zp).T as an exact float BLAS
+    operand, and the requantization with the bias folded in (``_TflRequant``) where the
+    int32 path holds every accumulator, else the int64 one."""
+
+    def __init__(self, w: np.ndarray, bias: np.ndarray | None, dtype: np.dtype, attrs: dict):
+        self.attrs = attrs
+        self.dtype = dtype = np.dtype(dtype)
+        self.x_zp = x_zp = int(attrs.get("x_zp", 0))
+        nout, kdim = w.shape
+        wz = _list(attrs.get("w_zp", 0), np.int32)
+        wi = w.astype(np.int32) - (wz.reshape(-1, 1) if wz.size > 1 else wz[0])
+        lo_x, hi_x = _irange(dtype)
+        bound_x = max(abs(lo_x - x_zp), abs(hi_x - x_zp))
+        bound_w = int(np.abs(wi).max(initial=0))
+        # exact float BLAS: float32 while every partial sum stays below 2**24, else float64
+        self.ft = ft = np.float32 if kdim * bound_x * bound_w < _F32_EXACT else np.float64
+        self.wt = np.ascontiguousarray(wi.T, ft)
+        self.bias64 = b64 = (
+            None if bias is None else np.asarray(bias).astype(np.int64).reshape(1, nout)
+        )
+        self.mult = (
+            float(attrs["x_scale"]) * _list(attrs["w_scale"], np.float64) / float(attrs["y_scale"])
+        )
+        bound = kdim * bound_x * bound_w + (0 if b64 is None else int(np.abs(b64).max()))
+        self.req = None
+        if dtype != np.int16:
+            b4 = None if b64 is None else b64.reshape(1, nout, 1, 1)
+            req = _tfl_requant(self.mult, nout, b4, int(attrs.get("y_zp", 0)))
+            if req is not None and bound < req.limit:
+                self.req = req
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        kdim, nout = self.wt.shape
+        a = self.attrs
+        xf = scratch("tfl_fc_x", (x.size // kdim, kdim), self.ft)
+        xr = x.reshape(-1, kdim)
+        if _jit.available and xr.flags.c_contiguous:
+            _jit.to_float(xr, self.x_zp, xf)
+        else:
+            np.subtract(xr, self.ft(self.x_zp), out=xf)
+        acc = scratch("tfl_fc_acc", (xf.shape[0], nout), self.ft)
+        matmul(xf, self.wt, out=acc)
+        act_min, act_max = a.get("act_min"), a.get("act_max")
+        if self.req is not None:
+            y = self.req.apply(acc.reshape(-1, nout, 1, 1), act_min, act_max, self.dtype)
+            y = y.reshape(-1, nout)
+        else:
+            acc = acc.astype(np.int64)
+            if self.bias64 is not None:
+                acc += self.bias64
+            wide = self.dtype == np.int16
+            y = _finish(acc, self.mult, a.get("y_zp", 0), act_min, act_max, self.dtype, 1, wide)
+        return y.reshape(x.shape[:-1] + (nout,)) if a.get("keep_num_dims") else y
+
+
+@prepares("TFLiteFullyConnected", domain=ML)
+def _prepare_tflite_fully_connected(consts: tuple, **attrs: Any) -> KernelFn | None:
+    """TFLiteFullyConnected with constant weights: its ``_TflFullyConnected`` per input dtype,
+    built once."""
+    w = consts[1] if len(consts) > 1 else None
+    bias = consts[2] if len(consts) > 2 else None
+    if type(w) is not np.ndarray or w.ndim != 2 or w.dtype.type not in (np.int8, np.uint8):
+        return None
+    nodes: dict[np.dtype, _TflFullyConnected] = {}
+
+    def run(x: np.ndarray, w_: np.ndarray, b_: np.ndarray | None = None) -> np.ndarray:
+        if w_ is not w or b_ is not bias or x.size % w.shape[1]:
+            return tflite_fully_connected(x, w_, b_, **attrs)
+        fc = nodes.get(x.dtype)
+        if fc is None:
+            fc = nodes[x.dtype] = _TflFullyConnected(w, bias, x.dtype, attrs)
+        return fc(x)
+
+    return run
 
 
 def _tflite_addsub(a, b, a_scale, a_zp, b_scale, b_zp, y_scale, y_zp, act_min, act_max, sign):

@@ -8,6 +8,8 @@ empty set give the op's identity element (0, 1, -inf, +inf, ...), as the spec sa
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from modelloader.kernels.cpu._registry import kernel
@@ -41,28 +43,35 @@ def _highest(dtype: np.dtype) -> np.generic:
 
 
 def _sum(x: np.ndarray, ax: tuple[int, ...], keep: bool) -> np.ndarray:
-    rows = _short_rows(x, ax)
-    if rows is not None:
-        s = rows @ np.ones(rows.shape[1], x.dtype)
-        return s.reshape(_reduced_shape(x.shape, ax, keep))
+    s = row_sums(x, ax, keep)
+    if s is not None:  # (integer sums wrap to x's dtype, as NumPy's own)
+        return _as(s, x.dtype)
     return _as(np.sum(x, axis=ax, keepdims=keep, dtype=x.dtype), x.dtype)
 
 
-def _short_rows(x: np.ndarray, ax: tuple[int, ...]) -> np.ndarray | None:
-    """x as (outer, inner) rows when a float reduction runs over its trailing axes in rows
-    shorter than 128 (global pooling of a small map, per-channel statistics). NumPy then
-    pays ~30 ns of loop setup per row, so BLAS sums them (a matrix-vector product with
-    ones) instead: one pass, in a different but equally accurate order of additions."""
+def row_sums(x: np.ndarray, ax: tuple[int, ...], keep: bool) -> np.ndarray | None:
+    """The sum over ``ax`` when it runs over x's trailing axes in rows shorter than 128
+    (global pooling of a small map, per-channel statistics), else None. NumPy pays ~30 ns
+    of loop setup per row there, so BLAS sums the rows (a matrix-vector product with ones)
+    instead: float32/float64 in x's dtype, in another but equally accurate order of
+    additions; 8- and 16-bit integers exactly (every sum stays below 2**24 in float32), as
+    int64."""
     r = len(ax)
-    if x.dtype.type not in (np.float32, np.float64) or not x.flags.c_contiguous or r == 0:
+    if r == 0 or not x.flags.c_contiguous or ax != tuple(range(x.ndim - r, x.ndim)):
         return None
-    if ax != tuple(range(x.ndim - r, x.ndim)):
+    exact = x.dtype.type in (np.int8, np.uint8, np.int16, np.uint16)
+    if not (exact or x.dtype.type in (np.float32, np.float64)):
         return None
-    inner = int(np.prod(x.shape[x.ndim - r :]))
+    inner = math.prod(x.shape[x.ndim - r :])
     outer = x.size // inner if inner else 0
     if not (0 < inner < 128 and outer >= 64):
         return None
-    return x.reshape(outer, inner)
+    rows = x.reshape(outer, inner)
+    if exact:
+        s = (rows.astype(np.float32) @ np.ones(inner, np.float32)).astype(np.int64)
+    else:
+        s = rows @ np.ones(inner, x.dtype)
+    return s.reshape(_reduced_shape(x.shape, ax, keep))
 
 
 def _reduced_shape(shape: tuple[int, ...], ax: tuple[int, ...], keep: bool) -> tuple[int, ...]:
@@ -77,9 +86,9 @@ def _reducer(name: str):
         if name == "ReduceSum":
             return _sum(x, ax, keep)
         if name == "ReduceMean":
-            if _short_rows(x, ax) is not None:
-                count = int(np.prod([x.shape[i] for i in ax]))
-                return np.true_divide(_sum(x, ax, keep), dt.type(count))
+            s = row_sums(x, ax, keep) if dt.kind == "f" else None
+            if s is not None:
+                return np.true_divide(s, dt.type(math.prod(x.shape[i] for i in ax)))
             if dt.kind == "f":
                 return _as(np.mean(x, axis=ax, keepdims=keep), dt)
             return _as(np.mean(x, axis=ax, keepdims=keep, dtype=np.float64), dt)
