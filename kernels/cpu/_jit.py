@@ -117,6 +117,14 @@ def _fill_phases(xc, buf, sh, sw, ph, pw, wq, plane):  # noqa: ANN001, ANN202
     for y in range(h):
         py = y + ph
         row = xc[y]
+        if sw == 2:  # a constant stride the compiler vectorizes (a de-interleave)
+            for rx in range(2):
+                x0 = (rx - pw) % 2
+                dst = buf[((py % sh) * 2 + rx) * plane + (py // sh) * wq + (x0 + pw) // 2 :]
+                src = row[x0:]
+                for j in range((wd - x0 + 1) // 2):
+                    dst[j] = src[2 * j]
+            continue
         for rx in range(sw):
             x0 = (rx - pw) % sw
             dst = buf[((py % sh) * sw + rx) * plane + (py // sh) * wq + (x0 + pw) // sw :]
@@ -170,6 +178,50 @@ def _dw_plane(x, w, b, out, c0, c1, offs, wq, hq, sh, sw, ph, pw, lo, hi, fill):
                     o[i] = _clamp(a[i], lo, hi)
 
 
+@_njit
+def _dw_small3(x, w, b, out, c0, c1, sh, sw, ph, pw, lo, hi, fill):  # noqa: ANN001, ANN202
+    # _dw_plane for undilated 3x3 kernels and small output planes, where its per-channel
+    # passes cost more than the arithmetic: each plane is copied into one padded buffer and
+    # every output is its nine taps at once (bias first, then each kernel row's three taps
+    # summed and added, as _dw_plane does, so results are identical)
+    n_, c_, h, wd = x.shape
+    m_ = w.shape[0]
+    oh, ow = out.shape[2], out.shape[3]
+    mult = m_ // c_
+    hp = max(h + ph, (oh - 1) * sh + 3)
+    wp = max(wd + pw, (ow - 1) * sw + 3)
+    buf = np.full(hp * wp, fill, x.dtype)
+    for n in range(n_):
+        filled = -1
+        for m in range(c0, c1):
+            c = m // mult
+            if c != filled:
+                xc = x[n, c]
+                for y in range(h):
+                    row = xc[y]
+                    dst = buf[(y + ph) * wp + pw :]
+                    for j in range(wd):
+                        dst[j] = row[j]
+                filled = c
+            wm = w[m]
+            w0, w1, w2 = wm[0, 0], wm[0, 1], wm[0, 2]
+            w3, w4, w5 = wm[1, 0], wm[1, 1], wm[1, 2]
+            w6, w7, w8 = wm[2, 0], wm[2, 1], wm[2, 2]
+            bias = b[m]
+            o = out[n, m]
+            for oy in range(oh):
+                r0 = oy * sh * wp
+                r1 = r0 + wp
+                r2 = r1 + wp
+                orow = o[oy]
+                for ox in range(ow):
+                    i = ox * sw
+                    acc = bias + (w0 * buf[r0 + i] + w1 * buf[r0 + i + 1] + w2 * buf[r0 + i + 2])
+                    acc += w3 * buf[r1 + i] + w4 * buf[r1 + i + 1] + w5 * buf[r1 + i + 2]
+                    acc += w6 * buf[r2 + i] + w7 * buf[r2 + i + 1] + w8 * buf[r2 + i + 2]
+                    orow[ox] = _clamp(acc, lo, hi)
+
+
 def _split(m: int, work: int, fn: Callable[[int, int], None]) -> None:
     # a thread hand-off costs ~20 us: only worth it for convs of ~1M multiply-adds or more
     if work < (1 << 20):
@@ -189,13 +241,14 @@ def depthwise2d(
     lo: float = -np.inf,
     hi: float = np.inf,
     fill: float = 0.0,
+    dilations: tuple[int, int] = (1, 1),
 ) -> np.ndarray:
     """Writes the 2-D depthwise conv of x (N, C, H, W) with w (M, 1, kh, kw), M = C * mult,
     plus bias, clamped to [lo, hi], into out (N, M, OH, OW); all float of one dtype,
     C-contiguous. ``layout``: (Wq, Hq, tap offsets) of the conv's stride phases
     (``conv.flat_geometry``, which holds kernel size and dilation); padded positions hold
-    ``fill``."""
-    return depthwise_fn(w, b, x.dtype, layout, strides, pads_begin, lo, hi, fill)(x, out)
+    ``fill``; ``dilations`` must be those the layout was made for."""
+    return depthwise_fn(w, b, x.dtype, layout, strides, pads_begin, lo, hi, fill, dilations)(x, out)
 
 
 def depthwise_fn(
@@ -208,6 +261,7 @@ def depthwise_fn(
     lo: float = -np.inf,
     hi: float = np.inf,
     fill: float = 0.0,
+    dilations: tuple[int, int] = (1, 1),
 ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """``depthwise2d`` with everything but x and out bound: ``fn(x, out) -> out``, for a
     conv run many times (weights in the kernel's layout and bias cast once)."""
@@ -218,8 +272,17 @@ def depthwise_fn(
     wq, hq, offs = layout
     args = (offs, wq, hq, *strides, *pads_begin, t(lo), t(hi), t(fill))
     kern = _kernel("_dw_plane")
+    small3 = (kh, kw) == (3, 3) and tuple(dilations) == (1, 1)
+    if small3:
+        args3 = (*strides, *pads_begin, t(lo), t(hi), t(fill))
+        kern3 = _kernel("_dw_small3")
+        strided = tuple(strides) == (2, 2)
 
     def run(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        plane = out.shape[2] * out.shape[3]
+        if small3 and (plane <= 16 or strided and plane <= 36):  # measured crossovers
+            _split(m, out.size * 9, lambda c0, c1: kern3(x, wk, bias, out, c0, c1, *args3))
+            return out
         _split(m, out.size * kh * kw, lambda c0, c1: kern(x, wk, bias, out, c0, c1, *args))
         return out
 

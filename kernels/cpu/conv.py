@@ -417,7 +417,8 @@ def _depthwise_compiled(
     out = take((x.shape[0], w.shape[0]) + tuple(out_sp), x.dtype)
     xc = x if x.flags.c_contiguous else np.ascontiguousarray(x)
     wq, hq, _, offs = flat_geometry(*x.shape[2:], *map(tuple, (p, k, s, d, out_sp)))
-    return _jit.depthwise2d(xc, w, b, out, (wq, hq, offs), tuple(s), (p[0], p[1]), lo, hi)
+    layout = (wq, hq, offs)
+    return _jit.depthwise2d(xc, w, b, out, layout, tuple(s), (p[0], p[1]), lo, hi, 0.0, tuple(d))
 
 
 def _depthwise_same(
@@ -760,7 +761,9 @@ def prepared_float_conv(generic: KernelFn, consts: tuple, attrs: dict) -> Kernel
             return pointwise
         if depthwise_jit(np.empty((0, c), dt), group, 2, geo):
             wq, hq, _, offs = flat_geometry(*shape[2:], *map(tuple, (p, k, s, d, out_sp)))
-            dw = _jit.depthwise_fn(w, b, dt, (wq, hq, offs), tuple(s), (p[0], p[1]), *bounds)
+            dw = _jit.depthwise_fn(
+                w, b, dt, (wq, hq, offs), tuple(s), (p[0], p[1]), *bounds, 0.0, tuple(d)
+            )
 
             def depthwise(x: np.ndarray, z: np.ndarray | None) -> np.ndarray | None:
                 if z is not None:

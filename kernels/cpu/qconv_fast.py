@@ -647,8 +647,9 @@ def _depthwise_acc(x: np.ndarray, xz: int, lay: _Layer) -> np.ndarray:
         *x.shape[2:], *map(tuple, (lay.p, lay.k, lay.s, lay.d)), lay.out_sp
     )
     return _jit.depthwise2d(
-        xf, wf, None, acc, (wq, hq, offs), tuple(lay.s), (lay.p[0], lay.p[1]), fill=xz - shift
-    )
+        xf, wf, None, acc, (wq, hq, offs), tuple(lay.s), (lay.p[0], lay.p[1]), fill=xz - shift,
+        dilations=tuple(lay.d),
+    )  # fmt: skip
 
 
 @kernel("QLinearConv", dtypes=_INT8)

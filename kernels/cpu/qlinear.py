@@ -866,7 +866,8 @@ class _TflConv:
 
         elif depthwise_jit(np.empty((0, c), ft), self.group, 2, geo):
             wq, hq, _, offs = flat_geometry(*shape[2:], *map(tuple, (p, k, s, d, out_sp)))
-            product = _jit.depthwise_fn(self.wmat, None, ft, (wq, hq, offs), s, p[:2])
+            layout = (wq, hq, offs)
+            product = _jit.depthwise_fn(self.wmat, None, ft, layout, s, p[:2], dilations=tuple(d))
         else:
             return self
         acc_shape = (n, m, *out_sp)

@@ -90,6 +90,35 @@ def test_depthwise_matches_reference_and_numpy(case: dict) -> None:
     np.testing.assert_allclose(got, numpy_path, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("mult", [1, 2])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size, pads", [(3, (1, 1, 1, 1)), (6, (0, 0, 1, 1)), (5, (2, 0, 0, 2))])
+def test_small_plane_loop_is_identical_to_the_plane_loop(mult, stride, size, pads) -> None:
+    """The 3x3 small-plane loop gives bit-identical results to the general one, over any
+    range of output channels (a thread's share may start inside a multiplier group)."""
+    from modelloader.kernels.cpu.conv import conv_geometry, flat_geometry
+
+    rng = np.random.default_rng(size * stride * mult)
+    c = 5
+    x = rng.standard_normal((2, c, size, size)).astype(np.float32)
+    w = rng.standard_normal((c * mult, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(c * mult).astype(np.float32)
+    k, s, d, p, out_sp = conv_geometry(
+        x.shape, (c * mult, 1, 3, 3), "NOTSET", None, None, pads, (stride, stride)
+    )
+    wq, hq, _, offs = flat_geometry(size, size, tuple(p), (3, 3), tuple(s), (1, 1), tuple(out_sp))
+    bounds = (np.float32(-0.5), np.float32(1.0), np.float32(0.25))  # clamp, padding fill
+    for c0, c1 in ((0, c * mult), (1, c * mult - 1)):
+        plane = np.zeros((2, c * mult, *out_sp), np.float32)
+        small = plane.copy()
+        _jit._kernel("_dw_plane")(
+            x, w, b, plane, c0, c1, offs, wq, hq, stride, stride, p[0], p[1], *bounds
+        )
+        _jit._kernel("_dw_small3")(x, w, b, small, c0, c1, stride, stride, p[0], p[1], *bounds)
+        np.testing.assert_array_equal(small, plane)
+        assert np.abs(small[:, c0:c1]).sum() > 0 and not small[:, :c0].any()
+
+
 @pytest.mark.parametrize(
     "activation, params",
     [("", ()), ("Relu", ()), ("Clip", (0.0, 6.0)), ("Clip", (-0.5, 0.25))],
