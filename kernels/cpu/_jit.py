@@ -42,6 +42,7 @@ __all__ = [
     "gather_shifted",
     "load",
     "loaded",
+    "pair_lookup",
     "qconv_requantize",
     "requant_params",
     "requantize",
@@ -484,6 +485,22 @@ def gather_shifted(src: np.ndarray, offsets: np.ndarray, zp: float, out: np.ndar
     dtype (exact for 8/16-bit src): the "extended row" im2col of a flat padded input (one
     shifted slice per kernel tap). src (N, C, S) and out (N, C, T, L) C-contiguous."""
     _kernel("_gather_rows")(src, offsets, out.dtype.type(zp), out)
+    return out
+
+
+@_njit
+def _pair_rows(table, a, b, out):  # noqa: ANN001, ANN202
+    for i in range(a.size):
+        out[i] = table[(np.int32(a[i]) << 8) | np.int32(b[i])]
+
+
+def pair_lookup(table: np.ndarray, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out = table[a_byte * 256 + b_byte] elementwise, for 8-bit a and b of out's shape (a
+    65,536-entry table of a binary op's results, ``qlinear._pair_table``)."""
+    _kernel("_pair_rows")(
+        table, np.ascontiguousarray(a).reshape(-1).view(np.uint8),
+        np.ascontiguousarray(b).reshape(-1).view(np.uint8), out.reshape(-1),
+    )  # fmt: skip
     return out
 
 

@@ -1145,18 +1145,70 @@ def _pairwise(fn, a: np.ndarray, b: np.ndarray, params: tuple) -> np.ndarray:
     set), indexed by the two bytes: one gather instead of a dozen int64 passes."""
     if a.dtype != b.dtype or a.dtype not in (np.int8, np.uint8) or max(a.size, b.size) < _PAIR_MIN:
         return fn(a, b, *params)
-    key = (fn, a.dtype.char, params)
-    table = _PAIR_TABLES.get(key)
-    if table is None:
-        v = np.arange(256, dtype=np.uint8).view(a.dtype)
-        table = fn(np.repeat(v, 256), np.tile(v, 256), *params)
-        if len(_PAIR_TABLES) > 256:
-            _PAIR_TABLES.clear()
-        _PAIR_TABLES[key] = table
+    table = _pair_table(fn, a.dtype, params)
     idx = np.left_shift(a.view(np.uint8), 8, dtype=np.uint16)
     same = idx.shape == np.broadcast_shapes(a.shape, b.shape)
     idx = np.bitwise_or(idx, b.view(np.uint8), out=idx if same else None)
     return np.take(table, idx)
+
+
+def _pair_table(fn, dtype: np.dtype, params: tuple) -> np.ndarray:
+    """fn's result for every (a, b) pair of 8-bit ``dtype`` values, at index a_byte * 256 +
+    b_byte; cached per parameter set."""
+    key = (fn, dtype.char, params)
+    table = _PAIR_TABLES.get(key)
+    if table is None:
+        v = np.arange(256, dtype=np.uint8).view(dtype)
+        table = fn(np.repeat(v, 256), np.tile(v, 256), *params)
+        if len(_PAIR_TABLES) > 256:
+            _PAIR_TABLES.clear()
+        _PAIR_TABLES[key] = table
+    return table
+
+
+def _prepared_pairwise(fn, params: tuple) -> KernelFn:
+    """A TFLiteAdd/Sub/Mul node: ``_pairwise`` with its pair table looked up once per input
+    dtype and, for inputs of one shape, gathered by one compiled pass (``_jit.pair_lookup``)."""
+    tables: dict[np.dtype, np.ndarray] = {}
+
+    def run(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        dt = a.dtype
+        if (
+            not _jit.available
+            or b.dtype != dt
+            or dt.type not in (np.int8, np.uint8)
+            or a.shape != b.shape
+            or a.size < _PAIR_MIN
+        ):
+            return _pairwise(fn, a, b, params)
+        table = tables.get(dt)
+        if table is None:
+            table = tables[dt] = _pair_table(fn, dt, params)
+        return _jit.pair_lookup(table, a, b, take(a.shape, dt))
+
+    return run
+
+
+def _pair_params(attrs: dict) -> tuple:
+    return (
+        attrs["a_scale"], attrs.get("a_zp", 0), attrs["b_scale"], attrs.get("b_zp", 0),
+        attrs["y_scale"], attrs.get("y_zp", 0), attrs.get("act_min"), attrs.get("act_max"),
+    )  # fmt: skip
+
+
+@prepares("TFLiteAdd", domain=ML)
+def _prepare_tflite_add(consts: tuple, **attrs: Any) -> KernelFn:
+    return _prepared_pairwise(_tflite_addsub, (*_pair_params(attrs), 1))
+
+
+@prepares("TFLiteSub", domain=ML)
+def _prepare_tflite_sub(consts: tuple, **attrs: Any) -> KernelFn:
+    return _prepared_pairwise(_tflite_addsub, (*_pair_params(attrs), -1))
+
+
+@prepares("TFLiteMul", domain=ML)
+def _prepare_tflite_mul(consts: tuple, **attrs: Any) -> KernelFn:
+    return _prepared_pairwise(_tflite_mul, _pair_params(attrs))
 
 
 @kernel("TFLiteAdd", domain=ML)

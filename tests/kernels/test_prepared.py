@@ -179,3 +179,43 @@ def test_registry_refuses_a_second_preparer() -> None:
         reg.register_preparer("Conv")(lambda consts, **a: None)
     assert registry.preparer("Conv") is conv_mod._prepare_conv
     assert registry.preparer("TFLiteConv", "modelloader") is qlinear._prepare_tflite_conv
+
+
+@pytest.mark.parametrize("op", ["TFLiteAdd", "TFLiteSub", "TFLiteMul"])
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16])
+def test_prepared_tflite_pairwise_matches_generic(op: str, dtype, path: str) -> None:
+    attrs = dict(a_scale=0.05, b_scale=0.08, y_scale=0.11, a_zp=3, b_zp=-2, y_zp=4)
+    if dtype == np.int16:
+        attrs.update(a_zp=0, b_zp=0, y_zp=0)  # int16 is symmetric
+    attrs.update(act_min=-100 if dtype != np.uint8 else 10, act_max=100)
+    prepared = registry.preparer(op, "modelloader")((None, None), **attrs)
+    generic = registry.lookup(op, "modelloader")
+    info = np.iinfo(dtype)
+    for shape_a, shape_b in (((1, 8, 12, 12),) * 2, ((2, 3, 4),) * 2, ((1, 8, 12, 12), (1, 8, 1, 1))):
+        a = RNG.integers(info.min, info.max, shape_a, endpoint=True).astype(dtype)
+        b = RNG.integers(info.min, info.max, shape_b, endpoint=True).astype(dtype)
+        for _ in range(2):
+            _equal(prepared(a, b), generic(a, b, **attrs))
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16])
+@pytest.mark.parametrize("keep", [0, 1])
+def test_prepared_tflite_fully_connected_matches_generic(dtype, keep: int, path: str) -> None:
+    n, k = 7, 40
+    w = RNG.integers(-127, 128, (n, k), dtype=np.int8)
+    bias = RNG.integers(-3000, 3000, n).astype(np.int64 if dtype == np.int16 else np.int32)
+    attrs = dict(
+        x_scale=0.03, w_scale=list(RNG.uniform(0.005, 0.02, n)), y_scale=0.09,
+        x_zp=0 if dtype == np.int16 else 5, y_zp=0 if dtype == np.int16 else -6,
+        act_min=None, act_max=None, keep_num_dims=keep,
+    )  # fmt: skip
+    if dtype == np.uint8:
+        w = w.view(np.uint8)
+        attrs.update(w_zp=128, w_scale=0.01, x_zp=130, y_zp=120)
+    prepared = qlinear._prepare_tflite_fully_connected((None, w, bias), **attrs)
+    info = np.iinfo(dtype)
+    x = RNG.integers(info.min, info.max, (2, 3, k), endpoint=True).astype(dtype)
+    want = qlinear.tflite_fully_connected(x, w, bias, **attrs)
+    assert want.shape == ((2, 3, n) if keep else (6, n))
+    for _ in range(2):
+        _equal(prepared(x, w, bias), want)
