@@ -191,7 +191,11 @@ def test_prepared_tflite_pairwise_matches_generic(op: str, dtype, path: str) -> 
     prepared = registry.preparer(op, "modelloader")((None, None), **attrs)
     generic = registry.lookup(op, "modelloader")
     info = np.iinfo(dtype)
-    for shape_a, shape_b in (((1, 8, 12, 12),) * 2, ((2, 3, 4),) * 2, ((1, 8, 12, 12), (1, 8, 1, 1))):
+    for shape_a, shape_b in (
+        ((1, 8, 12, 12),) * 2,
+        ((2, 3, 4),) * 2,
+        ((1, 8, 12, 12), (1, 8, 1, 1)),
+    ):
         a = RNG.integers(info.min, info.max, shape_a, endpoint=True).astype(dtype)
         b = RNG.integers(info.min, info.max, shape_b, endpoint=True).astype(dtype)
         for _ in range(2):
