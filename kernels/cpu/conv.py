@@ -41,17 +41,27 @@ def scratch(slot: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     Fresh multi-megabyte allocations are served by mmap and page-faulted on every call;
     reusing im2col/padding buffers avoids that. Contents are uninitialised.
     """
+    views = getattr(_scratch, "views", None)
+    if views is None:
+        views = _scratch.views = {}
+        _scratch.bufs = {}
+    bufs = _scratch.bufs
+    key = (slot, shape, dtype)
+    hit = views.get(key)
+    if hit is not None and hit[0] is bufs.get(slot):  # the slot still holds that memory
+        return hit[1]
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes > _SCRATCH_MAX:
         return np.empty(shape, dtype)
-    bufs = getattr(_scratch, "bufs", None)
-    if bufs is None:
-        bufs = _scratch.bufs = {}
     buf = bufs.get(slot)
     if buf is None or buf.size < nbytes:
         buf = bufs[slot] = np.empty(max(nbytes, 64), np.uint8)
-    return buf[:nbytes].view(dtype).reshape(shape)
+    view = buf[:nbytes].view(dtype).reshape(shape)
+    if len(views) >= 256:
+        views.clear()  # bounded: a view per (slot, shape, dtype) recently asked for
+    views[key] = (buf, view)
+    return view
 
 
 # --------------------------------------------------------------------------- geometry

@@ -872,13 +872,33 @@ class _TflConv:
         else:
             return self
         acc_shape = (n, m, *out_sp)
+        if not _jit.available:
 
-        def run(x: np.ndarray) -> np.ndarray:
+            def run(x: np.ndarray) -> np.ndarray:
+                acc = scratch("tfl_conv", acc_shape, ft)
+                product(self._to_float(x), acc)
+                return self._finish(acc)
+
+            return run
+        # the compiled passes with their constants bound: a conv of a small map is over in
+        # tens of microseconds, which per-call Python would otherwise double
+        zp = ft(self.x_zp)
+        shifted = _jit.shifted_fn()
+        lo, hi = _irange(self.dtype)
+        act_min, act_max = self.attrs.get("act_min"), self.attrs.get("act_max")
+        lo = lo if act_min is None else max(lo, int(act_min))
+        hi = hi if act_max is None else min(hi, int(act_max))
+        req = _jit.requantize_fn(self.req.jit_params(), self.req.zp, lo, hi)
+        dt = self.dtype
+
+        def compiled(x: np.ndarray) -> np.ndarray:
+            xf = scratch("tfl_x", shape, ft)
+            shifted(x if x.flags.c_contiguous else np.ascontiguousarray(x), zp, xf)
             acc = scratch("tfl_conv", acc_shape, ft)
-            product(self._to_float(x), acc)
-            return self._finish(acc)
+            product(xf, acc)
+            return req(acc, take(acc_shape, dt))
 
-        return run
+        return compiled
 
 
 _TFL_GEOMETRY = (
@@ -958,15 +978,19 @@ class _TflRequant:
             off, self.zp = folded, 0
         self.off = off.astype(np.int32)
 
+    def jit_params(self) -> tuple:
+        """The per-channel vectors of the compiled pass (``_jit.requant_params``)."""
+        if self.jit is None:
+            self.jit = _jit.requant_params(self.q, self.c1, self.right, self.neg_mask, self.off)
+        return self.jit
+
     def apply(self, acc: np.ndarray, act_min, act_max, dtype: np.dtype) -> np.ndarray:
         """Requantizes the exact float accumulator ``acc`` (N, M, ...) into ``dtype``."""
         lo, hi = _irange(dtype)
         lo = lo if act_min is None else max(lo, int(act_min))
         hi = hi if act_max is None else min(hi, int(act_max))
         if _jit.available and acc.flags.c_contiguous:
-            if self.jit is None:
-                self.jit = _jit.requant_params(self.q, self.c1, self.right, self.neg_mask, self.off)
-            return _jit.requantize(acc, self.jit, self.zp, lo, hi, take(acc.shape, dtype))
+            return _jit.requantize(acc, self.jit_params(), self.zp, lo, hi, take(acc.shape, dtype))
         # float -> int32 converts 4x faster than float -> int64 (|acc| < 2**30)
         y = scratch("tfl_y", acc.shape, np.int32)
         np.copyto(y, acc, casting="unsafe")
