@@ -19,7 +19,7 @@ beside them, in a second table. ai-edge-litert is a bench-only dependency (the `
 without it those rows are skipped with a note.
 
 usage: python bench/bench.py [--models resnet50,squeezenet] [--tflite mobilenet_v2_int8]
-                             [--runs 20] [--warmup 3]
+                             [--runs 20] [--tflite-runs 200] [--warmup 3]
 The ONNX table's last column, the GEMM floor, is the time bare ``np.matmul`` calls of the
 model's Conv/Gemm/MatMul product shapes take in the modelloader worker (cache-warm, no im2col
 or elementwise passes): what NumPy's BLAS alone needs for the model.
@@ -324,6 +324,12 @@ def main() -> None:
         help="comma-separated fixtures of models/tflite ('' for none)",
     )
     ap.add_argument("--runs", type=int, default=10, help="timed runs per model and runtime")
+    ap.add_argument(
+        "--tflite-runs",
+        type=int,
+        default=200,
+        help="timed runs per TFLite fixture (a few ms each: medians of 10 vary by 20 %%)",
+    )
     ap.add_argument("--warmup", type=int, default=2, help="untimed runs first")
     ap.add_argument("--worker", nargs=2, metavar=("RUNTIME", "MODEL"), help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -342,9 +348,10 @@ def main() -> None:
         for model in models:
             rows.append(bench_row(model, MODELS_DIR / f"{model}.onnx", RUNTIMES, args, tmp))
         have_litert = importlib.util.find_spec("ai_edge_litert") is not None
+        tfl_args = argparse.Namespace(**{**vars(args), "runs": args.tflite_runs})
         for model in tfl_models if have_litert else []:
             path = TFLITE_DIR / f"{model}.tflite"
-            tfl_rows.append(bench_row(model, path, TFLITE_RUNTIMES, args, tmp))
+            tfl_rows.append(bench_row(model, path, TFLITE_RUNTIMES, tfl_args, tmp))
     text = ""
     if rows:
         text += table(rows, args.runs, args.warmup, describe_blas(rows))
@@ -354,7 +361,7 @@ def main() -> None:
             text += "TFLite, modelloader vs ai-edge-litert (Interpreter, default resolver).\n"
             text += table(
                 tfl_rows,
-                args.runs,
+                args.tflite_runs,
                 args.warmup,
                 describe_blas(tfl_rows),
                 TFLITE_RUNTIMES,

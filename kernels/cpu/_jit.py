@@ -42,6 +42,7 @@ __all__ = [
     "gather_shifted",
     "load",
     "loaded",
+    "mean_rows",
     "pair_lookup",
     "qconv_requantize",
     "requant_params",
@@ -512,6 +513,30 @@ def pair_lookup(table: np.ndarray, a: np.ndarray, b: np.ndarray, out: np.ndarray
         table, np.ascontiguousarray(a).reshape(-1).view(np.uint8),
         np.ascontiguousarray(b).reshape(-1).view(np.uint8), out.reshape(-1),
     )  # fmt: skip
+    return out
+
+
+@_njit
+def _mean_rows(x, zp, mult, zp_out, lo, hi, out):  # noqa: ANN001, ANN202
+    rows, n = x.shape
+    for r in range(rows):
+        row = x[r]
+        s = np.int64(0)
+        for i in range(n):
+            s += row[i]
+        v = np.rint(np.float64(s - np.int64(zp) * n) * mult) + zp_out
+        out[r] = min(max(v, lo), hi)
+
+
+def mean_rows(
+    x: np.ndarray, zp: int, mult: float, zp_out: float, lo: int, hi: int, out: np.ndarray
+) -> np.ndarray:
+    """out (any shape of x's row count) = saturate(round_half_even((sum(row) - zp * len(row))
+    * mult) + zp_out) to [lo, hi] for each row of x (R, L) of 8-bit integers, in float64 as
+    ``qlinear.requantize``."""
+    _kernel("_mean_rows")(
+        x, int(zp), float(mult), float(zp_out), float(lo), float(hi), out.reshape(-1)
+    )
     return out
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -490,6 +490,55 @@ def qlinear_reduce_mean(
     mult = float(_f32(data_scale)) / (float(_f32(reduced_scale)) * n)
     dt = _out_dtype(reduced_zero_point, data.dtype)
     return requantize(acc, mult, reduced_zero_point, dt)
+
+
+@prepares("QLinearReduceMean", domain=MS)
+def _prepare_qlinear_reduce_mean(consts: tuple, **attrs: Any) -> KernelFn | None:
+    """QLinearReduceMean with constant scales and zero points over 8-bit data's trailing
+    axes (global average pooling): one compiled pass (``_jit.mean_rows``) computing what
+    the generic kernel does: the exact int sum minus zp * n, then round_half_even(sum *
+    mult) + zp out, saturated."""
+    if len(consts) < 4 or any(c is None for c in consts[1:4]) or not _jit.available:
+        return None
+    axes, keep = tuple(attrs["axes"]), bool(attrs["keepdims"])
+    xs, xz, ys = float(_f32(consts[1])), _zp(consts[2]), float(_f32(consts[3]))
+    yz = consts[4] if len(consts) > 4 else None
+    recipes: dict[tuple, Any] = {}
+
+    def run(data: np.ndarray, *rest: Any) -> np.ndarray:
+        key = (data.shape, data.dtype)
+        fn = recipes.get(key)
+        if fn is None:
+            fn = recipes[key] = recipe(*key)
+        return fn(data) if fn else qlinear_reduce_mean(data, *rest, **attrs)
+
+    def recipe(shape: tuple[int, ...], dtype: np.dtype) -> Callable | None:
+        r = len(shape)
+        ax = tuple(sorted(a % r for a in axes)) if axes and r else ()
+        if dtype.type not in (np.int8, np.uint8) or not ax or ax != tuple(range(r - len(ax), r)):
+            return None
+        n = math.prod(shape[a] for a in ax)
+        outer = math.prod(shape) // n if n else 0
+        if not n:
+            return None
+        dt = _out_dtype(yz, dtype)
+        lo, hi = _irange(dt)
+        mult = xs / (ys * n)
+        out_shape = (
+            tuple(1 if i in ax else d for i, d in enumerate(shape))
+            if keep
+            else shape[: r - len(ax)]
+        )
+        zp_out = float(_zp(yz))
+
+        def compiled(data: np.ndarray) -> np.ndarray:
+            x = data if data.flags.c_contiguous else np.ascontiguousarray(data)
+            out = np.empty(out_shape, dt)
+            return _jit.mean_rows(x.reshape(outer, n), xz, mult, zp_out, lo, hi, out)
+
+        return compiled
+
+    return run
 
 
 # --------------------------------------------------------------------------- QGemm / QLinearConv

@@ -223,3 +223,25 @@ def test_prepared_tflite_fully_connected_matches_generic(dtype, keep: int, path:
     assert want.shape == ((2, 3, n) if keep else (6, n))
     for _ in range(2):
         _equal(prepared(x, w, bias), want)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8])
+@pytest.mark.parametrize("axes", [[2, 3], [-1], [1]])
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_prepared_qlinear_reduce_mean_matches_generic(dtype, axes, keepdims) -> None:
+    info = np.iinfo(dtype)
+    consts = (
+        None,
+        np.float32(0.0031),
+        np.asarray(3, dtype),
+        np.float32(0.0029),
+        np.asarray(-7 if dtype == np.int8 else 9, dtype),
+    )
+    attrs = dict(axes=axes, keepdims=keepdims)
+    prepared = qlinear._prepare_qlinear_reduce_mean(consts, **attrs)
+    for shape in ((1, 70, 3, 3), (2, 5, 4, 6)):
+        x = RNG.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+        x[0, 0] = info.max  # saturating means
+        want = qlinear.qlinear_reduce_mean(x, *consts[1:], **attrs)
+        for _ in range(2):
+            _equal(prepared(x, *consts[1:]), want)
