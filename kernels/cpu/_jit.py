@@ -35,7 +35,6 @@ from modelloader.parallel import parallel_for
 
 __all__ = [
     "available",
-    "depthwise2d",
     "depthwise_fn",
     "epilogue",
     "epilogue_fn",
@@ -234,27 +233,6 @@ def _split(m: int, work: int, fn: Callable[[int, int], None]) -> None:
         parallel_for(m, fn)
 
 
-def depthwise2d(
-    x: np.ndarray,
-    w: np.ndarray,
-    b: np.ndarray | None,
-    out: np.ndarray,
-    layout: tuple[int, int, np.ndarray],
-    strides: tuple[int, int],
-    pads_begin: tuple[int, int],
-    lo: float = -np.inf,
-    hi: float = np.inf,
-    fill: float = 0.0,
-    dilations: tuple[int, int] = (1, 1),
-) -> np.ndarray:
-    """Writes the 2-D depthwise conv of x (N, C, H, W) with w (M, 1, kh, kw), M = C * mult,
-    plus bias, clamped to [lo, hi], into out (N, M, OH, OW); all float of one dtype,
-    C-contiguous. ``layout``: (Wq, Hq, tap offsets) of the conv's stride phases
-    (``conv.flat_geometry``, which holds kernel size and dilation); padded positions hold
-    ``fill``; ``dilations`` must be those the layout was made for."""
-    return depthwise_fn(w, b, x.dtype, layout, strides, pads_begin, lo, hi, fill, dilations)(x, out)
-
-
 def depthwise_fn(
     w: np.ndarray,
     b: np.ndarray | None,
@@ -267,8 +245,12 @@ def depthwise_fn(
     fill: float = 0.0,
     dilations: tuple[int, int] = (1, 1),
 ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """``depthwise2d`` with everything but x and out bound: ``fn(x, out) -> out``, for a
-    conv run many times (weights in the kernel's layout and bias cast once)."""
+    """The 2-D depthwise conv with weights w (M, 1, kh, kw), M = C * mult, plus bias, clamped
+    to [lo, hi], as ``fn(x, out) -> out`` for x (N, C, H, W) and out (N, M, OH, OW), both of
+    ``dtype`` (float32/float64) and C-contiguous; the weights are laid out and the bias cast
+    once, for a conv run many times. ``layout``: (Wq, Hq, tap offsets) of the conv's stride
+    phases (``conv.flat_geometry``, which holds kernel size and dilation; ``dilations`` must
+    be those it was made for); padded positions hold ``fill``."""
     m, _, kh, kw = w.shape
     t = np.dtype(dtype).type
     wk = np.ascontiguousarray(w.reshape(m, kh, kw), t)

@@ -6,7 +6,7 @@ Float convolutions are lowered to BLAS: 1x1 convs are one matmul over the input 
 from contiguous "extended row" slices of the padded input where that is cheap, else from one
 strided window view) and run one sgemm, or one batched matmul over groups. Depthwise convs are
 the one-channel-per-group case of that batched matmul, or, with the ``jit`` extra, compiled
-loops (``_jit.depthwise2d``), which also finish FusedConv's bias/residual/clamp/shuffle in
+loops (``_jit.depthwise_fn``), which also finish FusedConv's bias/residual/clamp/shuffle in
 one pass once loaded. Work buffers are per-thread scratch,
 reused between calls; outputs are always fresh arrays (from the run's buffer pool,
 ``modelloader.buffers``). Integer convolutions run the same
@@ -428,7 +428,8 @@ def _depthwise_compiled(
     xc = x if x.flags.c_contiguous else np.ascontiguousarray(x)
     wq, hq, _, offs = flat_geometry(*x.shape[2:], *map(tuple, (p, k, s, d, out_sp)))
     layout = (wq, hq, offs)
-    return _jit.depthwise2d(xc, w, b, out, layout, tuple(s), (p[0], p[1]), lo, hi, 0.0, tuple(d))
+    dw = _jit.depthwise_fn(w, b, x.dtype, layout, tuple(s), (p[0], p[1]), lo, hi, 0.0, tuple(d))
+    return dw(xc, out)
 
 
 def _depthwise_same(

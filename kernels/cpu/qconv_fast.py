@@ -646,10 +646,11 @@ def _depthwise_acc(x: np.ndarray, xz: int, lay: _Layer) -> np.ndarray:
     wq, hq, _, offs = _conv.flat_geometry(
         *x.shape[2:], *map(tuple, (lay.p, lay.k, lay.s, lay.d)), lay.out_sp
     )
-    return _jit.depthwise2d(
-        xf, wf, None, acc, (wq, hq, offs), tuple(lay.s), (lay.p[0], lay.p[1]), fill=xz - shift,
-        dilations=tuple(lay.d),
+    dw = _jit.depthwise_fn(
+        wf, None, np.float32, (wq, hq, offs), tuple(lay.s), (lay.p[0], lay.p[1]),
+        fill=xz - shift, dilations=tuple(lay.d),
     )  # fmt: skip
+    return dw(xf, acc)
 
 
 @kernel("QLinearConv", dtypes=_INT8)
