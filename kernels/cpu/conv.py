@@ -311,7 +311,7 @@ def _conv_float(
         if b is not None:
             out += b.astype(x.dtype, copy=False).reshape((m,) + (1,) * r)
         return out
-    if depthwise_jit(x, group, r, (k, s, d, p, out_sp)):
+    if depthwise_jit(x.shape, x.dtype, group, (k, s, d, p, out_sp)):
         return _depthwise_compiled(x, w, b, (k, s, d, p, out_sp))
     cg, mg = c // group, m // group
     kk = math.prod(k)
@@ -402,14 +402,15 @@ def _conv_float(
     return out
 
 
-def depthwise_jit(x: np.ndarray, group: int, rank: int, geometry: tuple) -> bool:
-    """Whether a grouped conv is a 2-D depthwise one the compiled loops (``_jit``) run."""
+def depthwise_jit(shape: tuple[int, ...], dtype: np.dtype, group: int, geometry: tuple) -> bool:
+    """Whether a grouped conv of inputs of ``shape`` computed in ``dtype`` is a 2-D depthwise
+    one the compiled loops (``_jit``) run."""
     return (
         _jit.available
-        and rank == 2
-        and group == x.shape[1]
+        and len(shape) == 4
+        and group == shape[1]
         and group > 1
-        and x.dtype.type in _FLOATS
+        and np.dtype(dtype).type in _FLOATS
         and min(geometry[3]) >= 0
     )
 
@@ -683,7 +684,7 @@ def _fused_compiled(
         _tup(geometry["pads"]),
         _tup(geometry["strides"]),
     )
-    depthwise = depthwise_jit(x, group, x.ndim - 2, geo)
+    depthwise = depthwise_jit(x.shape, x.dtype, group, geo)
     if depthwise and z is None and not shuffle:
         return _depthwise_compiled(x, w, b, geo, *bounds)
     if not depthwise and not _jit.loaded():
@@ -770,7 +771,7 @@ def prepared_float_conv(generic: KernelFn, consts: tuple, attrs: dict) -> Kernel
                 return out if plain and z is None else finish(out, z)
 
             return pointwise
-        if depthwise_jit(np.empty((0, c), dt), group, 2, geo):
+        if depthwise_jit(shape, dt, group, geo):
             wq, hq, _, offs = flat_geometry(*shape[2:], *map(tuple, (p, k, s, d, out_sp)))
             dw = _jit.depthwise_fn(
                 w, b, dt, (wq, hq, offs), tuple(s), (p[0], p[1]), *bounds, 0.0, tuple(d)

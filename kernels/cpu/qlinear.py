@@ -914,7 +914,7 @@ class _TflConv:
             def product(xf: np.ndarray, acc: np.ndarray) -> None:
                 matmul(w2, xf.reshape(c, hw), out=acc.reshape(m, hw))
 
-        elif depthwise_jit(np.empty((0, c), ft), self.group, 2, geo):
+        elif depthwise_jit(shape, ft, self.group, geo):
             wq, hq, _, offs = flat_geometry(*shape[2:], *map(tuple, (p, k, s, d, out_sp)))
             layout = (wq, hq, offs)
             product = _jit.depthwise_fn(self.wmat, None, ft, layout, s, p[:2], dilations=tuple(d))
