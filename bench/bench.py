@@ -323,7 +323,7 @@ def main() -> None:
         default=",".join(DEFAULT_TFLITE),
         help="comma-separated fixtures of models/tflite ('' for none)",
     )
-    ap.add_argument("--runs", type=int, default=10, help="timed runs per model and runtime")
+    ap.add_argument("--runs", type=int, default=30, help="timed runs per ONNX model and runtime")
     ap.add_argument(
         "--tflite-runs",
         type=int,

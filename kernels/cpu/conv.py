@@ -7,9 +7,11 @@ from contiguous "extended row" slices of the padded input where that is cheap, e
 strided window view) and run one sgemm, or one batched matmul over groups. Depthwise convs are
 the one-channel-per-group case of that batched matmul, or, with the ``jit`` extra, compiled
 loops (``_jit.depthwise_fn``), which also finish FusedConv's bias/residual/clamp/shuffle in
-one pass once loaded. Work buffers are per-thread scratch,
-reused between calls; outputs are always fresh arrays (from the run's buffer pool,
-``modelloader.buffers``). Integer convolutions run the same
+one pass once loaded. Conv and FusedConv nodes with constant weights are prepared at plan
+time (``prepared_float_conv``): pointwise and depthwise shapes then skip the generic
+kernel's geometry and dispatch work, which on small maps costs as much as the arithmetic.
+Work buffers are per-thread scratch, reused between calls; outputs are always fresh arrays
+(from the run's buffer pool, ``modelloader.buffers``). Integer convolutions run the same
 engine in float64, which is exact for 8/16-bit operands."""
 
 from __future__ import annotations
