@@ -7,7 +7,8 @@ per model; ``python bench/bench_quant.py [resnet18,resnet50] [--runs N] [--gener
 Markdown table (``--generic`` also times int8 with the generic integer kernels, i.e. without
 the dtype-specialised fast kernels of ``kernels/cpu/qconv_fast.py``).
 
-Latencies are the minimum over ``runs`` runs (the machine may be shared). Run directly, the
+Latencies are the minimum over ``runs`` runs, float32 and int8 taking turns run by run (the
+machine is shared: a burst of load then slows both alike). Run directly, the
 script drops OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE for itself (they slow numpy's BLAS here):
 it re-executes itself without them before numpy loads; importing it changes nothing.
 """
@@ -25,6 +26,7 @@ if __name__ == "__main__" and any(v in os.environ for v in _BLAS_OVERRIDES):
 import contextlib  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -108,14 +110,18 @@ def build_resnet(name: str, size: int = 224, seed: int = 0) -> onnx.ModelProto:
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def _time(fn, runs: int) -> float:
-    fn()
-    ts = []
-    for _ in range(runs):
-        t = time.perf_counter()
+def _time(*fns, runs: int) -> list[float]:
+    """Each fn's minimum over ``runs`` runs in ms, the fns taking turns run by run, so a burst
+    of load on the shared machine hits all of them alike."""
+    for fn in fns:
         fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.min(ts)) * 1e3
+    ts: list[list[float]] = [[] for _ in fns]
+    for _ in range(runs):
+        for fn, t in zip(fns, ts):
+            t0 = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - t0)
+    return [float(np.min(t)) * 1e3 for t in ts]
 
 
 @contextlib.contextmanager
@@ -155,25 +161,29 @@ def bench_quant(
             x = calib[0]
             fm = modelloader.load(fp)
             qm = modelloader.load(qp)
+            fp32_ms, int8_ms = _time(partial(fm.predict, x), partial(qm.predict, x), runs=runs)
             row = {
                 "model": name,
                 "size_fp32_mb": fp.stat().st_size / 1e6,
                 "size_int8_mb": qp.stat().st_size / 1e6,
-                "ml_fp32_ms": _time(lambda m=fm, x=x: m.predict(x), runs),
-                "ml_int8_ms": _time(lambda m=qm, x=x: m.predict(x), runs),
+                "ml_fp32_ms": fp32_ms,
+                "ml_int8_ms": int8_ms,
             }
             row["ml_int8/fp32"] = row["ml_int8_ms"] / row["ml_fp32_ms"]
             if generic:
                 with generic_int_kernels():
                     gm = modelloader.load(qp)
-                    row["ml_int8_generic_ms"] = _time(lambda m=gm, x=x: m.predict(x), runs)
+                    [row["ml_int8_generic_ms"]] = _time(partial(gm.predict, x), runs=runs)
                 row["ml_int8_generic/fp32"] = row["ml_int8_generic_ms"] / row["ml_fp32_ms"]
             try:
                 import onnxruntime as ort
 
-                for tag, p in (("fp32", fp), ("int8", qp)):
-                    s = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
-                    row[f"ort_{tag}_ms"] = _time(lambda s=s, x=x: s.run(None, x), runs)
+                sessions = [
+                    ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+                    for p in (fp, qp)
+                ]
+                ort_ms = _time(*(partial(s.run, None, x) for s in sessions), runs=runs)
+                row["ort_fp32_ms"], row["ort_int8_ms"] = ort_ms
                 row["ort_int8/fp32"] = row["ort_int8_ms"] / row["ort_fp32_ms"]
             except ImportError:
                 pass
