@@ -117,6 +117,14 @@ def _clamp(v, lo, hi):  # noqa: ANN001, ANN202
 def _fill_phases(xc, buf, sh, sw, ph, pw, wq, plane):  # noqa: ANN001, ANN202
     # copies plane xc (H, W) into its phase-plane positions; the rest of buf is left alone
     h, wd = xc.shape
+    if sh == 1 and sw == 1:  # one phase: row copies by flat index (no per-row slicing)
+        src = xc.reshape(h * wd)
+        for y in range(h):
+            d0 = (y + ph) * wq + pw
+            s0 = y * wd
+            for j in range(wd):
+                buf[d0 + j] = src[s0 + j]
+        return
     for y in range(h):
         py = y + ph
         row = xc[y]
@@ -199,12 +207,12 @@ def _dw_small3(x, w, b, out, c0, c1, sh, sw, ph, pw, lo, hi, fill):  # noqa: ANN
         for m in range(c0, c1):
             c = m // mult
             if c != filled:
-                xc = x[n, c]
+                src = x[n, c].reshape(h * wd)
                 for y in range(h):
-                    row = xc[y]
-                    dst = buf[(y + ph) * wp + pw :]
+                    d0 = (y + ph) * wp + pw
+                    s0 = y * wd
                     for j in range(wd):
-                        dst[j] = row[j]
+                        buf[d0 + j] = src[s0 + j]
                 filled = c
             wm = w[m]
             w0, w1, w2 = wm[0, 0], wm[0, 1], wm[0, 2]
