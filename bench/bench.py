@@ -21,7 +21,7 @@ beside them, in a second table. ai-edge-litert is a bench-only dependency (the `
 without it those rows are skipped with a note.
 
 usage: python bench/bench.py [--models resnet50,squeezenet] [--tflite mobilenet_v2_int8]
-                             [--runs 30] [--tflite-runs 200] [--warmup 3] [--repeat 2]
+                             [--runs 30] [--tflite-runs 200] [--warmup 3] [--repeat 3]
 The ONNX table's last column, the GEMM floor, is the time bare ``np.matmul`` calls of the
 model's Conv/Gemm/MatMul product shapes take in the modelloader worker (cache-warm, no im2col
 or elementwise passes): what NumPy's BLAS alone needs for the model.
@@ -337,7 +337,7 @@ def main() -> None:
     ap.add_argument(
         "--repeat",
         type=int,
-        default=2,
+        default=3,
         help="processes per runtime, taking turns; the fastest median of each is reported",
     )
     ap.add_argument("--worker", nargs=2, metavar=("RUNTIME", "MODEL"), help=argparse.SUPPRESS)
