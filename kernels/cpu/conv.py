@@ -731,8 +731,9 @@ def prepared_float_conv(generic: KernelFn, consts: tuple, attrs: dict) -> Kernel
     activation = str(attrs.get("activation", ""))
     params = tuple(attrs.get("activation_params", ()))  # type: ignore[arg-type]
     bounds = _clamp_bounds(activation, params)
-    if bounds is None or attrs.get("shuffle", 0):
+    if bounds is None:
         return None
+    shuffle = int(attrs.get("shuffle", 0))  # type: ignore[call-overload]
     group = int(attrs.get("group", 1))  # type: ignore[call-overload]
     geo_attrs = (
         attrs.get("auto_pad", "NOTSET"),
@@ -763,6 +764,12 @@ def prepared_float_conv(generic: KernelFn, consts: tuple, attrs: dict) -> Kernel
         k, s, d, p, out_sp = geo
         n, c = shape[:2]
         oshape = (n, m, *out_sp)
+        if shuffle:
+            if not _shuffles_in_matmul(
+                w, group, shuffle, {"pads": p, "strides": s, "auto_pad": "NOTSET"}
+            ):
+                return None
+            return _shuffled_recipe(w, b, bounds, group, shape)
         if group == 1 and n == 1 and not any(p) and k == [1, 1] and s == [1, 1]:
             w2 = np.ascontiguousarray(w.reshape(m, c))
             hw = out_sp[0] * out_sp[1]
@@ -808,6 +815,35 @@ def prepared_float_conv(generic: KernelFn, consts: tuple, attrs: dict) -> Kernel
         return generic(x, w_, b_, **attrs) if z is None else generic(x, w_, b_, z, **attrs)
 
     return run
+
+
+def _shuffled_recipe(
+    w: np.ndarray, b: np.ndarray | None, bounds: tuple[float, float], group: int, shape: tuple
+) -> KernelFn:
+    """The prepared form of FusedConv's compiled shuffle path (``_fused_compiled``): a
+    pointwise grouped conv written in shuffled order, then one epilogue pass; None (the
+    generic kernel) until numba is loaded, as there."""
+    n, c = shape[:2]
+    m = w.shape[0]
+    hw = shape[2] * shape[3]
+    mg = m // group
+    wg = w.reshape(group, mg, c // group)
+    perm = _channel_map(m, group)
+    epilogues: list = []
+
+    def shuffled(x: np.ndarray, z: np.ndarray | None) -> np.ndarray | None:
+        if not _jit.loaded():
+            return None
+        if not epilogues:
+            epilogues.append(_jit.epilogue_fn(b, m, w.dtype, *bounds, dst_channels=perm))
+        out = take(shape[:1] + (m,) + shape[2:], w.dtype)
+        # group i, row j of the conv is channel j*group + i of the shuffled output
+        view = out.reshape(n, mg, group, hw).transpose(0, 2, 1, 3)
+        xs = (x if x.flags.c_contiguous else np.ascontiguousarray(x)).reshape(n, group, -1, hw)
+        matmul(wg, xs, out=view)
+        return epilogues[0](out, z)
+
+    return shuffled
 
 
 @functools.lru_cache(maxsize=256)

@@ -245,3 +245,28 @@ def test_prepared_qlinear_reduce_mean_matches_generic(dtype, axes, keepdims) -> 
         want = qlinear.qlinear_reduce_mean(x, *consts[1:], **attrs)
         for _ in range(2):
             _equal(prepared(x, *consts[1:]), want)
+
+
+@pytest.mark.parametrize("group, shuffle", [(4, 4), (2, 4), (1, 3)])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("loaded", [True, False])
+def test_prepared_shuffle_conv_matches_generic(
+    group, shuffle, residual, loaded, monkeypatch
+) -> None:
+    """Channel-shuffled pointwise convs: the prepared recipe when the conv's matmul can write
+    the shuffled order and numba is loaded, the generic kernel otherwise; same results."""
+    from modelloader.kernels.cpu import _jit
+
+    _jit.load()
+    if not loaded:
+        monkeypatch.setattr(_jit, "loaded", lambda: False)
+    c, m = 8, 12
+    w = RNG.standard_normal((m, c // group, 1, 1)).astype(np.float32)
+    b = RNG.standard_normal(m).astype(np.float32)
+    attrs = dict(group=group, shuffle=shuffle, activation="Relu", kernel_shape=[1, 1])
+    prepared = conv_mod._prepare_fused_conv((None, w, b, None), **attrs)
+    x = RNG.standard_normal((2, c, 5, 5)).astype(np.float32)
+    z = RNG.standard_normal((2, m, 5, 5)).astype(np.float32) if residual else None
+    want = conv_mod.fused_conv(x, w, b, z, **attrs)
+    for _ in range(2):
+        _equal(prepared(x, w, b, z), want)
