@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modelloader.executor import Plan, RunState
 from modelloader.ir import Graph, Node, Value
@@ -270,3 +272,75 @@ def test_prepared_shuffle_conv_matches_generic(
     want = conv_mod.fused_conv(x, w, b, z, **attrs)
     for _ in range(2):
         _equal(prepared(x, w, b, z), want)
+
+
+@st.composite
+def conv_cases(draw: st.DrawFn) -> dict:
+    c = draw(st.integers(1, 6))
+    group = draw(st.sampled_from([g for g in (1, 2, 3, c) if c % g == 0]))
+    m = group * draw(st.integers(1, 3))
+    k = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    return dict(
+        n=draw(st.integers(1, 2)),
+        c=c,
+        m=m,
+        group=group,
+        k=k,
+        s=[draw(st.integers(1, 3)), draw(st.integers(1, 3))],
+        d=[draw(st.integers(1, 2)), draw(st.integers(1, 2))],
+        auto_pad=draw(st.sampled_from(["NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"])),
+        pads=[draw(st.integers(0, 2)) for _ in range(4)],
+        hw=(draw(st.integers(8, 13)), draw(st.integers(8, 13))),
+        dtype=draw(st.sampled_from([np.float32, np.float64])),
+        activation=draw(st.sampled_from([("", ()), ("Relu", ()), ("Clip", (-0.5, 0.75))])),
+        bias=draw(st.booleans()),
+        residual=draw(st.booleans()),
+        transposed=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@settings(max_examples=120, deadline=None)
+@given(conv_cases())
+def test_prepared_fused_conv_matches_generic_on_random_geometry(case: dict) -> None:
+    rng = np.random.default_rng(case["seed"])
+    dt, c, m, group = case["dtype"], case["c"], case["m"], case["group"]
+    w = rng.standard_normal((m, c // group, *case["k"])).astype(dt)
+    b = rng.standard_normal(m).astype(dt) if case["bias"] else None
+    attrs = dict(
+        group=group, strides=case["s"], dilations=case["d"], auto_pad=case["auto_pad"],
+        activation=case["activation"][0], activation_params=list(case["activation"][1]),
+    )  # fmt: skip
+    if case["auto_pad"] == "NOTSET":
+        attrs["pads"] = case["pads"]
+    x = rng.standard_normal((case["n"], c, *case["hw"])).astype(dt)
+    if case["transposed"]:  # a non-contiguous input
+        x = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    plain = conv_mod.conv(x, w, **{k: v for k, v in attrs.items() if "activ" not in k})
+    z = rng.standard_normal(plain.shape).astype(dt) if case["residual"] else None
+    prepared = conv_mod._prepare_fused_conv((None, w, b, None), **attrs)
+    want = conv_mod.fused_conv(x, w, b, z, **attrs)
+    _equal(prepared(x, w, b, z), want)
+
+
+@settings(max_examples=80, deadline=None)
+@given(conv_cases(), st.sampled_from([np.int8, np.uint8]))
+def test_prepared_tflite_conv_matches_generic_on_random_geometry(case: dict, dtype) -> None:
+    rng = np.random.default_rng(case["seed"])
+    c, m, group = case["c"], case["m"], case["group"]
+    info = np.iinfo(dtype)
+    w = rng.integers(-127, 128, (m, c // group, *case["k"]), dtype=np.int8)
+    bias = rng.integers(-5000, 5000, m).astype(np.int32) if case["bias"] else None
+    attrs = dict(
+        x_scale=0.02, w_scale=list(rng.uniform(0.002, 0.02, m)), y_scale=0.05,
+        x_zp=int(rng.integers(-10, 10)) + (128 if dtype == np.uint8 else 0),
+        y_zp=int(rng.integers(-10, 10)) + (128 if dtype == np.uint8 else 0),
+        strides=case["s"], dilations=case["d"], pads=case["pads"], group=group,
+        act_min=int(info.min) + 3, act_max=int(info.max) - 2,
+    )  # fmt: skip
+    if dtype == np.uint8:
+        w = (w.astype(np.int16) + 128).astype(np.uint8)
+        attrs.update(w_scale=0.01, w_zp=128)
+    x = rng.integers(info.min, info.max, (case["n"], c, *case["hw"]), endpoint=True).astype(dtype)
+    prepared = qlinear._prepare_tflite_conv((None, w, bias), **attrs)
+    _equal(prepared(x, w, bias), qlinear.tflite_conv(x, w, bias, **attrs))
