@@ -117,6 +117,16 @@ class NNContext(Builder):
             raise ModelFormatError(f"rank of '{n}' is unknown")
         return r
 
+    def rank5_input(self, layer: Any, layout: str) -> str:
+        """The layer's first input, which must be rank 5 (``layout`` names its axes)."""
+        rank = self.rank_of(layer.input[0])
+        if rank != 5:
+            raise ModelFormatError(
+                f"{layer.WhichOneof('layer')} '{layer.name}': input must be rank 5 "
+                f"{layout}, got rank {rank}"
+            )
+        return self.x(layer)
+
     def weights(self, wp: Any, shape: Any = None, axis: int = 0, hint: str = "w") -> str:
         return self.constant(weights(wp, shape, axis), hint)
 

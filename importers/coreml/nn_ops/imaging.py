@@ -166,14 +166,7 @@ def reorganize_data(layer: Any, ctx: NNContext) -> None:
 
 
 def _rank5(ctx: NNContext, layer: Any) -> str:
-    x = ctx.x(layer)
-    rank = ctx.rank_of(layer.input[0])
-    if rank != 5:
-        raise ModelFormatError(
-            f"{layer.WhichOneof('layer')} '{layer.name}': input must be rank 5 "
-            f"[Batch, C, D, H, W], got rank {rank}"
-        )
-    return x
+    return ctx.rank5_input(layer, "[Batch, C, D, H, W]")
 
 
 def _pads3d(p: Any, where: str) -> dict[str, Any]:

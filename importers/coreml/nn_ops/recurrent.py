@@ -80,13 +80,7 @@ def _onnx_acts(acts: list[tuple[str, float, float]]) -> dict[str, Any]:
 
 def _sequence(ctx: NNContext, layer: Any, reverse: bool) -> str:
     """The rank-5 input as (Seq, Batch, C), time-reversed when ``reverse``."""
-    x = ctx.x(layer)
-    rank = ctx.rank_of(layer.input[0])
-    if rank != 5:
-        raise ModelFormatError(
-            f"{layer.WhichOneof('layer')} '{layer.name}': input must be rank 5 "
-            f"[Seq, Batch, C, 1, 1], got rank {rank}"
-        )
+    x = ctx.rank5_input(layer, "[Seq, Batch, C, 1, 1]")
     x = ctx.tmp("Reshape", [x, ctx.int64([0, 0, -1])])
     if reverse:
         x = ctx.tmp(
