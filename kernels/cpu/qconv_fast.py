@@ -722,18 +722,11 @@ def qlinear_conv_ms_fast(
 # (QLinearConvClip) and a residual com.microsoft QLinearAdd with its clamp (QLinearConvAdd).
 
 
-def _clamp_range(dt: np.dtype, act_min: int | None, act_max: int | None) -> tuple[int, int]:
-    info = np.iinfo(dt)
-    lo = int(info.min) if act_min is None else max(int(info.min), int(act_min))
-    hi = int(info.max) if act_max is None else min(int(info.max), int(act_max))
-    return lo, hi
-
-
 def _clamped(y: np.ndarray, act_min: int | None, act_max: int | None) -> np.ndarray:
     """Clip(y, act_min, act_max) as the Clip kernel computes it for act_min <= act_max."""
     if act_min is None and act_max is None:
         return y
-    lo, hi = _clamp_range(y.dtype, act_min, act_max)
+    lo, hi = _ql._act_range(y.dtype, act_min, act_max)
     return clip(y, y.dtype.type(lo), y.dtype.type(hi), out=y)
 
 
@@ -766,7 +759,7 @@ def qlinear_conv_clip(
         y = _fast_qconv(
             x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, b,
             auto_pad, dilations, group, kernel_shape, pads, strides,
-            clamp=_clamp_range(out_dt, act_min, act_max),
+            clamp=_ql._act_range(out_dt, act_min, act_max),
         )  # fmt: skip
     if y is None:
         y = _conv.qlinear_conv(
@@ -793,7 +786,7 @@ def _add_tail(y_dt, shape, a_scale, a_zero_point, z, z_scale, z_zero_point, c_sc
     if not (np.isfinite(ra) and np.isfinite(rb) and abs(ra) < 1e30 and abs(rb) < 1e30):
         return None
     zc = _ql._zp(c_zero_point)
-    lo, hi = _clamp_range(dt, act_min, act_max)
+    lo, hi = _ql._act_range(dt, act_min, act_max)
     return _AddTail(
         z, _ql._zp(a_zero_point), ra, np.float32(_ql._zp(z_zero_point)), rb, np.float32(zc),
         np.float32(lo - zc), np.float32(hi - zc), dt,

@@ -785,11 +785,18 @@ def _finish(acc, mult, y_zp, act_min, act_max, dtype, axis, wide: bool = False) 
     if y is acc or not y.flags.writeable:
         y = y.copy()
     y += int(y_zp)
+    lo, hi = _act_range(dtype, act_min, act_max)
+    _clip(y, lo, hi, out=y)
+    return y.astype(dtype)
+
+
+def _act_range(dtype: np.dtype, act_min: int | None, act_max: int | None) -> tuple[int, int]:
+    """The output range of an integer kernel: ``dtype``'s, narrowed by a fused clamp's
+    [act_min, act_max] where given."""
     lo, hi = _irange(dtype)
     lo = lo if act_min is None else max(lo, int(act_min))
     hi = hi if act_max is None else min(hi, int(act_max))
-    _clip(y, lo, hi, out=y)
-    return y.astype(dtype)
+    return lo, hi
 
 
 @kernel("TFLiteConv", domain=ML)
@@ -933,10 +940,7 @@ class _TflConv:
         # tens of microseconds, which per-call Python would otherwise double
         zp = ft(self.x_zp)
         shifted = _jit.shifted_fn()
-        lo, hi = _irange(self.dtype)
-        act_min, act_max = self.attrs.get("act_min"), self.attrs.get("act_max")
-        lo = lo if act_min is None else max(lo, int(act_min))
-        hi = hi if act_max is None else min(hi, int(act_max))
+        lo, hi = _act_range(self.dtype, self.attrs.get("act_min"), self.attrs.get("act_max"))
         req = _jit.requantize_fn(self.req.jit_params(), self.req.zp, lo, hi)
         dt = self.dtype
 
@@ -1035,9 +1039,7 @@ class _TflRequant:
 
     def apply(self, acc: np.ndarray, act_min, act_max, dtype: np.dtype) -> np.ndarray:
         """Requantizes the exact float accumulator ``acc`` (N, M, ...) into ``dtype``."""
-        lo, hi = _irange(dtype)
-        lo = lo if act_min is None else max(lo, int(act_min))
-        hi = hi if act_max is None else min(hi, int(act_max))
+        lo, hi = _act_range(dtype, act_min, act_max)
         if _jit.available and acc.flags.c_contiguous:
             return _jit.requantize(acc, self.jit_params(), self.zp, lo, hi, take(acc.shape, dtype))
         # float -> int32 converts 4x faster than float -> int64 (|acc| < 2**30)
