@@ -838,6 +838,16 @@ def tflite_conv(
     return _TflConv(w, bias, x.dtype, attrs)(x)
 
 
+def _shifted_input(slot: str, x: np.ndarray, zp: int, ft: type) -> np.ndarray:
+    """x - zp in float type ``ft`` (exact for 8/16-bit x), in the scratch buffer ``slot``."""
+    xf = scratch(slot, x.shape, ft)
+    if _jit.available and x.flags.c_contiguous:
+        _jit.to_float(x, zp, xf)
+    else:
+        np.subtract(x, ft(zp), out=xf)
+    return xf
+
+
 class _TflConv:
     """One TFLiteConv node for one input dtype: (w - w_zp) as an exact float BLAS operand,
     the bias, the requantization, and per input shape a recipe (``recipe``)."""
@@ -877,12 +887,7 @@ class _TflConv:
 
     def _to_float(self, x: np.ndarray) -> np.ndarray:
         # the exact integer conv is a float conv of x - x_zp (zero padding = x_zp) and w - w_zp
-        xf = scratch("tfl_x", x.shape, self.ft)
-        if _jit.available and x.flags.c_contiguous:
-            _jit.to_float(x, self.x_zp, xf)
-        else:
-            np.subtract(x, self.ft(self.x_zp), out=xf)
-        return xf
+        return _shifted_input("tfl_x", x, self.x_zp, self.ft)
 
     def _finish(self, acc: np.ndarray) -> np.ndarray:
         a = self.attrs
@@ -1138,12 +1143,7 @@ class _TflFullyConnected:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         kdim, nout = self.wt.shape
         a = self.attrs
-        xf = scratch("tfl_fc_x", (x.size // kdim, kdim), self.ft)
-        xr = x.reshape(-1, kdim)
-        if _jit.available and xr.flags.c_contiguous:
-            _jit.to_float(xr, self.x_zp, xf)
-        else:
-            np.subtract(xr, self.ft(self.x_zp), out=xf)
+        xf = _shifted_input("tfl_fc_x", x.reshape(-1, kdim), self.x_zp, self.ft)
         acc = scratch("tfl_fc_acc", (xf.shape[0], nout), self.ft)
         matmul(xf, self.wt, out=acc)
         act_min, act_max = a.get("act_min"), a.get("act_max")
