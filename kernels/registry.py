@@ -35,6 +35,33 @@ KernelFn = Callable[..., Any]
 Preparer = Callable[..., KernelFn | None]
 
 
+class Recipes:
+    """A prepared kernel's recipes, one per key (input shapes and dtypes), each built on first
+    use by ``build(key)``: a callable, or None where the generic kernel is to run (a
+    ValueError while building, a geometry the generic kernel reports on, also gives None).
+    At most ``limit`` are kept, as dynamic shapes would grow them without bound. Threads may
+    share it: a recipe built twice is built alike."""
+
+    def __init__(self, build: Callable[[Any], KernelFn | None], limit: int = 16) -> None:
+        self._build = build
+        self._limit = limit
+        self._made: dict[Any, KernelFn | None] = {}
+
+    def get(self, key: Any) -> KernelFn | None:
+        try:
+            return self._made[key]
+        except KeyError:
+            pass
+        try:
+            fn = self._build(key)
+        except ValueError:
+            fn = None
+        if len(self._made) >= self._limit:
+            self._made.clear()
+        self._made[key] = fn
+        return fn
+
+
 @dataclass(frozen=True)
 class KernelSpec:
     op: str

@@ -28,7 +28,7 @@ from modelloader.buffers import take
 from modelloader.kernels.cpu import _jit
 from modelloader.kernels.cpu._registry import kernel, prepares
 from modelloader.kernels.cpu._ufuncs import clip
-from modelloader.kernels.registry import KernelFn
+from modelloader.kernels.registry import KernelFn, Recipes
 from modelloader.parallel import matmul
 
 _FLOATS = (np.float32, np.float64)
@@ -713,9 +713,6 @@ def _prepare_fused_conv(consts: tuple, **attrs: object) -> KernelFn | None:
     return prepared_float_conv(fused_conv, consts, attrs)
 
 
-_RECIPES_MAX = 16  # input shapes a prepared conv keeps recipes for (dynamic shapes vary)
-
-
 def prepared_float_conv(generic: KernelFn, consts: tuple, attrs: dict) -> KernelFn | None:
     """A float Conv/FusedConv node with constant weights, run through one recipe per input
     shape: a pointwise conv is one matmul into the output plus one epilogue pass, a 2-D
@@ -794,20 +791,11 @@ def prepared_float_conv(generic: KernelFn, consts: tuple, attrs: dict) -> Kernel
             return depthwise
         return None
 
-    recipes: dict[tuple[int, ...], KernelFn | None] = {}
+    recipes = Recipes(recipe)
 
     def run(x: np.ndarray, w_: np.ndarray, b_: np.ndarray | None = None, z=None) -> np.ndarray:  # noqa: ANN001
         if w_ is w and b_ is b and x.dtype == dt and (z is None or z.dtype == dt):
-            shape = x.shape
-            try:
-                fn = recipes[shape]
-            except KeyError:
-                if len(recipes) >= _RECIPES_MAX:
-                    recipes.clear()
-                try:
-                    fn = recipes[shape] = recipe(shape)
-                except ValueError:  # geometry the generic kernel reports on
-                    fn = None
+            fn = recipes.get(x.shape)
             if fn is not None:
                 y = fn(x, z)
                 if y is not None:

@@ -35,7 +35,7 @@ from modelloader.kernels.cpu.conv import (
     scratch,
 )
 from modelloader.kernels.cpu.reduce import row_sums
-from modelloader.kernels.registry import KernelFn
+from modelloader.kernels.registry import KernelFn, Recipes
 from modelloader.parallel import matmul
 
 MS = "com.microsoft"
@@ -503,16 +503,9 @@ def _prepare_qlinear_reduce_mean(consts: tuple, **attrs: Any) -> KernelFn | None
     axes, keep = tuple(attrs["axes"]), bool(attrs["keepdims"])
     xs, xz, ys = float(_f32(consts[1])), _zp(consts[2]), float(_f32(consts[3]))
     yz = consts[4] if len(consts) > 4 else None
-    recipes: dict[tuple, Any] = {}
 
-    def run(data: np.ndarray, *rest: Any) -> np.ndarray:
-        key = (data.shape, data.dtype)
-        fn = recipes.get(key)
-        if fn is None:
-            fn = recipes[key] = recipe(*key)
-        return fn(data) if fn else qlinear_reduce_mean(data, *rest, **attrs)
-
-    def recipe(shape: tuple[int, ...], dtype: np.dtype) -> Callable | None:
+    def recipe(key: tuple) -> Callable | None:
+        shape, dtype = key
         r = len(shape)
         ax = tuple(sorted(a % r for a in axes)) if axes and r else ()
         if dtype.type not in (np.int8, np.uint8) or not ax or ax != tuple(range(r - len(ax), r)):
@@ -537,6 +530,12 @@ def _prepare_qlinear_reduce_mean(consts: tuple, **attrs: Any) -> KernelFn | None
             return _jit.mean_rows(x.reshape(outer, n), xz, mult, zp_out, lo, hi, out)
 
         return compiled
+
+    recipes = Recipes(recipe)
+
+    def run(data: np.ndarray, *rest: Any) -> np.ndarray:
+        fn = recipes.get((data.shape, data.dtype))
+        return fn(data) if fn else qlinear_reduce_mean(data, *rest, **attrs)
 
     return run
 
@@ -976,24 +975,19 @@ def _prepare_tflite_conv(consts: tuple, **attrs: Any) -> KernelFn | None:
     if type(w) is not np.ndarray or w.ndim != 4 or w.dtype.type not in (np.int8, np.uint8):
         return None
     convs: dict[np.dtype, _TflConv] = {}
-    recipes: dict[tuple, KernelFn] = {}
+
+    def recipe(key: tuple) -> KernelFn:
+        shape, dtype = key
+        cv = convs.get(dtype)
+        if cv is None:
+            cv = convs[dtype] = _TflConv(w, bias, dtype, attrs)
+        return cv.recipe(shape)
+
+    recipes = Recipes(recipe)
 
     def run(x: np.ndarray, w_: np.ndarray, b_: np.ndarray | None = None) -> np.ndarray:
-        if w_ is not w or b_ is not bias:
-            return tflite_conv(x, w_, b_, **attrs)
-        key = (x.shape, x.dtype)
-        fn = recipes.get(key)
-        if fn is None:
-            if len(recipes) >= 16:
-                recipes.clear()
-            cv = convs.get(x.dtype)
-            if cv is None:
-                cv = convs[x.dtype] = _TflConv(w, bias, x.dtype, attrs)
-            try:
-                fn = recipes[key] = cv.recipe(x.shape)
-            except ValueError:  # geometry the generic path reports on
-                fn = cv
-        return fn(x)
+        fn = recipes.get((x.shape, x.dtype)) if w_ is w and b_ is bias else None
+        return fn(x) if fn is not None else tflite_conv(x, w_, b_, **attrs)
 
     return run
 
