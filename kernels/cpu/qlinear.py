@@ -847,30 +847,34 @@ def _shifted_input(slot: str, x: np.ndarray, zp: int, ft: type) -> np.ndarray:
     return xf
 
 
-class _TflConv:
-    """One TFLiteConv node for one input dtype: (w - w_zp) as an exact float BLAS operand,
-    the bias, the requantization, and per input shape a recipe (``recipe``)."""
+class _TflProduct:
+    """What TFLiteConv and TFLiteFullyConnected share for one node and one input dtype: the
+    integer weights w - w_zp, the float type in which their products with x - x_zp are exact,
+    and the requantization of an accumulator with the bias folded in (``_TflRequant``) where
+    int32 holds every accumulator, else the int64 path."""
 
-    def __init__(self, w: np.ndarray, bias: np.ndarray | None, dtype: np.dtype, attrs: dict):
+    def _setup(
+        self, w: np.ndarray, bias: np.ndarray | None, dtype: np.dtype, attrs: dict
+    ) -> np.ndarray:
+        """Sets the shared fields from w (M output rows of K weights each, any trailing
+        shape) and returns w - w_zp as int32 of w's shape."""
         self.attrs = attrs
         self.dtype = dtype = np.dtype(dtype)
         self.x_zp = x_zp = int(attrs.get("x_zp", 0))
-        self.group = int(attrs.get("group", 1))
-        self.w_shape = w.shape
-        m, cg, kh, kw = w.shape
+        m, k = w.shape[0], w.size // w.shape[0]
         wz = _list(attrs.get("w_zp", 0), np.int32)
-        wi = w.astype(np.int32) - (wz.reshape(-1, 1, 1, 1) if wz.size > 1 else wz[0])
+        per_row = wz.reshape((-1,) + (1,) * (w.ndim - 1))
+        wi = w.astype(np.int32) - (per_row if wz.size > 1 else wz[0])
         lo_x, hi_x = _irange(dtype)
         bound_x = max(abs(lo_x - x_zp), abs(hi_x - x_zp))
         bound_w = int(np.abs(wi).max(initial=0))
         # exact float BLAS: float32 while every partial sum stays below 2**24, else float64
-        self.ft = ft = np.float32 if cg * kh * kw * bound_x * bound_w < _F32_EXACT else np.float64
-        self.wmat = wi.astype(ft).reshape(w.shape)
+        self.ft = np.float32 if k * bound_x * bound_w < _F32_EXACT else np.float64
         self.bias64 = b64 = (
             None if bias is None else np.asarray(bias).astype(np.int64).reshape(1, m, 1, 1)
         )
         # |accumulator| bound: whether the int32 requantization cannot overflow
-        bound = cg * kh * kw * bound_x * bound_w + (0 if b64 is None else int(np.abs(b64).max()))
+        bound = k * bound_x * bound_w + (0 if b64 is None else int(np.abs(b64).max()))
         self.mult = (
             float(attrs["x_scale"]) * _list(attrs["w_scale"], np.float64) / float(attrs["y_scale"])
         )
@@ -879,16 +883,10 @@ class _TflConv:
             req = _tfl_requant(self.mult, m, b64, int(attrs.get("y_zp", 0)))
             if req is not None and bound < req.limit:
                 self.req = req
-        self.geometry = (
-            "NOTSET",
-            *(tuple(attrs.get(k) or d) for k, d in _TFL_GEOMETRY),
-        )
-
-    def _to_float(self, x: np.ndarray) -> np.ndarray:
-        # the exact integer conv is a float conv of x - x_zp (zero padding = x_zp) and w - w_zp
-        return _shifted_input("tfl_x", x, self.x_zp, self.ft)
+        return wi
 
     def _finish(self, acc: np.ndarray) -> np.ndarray:
+        """The exact float accumulator (N, M, ...) requantized into the output dtype."""
         a = self.attrs
         act_min, act_max = a.get("act_min"), a.get("act_max")
         if self.req is not None:
@@ -898,6 +896,25 @@ class _TflConv:
             acc += self.bias64
         wide = self.dtype == np.int16
         return _finish(acc, self.mult, a.get("y_zp", 0), act_min, act_max, self.dtype, 1, wide)
+
+
+class _TflConv(_TflProduct):
+    """One TFLiteConv node for one input dtype: (w - w_zp) as an exact float BLAS operand,
+    the bias, the requantization, and per input shape a recipe (``recipe``)."""
+
+    def __init__(self, w: np.ndarray, bias: np.ndarray | None, dtype: np.dtype, attrs: dict):
+        wi = self._setup(w, bias, dtype, attrs)
+        self.wmat = wi.astype(self.ft)
+        self.group = int(attrs.get("group", 1))
+        self.w_shape = w.shape
+        self.geometry = (
+            "NOTSET",
+            *(tuple(attrs.get(k) or d) for k, d in _TFL_GEOMETRY),
+        )
+
+    def _to_float(self, x: np.ndarray) -> np.ndarray:
+        # the exact integer conv is a float conv of x - x_zp (zero padding = x_zp) and w - w_zp
+        return _shifted_input("tfl_x", x, self.x_zp, self.ft)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """The conv of any input shape."""
@@ -1102,55 +1119,20 @@ def tflite_fully_connected(
     return _TflFullyConnected(w, bias, x.dtype, attrs)(x)
 
 
-class _TflFullyConnected:
+class _TflFullyConnected(_TflProduct):
     """One TFLiteFullyConnected node for one input dtype: (w - w_zp).T as an exact float BLAS
-    operand, and the requantization with the bias folded in (``_TflRequant``) where the
-    int32 path holds every accumulator, else the int64 one."""
+    operand, then the shared requantization (``_TflProduct``)."""
 
     def __init__(self, w: np.ndarray, bias: np.ndarray | None, dtype: np.dtype, attrs: dict):
-        self.attrs = attrs
-        self.dtype = dtype = np.dtype(dtype)
-        self.x_zp = x_zp = int(attrs.get("x_zp", 0))
-        nout, kdim = w.shape
-        wz = _list(attrs.get("w_zp", 0), np.int32)
-        wi = w.astype(np.int32) - (wz.reshape(-1, 1) if wz.size > 1 else wz[0])
-        lo_x, hi_x = _irange(dtype)
-        bound_x = max(abs(lo_x - x_zp), abs(hi_x - x_zp))
-        bound_w = int(np.abs(wi).max(initial=0))
-        # exact float BLAS: float32 while every partial sum stays below 2**24, else float64
-        self.ft = ft = np.float32 if kdim * bound_x * bound_w < _F32_EXACT else np.float64
-        self.wt = np.ascontiguousarray(wi.T, ft)
-        self.bias64 = b64 = (
-            None if bias is None else np.asarray(bias).astype(np.int64).reshape(1, nout)
-        )
-        self.mult = (
-            float(attrs["x_scale"]) * _list(attrs["w_scale"], np.float64) / float(attrs["y_scale"])
-        )
-        bound = kdim * bound_x * bound_w + (0 if b64 is None else int(np.abs(b64).max()))
-        self.req = None
-        if dtype != np.int16:
-            b4 = None if b64 is None else b64.reshape(1, nout, 1, 1)
-            req = _tfl_requant(self.mult, nout, b4, int(attrs.get("y_zp", 0)))
-            if req is not None and bound < req.limit:
-                self.req = req
+        self.wt = np.ascontiguousarray(self._setup(w, bias, dtype, attrs).T, self.ft)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         kdim, nout = self.wt.shape
-        a = self.attrs
         xf = _shifted_input("tfl_fc_x", x.reshape(-1, kdim), self.x_zp, self.ft)
         acc = scratch("tfl_fc_acc", (xf.shape[0], nout), self.ft)
         matmul(xf, self.wt, out=acc)
-        act_min, act_max = a.get("act_min"), a.get("act_max")
-        if self.req is not None:
-            y = self.req.apply(acc.reshape(-1, nout, 1, 1), act_min, act_max, self.dtype)
-            y = y.reshape(-1, nout)
-        else:
-            acc = acc.astype(np.int64)
-            if self.bias64 is not None:
-                acc += self.bias64
-            wide = self.dtype == np.int16
-            y = _finish(acc, self.mult, a.get("y_zp", 0), act_min, act_max, self.dtype, 1, wide)
-        return y.reshape(x.shape[:-1] + (nout,)) if a.get("keep_num_dims") else y
+        y = self._finish(acc.reshape(-1, nout, 1, 1)).reshape(-1, nout)
+        return y.reshape(x.shape[:-1] + (nout,)) if self.attrs.get("keep_num_dims") else y
 
 
 @prepares("TFLiteFullyConnected", domain=ML)
