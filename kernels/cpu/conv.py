@@ -426,13 +426,27 @@ def _depthwise_compiled(
     hi: float = np.inf,
 ) -> np.ndarray:
     """2-D depthwise conv (+ bias, clamped to [lo, hi]) by the compiled loops of ``_jit``."""
-    k, s, d, p, out_sp = geometry
-    out = take((x.shape[0], w.shape[0]) + tuple(out_sp), x.dtype)
+    out = take((x.shape[0], w.shape[0]) + tuple(geometry[4]), x.dtype)
     xc = x if x.flags.c_contiguous else np.ascontiguousarray(x)
-    wq, hq, _, offs = flat_geometry(*x.shape[2:], *map(tuple, (p, k, s, d, out_sp)))
+    return depthwise_kernel(x.shape[2:], w, b, x.dtype, geometry, lo, hi)(xc, out)
+
+
+def depthwise_kernel(
+    in_sp: Sequence[int],
+    w: np.ndarray,
+    b: np.ndarray | None,
+    dtype: np.dtype,
+    geometry: tuple,
+    lo: float = -np.inf,
+    hi: float = np.inf,
+    fill: float = 0.0,
+) -> KernelFn:
+    """The compiled depthwise conv (``_jit.depthwise_fn``, ``fn(x, out) -> out``) of inputs of
+    spatial size ``in_sp``, from the conv's (kernel, strides, dilations, pads, out size)."""
+    k, s, d, p, out_sp = geometry
+    wq, hq, _, offs = flat_geometry(*in_sp, *map(tuple, (p, k, s, d, out_sp)))
     layout = (wq, hq, offs)
-    dw = _jit.depthwise_fn(w, b, x.dtype, layout, tuple(s), (p[0], p[1]), lo, hi, 0.0, tuple(d))
-    return dw(xc, out)
+    return _jit.depthwise_fn(w, b, dtype, layout, tuple(s), (p[0], p[1]), lo, hi, fill, tuple(d))
 
 
 def _depthwise_same(
@@ -778,10 +792,7 @@ def prepared_float_conv(generic: KernelFn, consts: tuple, attrs: dict) -> Kernel
 
             return pointwise
         if depthwise_jit(shape, dt, group, geo):
-            wq, hq, _, offs = flat_geometry(*shape[2:], *map(tuple, (p, k, s, d, out_sp)))
-            dw = _jit.depthwise_fn(
-                w, b, dt, (wq, hq, offs), tuple(s), (p[0], p[1]), *bounds, 0.0, tuple(d)
-            )
+            dw = depthwise_kernel(shape[2:], w, b, dt, geo, *bounds)
 
             def depthwise(x: np.ndarray, z: np.ndarray | None) -> np.ndarray | None:
                 if z is not None:

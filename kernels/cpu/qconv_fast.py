@@ -643,14 +643,10 @@ def _depthwise_acc(x: np.ndarray, xz: int, lay: _Layer) -> np.ndarray:
     _jit.to_float(x if x.flags.c_contiguous else np.ascontiguousarray(x), shift, xf)
     wf = cp.prep.mats[0].reshape((-1, 1) + tuple(lay.k))
     acc = _scratch("dw_acc", (n, wf.shape[0]) + lay.out_sp, np.float32)
-    wq, hq, _, offs = _conv.flat_geometry(
-        *x.shape[2:], *map(tuple, (lay.p, lay.k, lay.s, lay.d)), lay.out_sp
+    geometry = (lay.k, lay.s, lay.d, lay.p, lay.out_sp)
+    return _conv.depthwise_kernel(x.shape[2:], wf, None, np.float32, geometry, fill=xz - shift)(
+        xf, acc
     )
-    dw = _jit.depthwise_fn(
-        wf, None, np.float32, (wq, hq, offs), tuple(lay.s), (lay.p[0], lay.p[1]),
-        fill=xz - shift, dilations=tuple(lay.d),
-    )  # fmt: skip
-    return dw(xf, acc)
 
 
 @kernel("QLinearConv", dtypes=_INT8)

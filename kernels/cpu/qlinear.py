@@ -31,7 +31,7 @@ from modelloader.kernels.cpu.conv import (
     _conv_float,
     conv_geometry,
     depthwise_jit,
-    flat_geometry,
+    depthwise_kernel,
     scratch,
 )
 from modelloader.kernels.cpu.reduce import row_sums
@@ -943,9 +943,7 @@ class _TflConv(_TflProduct):
                 matmul(w2, xf.reshape(c, hw), out=acc.reshape(m, hw))
 
         elif depthwise_jit(shape, ft, self.group, geo):
-            wq, hq, _, offs = flat_geometry(*shape[2:], *map(tuple, (p, k, s, d, out_sp)))
-            layout = (wq, hq, offs)
-            product = _jit.depthwise_fn(self.wmat, None, ft, layout, s, p[:2], dilations=tuple(d))
+            product = depthwise_kernel(shape[2:], self.wmat, None, ft, geo)
         else:
             return self
         acc_shape = (n, m, *out_sp)
