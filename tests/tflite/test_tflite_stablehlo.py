@@ -139,8 +139,10 @@ def _gather_model(xs, idx_shape, idx_dtype=np.int32, *, idx_sig=None, **fields) 
     )
 
 
-def test_builtin_options_2_are_read() -> None:
-    data = _gather_model(
+def _row_gather_model() -> bytes:
+    """A STABLEHLO_GATHER of whole rows of a (4, 3) tensor at (2, 1) indices, its
+    BuiltinOptions2 fields set."""
+    return _gather_model(
         [4, 3],
         [2, 1],
         OffsetDims=[1],
@@ -150,6 +152,10 @@ def test_builtin_options_2_are_read() -> None:
         SliceSizes=[1, 3],
         out_shape=[2, 3],
     )
+
+
+def test_builtin_options_2_are_read() -> None:
+    data = _row_gather_model()
     op = parse(data).subgraphs[0].operators[0]
     assert op.name == "STABLEHLO_GATHER"
     assert op.options["OffsetDims"] == [1] and op.options["SliceSizes"] == [1, 3]
@@ -157,16 +163,7 @@ def test_builtin_options_2_are_read() -> None:
 
 
 def test_damaged_options_2_raise_typed_errors() -> None:
-    data = _gather_model(
-        [4, 3],
-        [2, 1],
-        OffsetDims=[1],
-        CollapsedSliceDims=[0],
-        StartIndexMap=[0],
-        IndexVectorDim=1,
-        SliceSizes=[1, 3],
-        out_shape=[2, 3],
-    )
+    data = _row_gather_model()
     op = tflite.Model.GetRootAs(data, 0).Subgraphs(0).Operators(0)
     table = op.BuiltinOptions2()
     opts = tflite.StablehloGatherOptions()
