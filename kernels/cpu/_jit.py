@@ -10,6 +10,8 @@
 * Quantized conv requantization (ONNX QLinearConv with its fused residual QLinearAdd, TFLite's
   fixed-point MultiplyByQuantizedMultiplier) in one pass instead of eight to twelve, and the
   int8 -> float32 conversion of im2col taps.
+* Sparse (CSR) matrix-vector products: each row in interleaved partial sums, so consecutive
+  multiply-adds do not wait on each other, with narrow column indices.
 
 Everything here is an optional accelerator: ``available`` is false when numba is not
 installed or ``MODELLOADER_JIT=0`` is set, and callers then take their NumPy path. Integer
@@ -35,6 +37,7 @@ from modelloader.parallel import parallel_for
 
 __all__ = [
     "available",
+    "csr_matvec",
     "depthwise_fn",
     "epilogue",
     "epilogue_fn",
@@ -552,3 +555,43 @@ def shifted_fn() -> Callable[[np.ndarray, Any, np.ndarray], np.ndarray]:
         return out
 
     return run
+
+
+@_njit
+def _csr_rows(indptr, indices, data, x, out, r0, r1):  # noqa: ANN001, ANN202
+    # four partial sums per row: one running sum would make every multiply-add wait for the
+    # previous one (scipy's csr_matvec does), which leaves the loads idle
+    z = out.dtype.type(0)
+    for r in range(r0, r1):
+        a0 = z
+        a1 = z
+        a2 = z
+        a3 = z
+        j = indptr[r]
+        end = indptr[r + 1]
+        while j + 4 <= end:
+            a0 += data[j] * x[indices[j]]
+            a1 += data[j + 1] * x[indices[j + 1]]
+            a2 += data[j + 2] * x[indices[j + 2]]
+            a3 += data[j + 3] * x[indices[j + 3]]
+            j += 4
+        while j < end:
+            a0 += data[j] * x[indices[j]]
+            j += 1
+        out[r] = (a0 + a1) + (a2 + a3)
+
+
+def csr_matvec(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    x: np.ndarray,
+    out: np.ndarray,
+    rows: tuple[int, int],
+) -> None:
+    """``out[r] = sum(data[j] * x[indices[j]] for j in indptr[r]:indptr[r+1])`` for r in
+    ``range(*rows)``, in data's dtype (x and out the same, all 1-D and contiguous). Each row
+    is summed in four interleaved partial sums, so results differ from a serial sum only in
+    rounding. ``indices`` may be any integer type: uint16 column indices (matrices of at
+    most 65,536 columns) move a third fewer bytes than int32 ones, which sets the speed."""
+    _kernel("_csr_rows")(indptr, indices, data, x, out, rows[0], rows[1])

@@ -3,7 +3,9 @@
 ``SparseGemm(A, W, C)`` computes ``act(alpha * op(A) @ W.T + beta * C)`` where ``W`` is a
 ``SparseTensor`` holding op(B) transposed (``[N, K]``); ``A`` may have leading batch axes
 (MatMul). ``SparseConv(X, W, B, Z)`` is FusedConv (group 1) with a sparse ``W``: im2col,
-then a CSR @ dense product. Products run in scipy's CSR kernels.
+then a CSR @ dense product. Matrix-vector products (batch-1 fully-connected layers) run
+in a compiled loop (``_jit.csr_matvec``) where numba is installed, other products in
+scipy's CSR kernels.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from modelloader.kernels.cpu import _jit
 from modelloader.kernels.cpu._registry import kernel
 from modelloader.kernels.cpu.conv import (
     apply_activation,
@@ -27,12 +30,25 @@ from modelloader.kernels.cpu.conv import (
 from modelloader.parallel import num_threads, parallel_for, uses_team
 
 D = "modelloader"
+_FLOATS = (np.float32, np.float64)
 
 
 def csr_product(w: Any, rhs: np.ndarray) -> np.ndarray:
-    """``w``'s 2-D CSR view times a dense vector or matrix on the intra-op threads (scipy's
-    sparse kernels release the GIL): a vector by column blocks (partial sums added), a
-    matrix by row blocks."""
+    """``w``'s 2-D CSR view times a dense vector or matrix on the intra-op threads (the
+    compiled and scipy's sparse kernels release the GIL): a vector by row blocks in the
+    compiled loop (``_jit.csr_matvec``), or without it by column blocks (partial sums
+    added); a matrix by row blocks."""
+    if rhs.ndim == 1 and _jit.available and rhs.dtype == w.dtype and rhs.dtype.type in _FLOATS:
+        out = np.empty(w.matrix_shape[0], w.dtype)
+        ranges = w.row_ranges(num_threads())
+        args = (w.indptr, w.narrow_indices(), w.data, np.ascontiguousarray(rhs), out)
+
+        def row_ranges(i: int, j: int) -> None:
+            for r in ranges[i:j]:
+                _jit.csr_matvec(*args, r)
+
+        parallel_for(len(ranges), row_ranges)
+        return out
     if rhs.ndim == 1:
         cblocks = w.column_blocks(num_threads())
         partial = np.empty((len(cblocks), w.matrix_shape[0]), np.result_type(w.dtype, rhs.dtype))

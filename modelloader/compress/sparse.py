@@ -47,6 +47,8 @@ class SparseTensor:
     _csr: Any = field(default=None, repr=False)
     _blocks: dict[int, list[tuple[int, int, Any]]] = field(default_factory=dict, repr=False)
     _cblocks: dict[int, list[tuple[int, int, Any]]] = field(default_factory=dict, repr=False)
+    _ranges: dict[int, list[tuple[int, int]]] = field(default_factory=dict, repr=False)
+    _narrow: np.ndarray | None = field(default=None, repr=False)
     #: flat positions of the non-zeros when built from them (``to_dense`` reuses them)
     _positions: np.ndarray | None = field(default=None, repr=False)
     #: a timed layer's dense copy, until its kernel has chosen (``choose``)
@@ -151,6 +153,21 @@ class SparseTensor:
                 blocks.append((lo, hi, m))
             cache[parts] = blocks
         return cache[parts]
+
+    def row_ranges(self, parts: int) -> list[tuple[int, int]]:
+        """Up to ``parts`` contiguous ``(lo, hi)`` row ranges of the 2-D view with about equal
+        non-zeros each (computed once per count)."""
+        if parts not in self._ranges:
+            self._ranges[parts] = _balanced(self.indptr, parts)
+        return self._ranges[parts]
+
+    def narrow_indices(self) -> np.ndarray:
+        """The column indices as uint16 when the 2-D view has at most 65,536 columns (a copy
+        made once: a matrix-vector product reads a third fewer bytes), else as stored."""
+        if self._narrow is None:
+            narrow = self.matrix_shape[1] <= 1 << 16
+            self._narrow = self.indices.astype(np.uint16) if narrow else self.indices
+        return self._narrow
 
     def column_blocks(self, parts: int) -> list[tuple[int, int, Any]]:
         """``(lo, hi, csc)`` column blocks of the 2-D view with about equal non-zeros each

@@ -15,6 +15,7 @@ from modelloader.compress.cli import compress_cmd
 from modelloader.compress.sparse import sparsify
 from modelloader.errors import CompressionAccuracyError
 from modelloader.ir import Graph, Node, Value
+from modelloader.kernels.cpu import sparse as sparse_kernels
 from modelloader.kernels.cpu.conv import fused_conv
 from modelloader.kernels.cpu.gemm import fused_gemm
 from modelloader.kernels.cpu.sparse import csr_product, sparse_conv, sparse_gemm
@@ -125,6 +126,40 @@ def test_row_blocks_split_the_product(parts: int) -> None:
             np.testing.assert_allclose(csr_product(st, rhs), w @ rhs, rtol=1e-5, atol=1e-5)
     finally:
         parallel.set_num_threads(before)
+
+
+@pytest.mark.parametrize("jit", [True, False])
+@pytest.mark.parametrize("cols", [9, 1000, 70_000])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matrix_vector_product(
+    monkeypatch: pytest.MonkeyPatch, jit: bool, cols: int, dtype: type
+) -> None:
+    """Batch-1 products: the compiled row loop (uint16 column indices up to 65,536 columns,
+    the stored ones above; row lengths 0 to beyond the 4-way unroll) and, without it,
+    scipy's column blocks, both on two threads, agree with the dense product."""
+    monkeypatch.setattr(sparse_kernels._jit, "available", jit)
+    rng = np.random.default_rng(cols)
+    w = _pruned(rng, (37, cols), 0.2).astype(dtype)
+    w[3] = 0
+    w[5, :] = 0
+    w[5, :6] = 1.5  # rows shorter than, equal to and longer than the unroll
+    w[6, :] = 0
+    w[6, 2] = -2.0
+    st = SparseTensor.from_dense(w)
+    assert st.narrow_indices().dtype == (np.uint16 if cols <= 1 << 16 else np.int32)
+    x = rng.standard_normal(cols).astype(dtype)
+    before = parallel.num_threads()
+    parallel.set_num_threads(2)
+    try:
+        got = csr_product(st, x)
+    finally:
+        parallel.set_num_threads(before)
+    assert got.dtype == dtype and got.shape == (37,)
+    # rounding error bound of any summation order: n * eps * sum(|w * x|) per row
+    ref = w.astype(np.float64) @ x.astype(np.float64)
+    bound = cols * np.finfo(dtype).eps * (np.abs(w).astype(np.float64) @ np.abs(x))
+    assert np.all(np.abs(got - ref) <= bound)
+    assert got[3] == 0 and got[6] == -2.0 * x[2]
 
 
 @pytest.mark.parametrize(
