@@ -306,18 +306,20 @@ def depthwise_fn(
 
 @_njit
 def _requant_rows(acc, q, c1, shifts, right, neg_mask, off, zp, lo, hi, out):  # noqa: ANN001, ANN202
-    # acc (N, M, L) float holding exact integers; per channel m: see requantize
+    # acc (N, M, L) float holding exact integers, out (N, M, L), both C-contiguous; per
+    # channel m: see requantize
     n_, m_, ln = acc.shape
+    af = acc.reshape(acc.size)
+    of = out.reshape(out.size)
     for n in range(n_):
         for m in range(m_):
             qm, cm, rm, mm, om = q[m], c1[m], right[m], neg_mask[m], off[m]
-            src = acc[n, m]
-            dst = out[n, m]
-            for i in range(ln):
-                v = (np.int64(np.int32(src[i])) * qm + cm) >> 31
+            o = U((n * m_ + m) * ln)
+            for i in range(U(ln)):
+                v = (np.int64(np.int32(af[o + i])) * qm + cm) >> 31
                 if shifts:
                     v = (v + ((v >> 63) & mm) + om) >> rm
-                dst[i] = _clamp(v + zp, lo, hi)
+                of[o + i] = _clamp(v + zp, lo, hi)
 
 
 def requant_params(
@@ -357,29 +359,47 @@ def requantize_fn(params: tuple, zp: int, lo: int, hi: int) -> Callable[..., np.
 
     def run(acc: np.ndarray, out: np.ndarray) -> np.ndarray:
         shape = acc.shape[:2] + (-1,)
-        kern(acc.reshape(shape), *params, *tail, out.reshape(shape))
+        dst = out if out.flags.c_contiguous else np.empty(out.shape, out.dtype)
+        kern(np.ascontiguousarray(acc).reshape(shape), *params, *tail, dst.reshape(shape))
+        if dst is not out:
+            np.copyto(out, dst)
         return out
 
     return run
 
 
 @_njit
+def _row_at(n, m_, c, channels, ln):  # noqa: ANN001, ANN202
+    # flat start of row (n, channels[c]) (channels None: the identity) of an (N, M, L) array
+    return U((n * m_ + (c if channels is None else channels[c])) * ln)
+
+
+@_njit
 def _epilogue_rows(src, dst, src_ch, dst_ch, b, z, lo, hi):  # noqa: ANN001, ANN202
-    # rows are picked through channel maps only for shuffles: in place, the maps are None;
-    # numba compiles each combination of None arguments without the branches it rules out
+    # all (N, M, L) C-contiguous; rows are picked through channel maps only for shuffles: in
+    # place, the maps are None; numba compiles each combination of None arguments without
+    # the branches it rules out
     n_, m_, ln = dst.shape
+    df = dst.reshape(dst.size)
+    sf = df if src is None else src.reshape(src.size)
+    if z is not None:
+        zf = z.reshape(z.size)
+        for n in range(n_):
+            for c in range(m_):
+                d = _row_at(n, m_, c, dst_ch, ln)
+                s = d if src is None else _row_at(n, m_, c, src_ch, ln)
+                zr = U((n * m_ + c) * ln)
+                bias = b[c]
+                for i in range(U(ln)):
+                    df[d + i] = _clamp(sf[s + i] + bias + zf[zr + i], lo, hi)
+        return
     for n in range(n_):
         for c in range(m_):
-            d = dst[n, c] if dst_ch is None else dst[n, dst_ch[c]]
-            s = d if src is None else src[n, c] if src_ch is None else src[n, src_ch[c]]
+            d = _row_at(n, m_, c, dst_ch, ln)
+            s = d if src is None else _row_at(n, m_, c, src_ch, ln)
             bias = b[c]
-            if z is not None:
-                zr = z[n, c]
-                for i in range(ln):
-                    d[i] = _clamp(s[i] + bias + zr[i], lo, hi)
-            else:
-                for i in range(ln):
-                    d[i] = _clamp(s[i] + bias, lo, hi)
+            for i in range(U(ln)):
+                df[d + i] = _clamp(sf[s + i] + bias, lo, hi)
 
 
 def epilogue(
