@@ -162,6 +162,33 @@ def test_matrix_vector_product(
     assert got[3] == 0 and got[6] == -2.0 * x[2]
 
 
+@pytest.mark.parametrize("jit", [True, False])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n", [1, 7, 2500])
+def test_matrix_product_is_scipys(
+    monkeypatch: pytest.MonkeyPatch, jit: bool, threads: int, n: int
+) -> None:
+    """Matrix products (im2col convs, batched FC layers): the compiled loop, over column
+    blocks of 1,024 and row ranges on the team, gives scipy's CSR product bit for bit."""
+    from scipy.sparse import csr_matrix
+
+    monkeypatch.setattr(sparse_kernels._jit, "available", jit)
+    rng = np.random.default_rng(n)
+    w = _pruned(rng, (29, 300), 0.1)
+    w[4:9] = 0  # empty rows
+    st = SparseTensor.from_dense(w)
+    x = rng.standard_normal((300, n)).astype(np.float32)
+    before = parallel.num_threads()
+    parallel.set_num_threads(threads)
+    try:
+        got = csr_product(st, x)
+    finally:
+        parallel.set_num_threads(before)
+    want = csr_matrix((st.data, st.indices, st.indptr), shape=(29, 300)) @ x
+    assert got.shape == (29, n) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize(
     "kw", [dict(pads=[1, 1, 1, 1]), dict(strides=[2, 2]), dict(dilations=[2, 2], pads=[2, 2, 2, 2])]
 )
