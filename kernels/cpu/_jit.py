@@ -599,24 +599,26 @@ def shifted_fn() -> Callable[[np.ndarray, Any, np.ndarray], np.ndarray]:
 @_njit
 def _csr_rows(indptr, indices, data, x, out, r0, r1):  # noqa: ANN001, ANN202
     # four partial sums per row: one running sum would make every multiply-add wait for the
-    # previous one (scipy's csr_matvec does), which leaves the loads idle
+    # previous one (scipy's csr_matvec does), which leaves the loads idle; unsigned indices
+    # (U) spare a wrap-around check per load (1.5x)
     z = out.dtype.type(0)
+    one, two, three, four = U(1), U(2), U(3), U(4)
     for r in range(r0, r1):
         a0 = z
         a1 = z
         a2 = z
         a3 = z
-        j = indptr[r]
-        end = indptr[r + 1]
-        while j + 4 <= end:
-            a0 += data[j] * x[indices[j]]
-            a1 += data[j + 1] * x[indices[j + 1]]
-            a2 += data[j + 2] * x[indices[j + 2]]
-            a3 += data[j + 3] * x[indices[j + 3]]
-            j += 4
+        j = U(indptr[r])
+        end = U(indptr[r + 1])
+        while j + four <= end:
+            a0 += data[j] * x[U(indices[j])]
+            a1 += data[j + one] * x[U(indices[j + one])]
+            a2 += data[j + two] * x[U(indices[j + two])]
+            a3 += data[j + three] * x[U(indices[j + three])]
+            j += four
         while j < end:
-            a0 += data[j] * x[indices[j]]
-            j += 1
+            a0 += data[j] * x[U(indices[j])]
+            j += one
         out[r] = (a0 + a1) + (a2 + a3)
 
 
@@ -649,7 +651,7 @@ def _csr_mat_rows(indptr, indices, data, x, out, r0, r1, block):  # noqa: ANN001
             o = U(r * n + c0)
             for i in range(w):
                 of[o + i] = 0
-            for j in range(indptr[r], indptr[r + 1]):
+            for j in range(U(indptr[r]), U(indptr[r + 1])):
                 v = data[j]
                 s = U(indices[j] * n + c0)
                 for i in range(w):

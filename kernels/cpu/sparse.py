@@ -92,7 +92,7 @@ def sparse_gemm(
     lead = aa.shape[:-1]
     x = aa.reshape(-1, aa.shape[-1]).astype(w.dtype, copy=False)
     # (W @ x.T).T: CSR rows are the outputs, so each output is one sparse dot product
-    if x.shape[0] == 1:  # a matrix-vector product: scipy's csr_matvec, no dense transposes
+    if x.shape[0] == 1:  # a matrix-vector product: no dense transposes
         y = csr_product(w, x[0])[None, :]
     else:
         y = np.ascontiguousarray(csr_product(w, np.ascontiguousarray(x.T)).T)
