@@ -122,16 +122,17 @@ def sparse_conv(
     activation: str = "",
     activation_params: Sequence[float] = (),
 ) -> np.ndarray:
-    """modelloader SparseConv: act(Conv(X, W, B) + Z) for group 1, ``W`` a SparseTensor.
+    """modelloader SparseConv: act(Conv(X, W, B) + Z), ``W`` a SparseTensor. A grouped conv
+    is one product of the whole im2col with the block-diagonal matrix of its groups
+    (``SparseTensor.block_diagonal``).
 
     A timed weight (one with a ``dense_twin``) runs both the dense and the sparse form in its
     first calls, alternating which goes first, and then keeps the faster (``W.choose``);
     both forms give the same result up to float summation order."""
-    if group != 1:
-        raise ValueError("SparseConv supports group=1 only")
     attrs = dict(
         auto_pad=auto_pad,
         dilations=dilations,
+        group=group,
         kernel_shape=kernel_shape,
         pads=pads,
         strides=strides,
@@ -163,6 +164,7 @@ def _sparse_conv(
     *,
     auto_pad: str,
     dilations: Sequence[int] | None,
+    group: int,
     kernel_shape: Sequence[int] | None,
     pads: Sequence[int] | None,
     strides: Sequence[int] | None,
@@ -170,8 +172,15 @@ def _sparse_conv(
     activation_params: Sequence[float],
 ) -> np.ndarray:
     n, c = x.shape[:2]
+    if group < 1 or c != w.shape[1] * group or w.shape[0] % group:
+        raise ValueError(
+            f"SparseConv: input has {c} channels but the weight {w.shape} with group={group} "
+            f"expects {w.shape[1] * group} (and output channels divisible by the group)"
+        )
     r = x.ndim - 2
     k = list(kernel_shape or w.shape[2:])
+    if group > 1:
+        w = w.block_diagonal(group)
     s = list(strides or [1] * r)
     d = list(dilations or [1] * r)
     p, out_sp = resolve_pads(x.shape[2:], k, s, d, pads, auto_pad)

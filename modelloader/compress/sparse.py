@@ -49,6 +49,7 @@ class SparseTensor:
     _cblocks: dict[int, list[tuple[int, int, Any]]] = field(default_factory=dict, repr=False)
     _ranges: dict[int, list[tuple[int, int]]] = field(default_factory=dict, repr=False)
     _narrow: np.ndarray | None = field(default=None, repr=False)
+    _diagonal: dict[int, SparseTensor] = field(default_factory=dict, repr=False)
     #: flat positions of the non-zeros when built from them (``to_dense`` reuses them)
     _positions: np.ndarray | None = field(default=None, repr=False)
     #: a timed layer's dense copy, until its kernel has chosen (``choose``)
@@ -169,6 +170,22 @@ class SparseTensor:
             self._narrow = self.indices.astype(np.uint16) if narrow else self.indices
         return self._narrow
 
+    def block_diagonal(self, groups: int) -> SparseTensor:
+        """A grouped conv weight (M, C/groups, *k) as the block-diagonal (M, C * prod(k))
+        matrix whose group g rows read only group g's im2col rows (built once per count,
+        sharing this tensor's values)."""
+        if groups not in self._diagonal:
+            rows, cols = self.matrix_shape
+            per = rows // groups
+            offsets = np.repeat(np.arange(groups, dtype=np.int64) * cols, per)
+            counts = np.diff(self.indptr).astype(np.int64)
+            indices = self.indices.astype(np.int64) + np.repeat(offsets, counts)
+            itype = np.int32 if groups * cols < 2**31 else np.int64
+            self._diagonal[groups] = SparseTensor(
+                self.data, indices.astype(itype), self.indptr, (rows, groups * cols)
+            )
+        return self._diagonal[groups]
+
     def column_blocks(self, parts: int) -> list[tuple[int, int, Any]]:
         """``(lo, hi, csc)`` column blocks of the 2-D view with about equal non-zeros each
         (built once per count). A matrix-vector product by columns has no dependency chain
@@ -220,7 +237,8 @@ def _eligible(node: Node, graph: Graph, name: str) -> str | None:
     if (
         node.op in ("Conv", "FusedConv")
         and w.ndim >= 3
-        and node.attrs.get("group", 1) == 1
+        # grouped convs, but not depthwise ones (one input channel per group: dense loops)
+        and (node.attrs.get("group", 1) == 1 or w.shape[1] > 1)
         and not node.attrs.get("shuffle")
     ):
         return "conv"

@@ -202,6 +202,50 @@ def test_sparse_conv_matches_dense(kw: dict) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("group", [2, 3])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_grouped_sparse_conv_matches_dense(group: int, batch: int) -> None:
+    """A grouped conv runs as one product with the block-diagonal matrix of its groups."""
+    rng = np.random.default_rng(group)
+    w = _pruned(rng, (6 * group, 4, 3, 3), 0.15)
+    w[1] = 0  # an empty output channel
+    x = rng.standard_normal((batch, 4 * group, 10, 7)).astype(np.float32)
+    b = rng.standard_normal(6 * group).astype(np.float32)
+    kw = dict(group=group, pads=[1, 1, 1, 1], strides=[1, 2])
+    want = fused_conv(x, w, b, activation="Relu", **kw)
+    st = SparseTensor.from_dense(w)
+    got = sparse_conv(x, st, b, activation="Relu", **kw)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    bd = st.block_diagonal(group)
+    assert bd.matrix_shape == (6 * group, 4 * group * 9) and bd.nnz == st.nnz
+    np.testing.assert_array_equal(
+        bd.to_dense().reshape(group, 6, group, 36)[np.arange(group), :, np.arange(group)],
+        w.reshape(group, 6, 36),
+    )
+    with pytest.raises(ValueError, match="expects"):
+        sparse_conv(x[:, :4], st, b, **kw)
+
+
+def test_sparsify_takes_grouped_but_not_depthwise_convs() -> None:
+    rng = np.random.default_rng(7)
+    grouped, depthwise = _pruned(rng, (8, 2, 3, 3), 0.02), _pruned(rng, (4, 1, 3, 3), 0.02)
+    g = Graph(
+        "g",
+        inputs=[Value("x", np.dtype(np.float32), (1, 4, 8, 8))],
+        outputs=[Value("y", np.dtype(np.float32), None), Value("z", np.dtype(np.float32), None)],
+        nodes=[
+            Node("Conv", ["x", "wg"], ["y"], {"group": 2}),
+            Node("Conv", ["x", "wd"], ["z"], {"group": 4}),
+        ],
+        constants={
+            "wg": SparseTensor.from_dense(grouped),
+            "wd": SparseTensor.from_dense(depthwise),
+        },
+    )
+    assert sparsify(g) == {"wg": "sparse", "wd": "dense"}
+    assert [n.op for n in g.nodes] == ["SparseConv", "Conv"]
+
+
 def test_timed_conv_keeps_the_faster_form() -> None:
     """A conv weight in the timed density band runs both forms in its first calls, then one;
     every call gives the dense conv's result."""
