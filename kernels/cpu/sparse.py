@@ -3,9 +3,9 @@
 ``SparseGemm(A, W, C)`` computes ``act(alpha * op(A) @ W.T + beta * C)`` where ``W`` is a
 ``SparseTensor`` holding op(B) transposed (``[N, K]``); ``A`` may have leading batch axes
 (MatMul). ``SparseConv(X, W, B, Z)`` is FusedConv with a sparse ``W``: im2col, then a
-CSR @ dense product (for a grouped conv, with the block-diagonal matrix of its groups). Products run in compiled loops (``_jit.csr_matvec`` for
-batch-1 fully-connected layers, ``_jit.csr_matmat``) where numba is installed, else in
-scipy's CSR kernels.
+CSR @ dense product (for a grouped conv, with the block-diagonal matrix of its groups).
+Products run in compiled loops (``_jit.csr_matvec`` for batch-1 fully-connected layers,
+``_jit.csr_matmat``) where numba is installed, else in scipy's CSR kernels.
 """
 
 from __future__ import annotations
