@@ -37,8 +37,7 @@ from modelloader.parallel import parallel_for
 
 __all__ = [
     "available",
-    "csr_matmat",
-    "csr_matvec",
+    "csr_rows",
     "depthwise_fn",
     "epilogue",
     "epilogue_fn",
@@ -622,22 +621,6 @@ def _csr_rows(indptr, indices, data, x, out, r0, r1):  # noqa: ANN001, ANN202
         out[r] = (a0 + a1) + (a2 + a3)
 
 
-def csr_matvec(
-    indptr: np.ndarray,
-    indices: np.ndarray,
-    data: np.ndarray,
-    x: np.ndarray,
-    out: np.ndarray,
-    rows: tuple[int, int],
-) -> None:
-    """``out[r] = sum(data[j] * x[indices[j]] for j in indptr[r]:indptr[r+1])`` for r in
-    ``range(*rows)``, in data's dtype (x and out the same, all 1-D and contiguous). Each row
-    is summed in four interleaved partial sums, so results differ from a serial sum only in
-    rounding. ``indices`` may be any integer type: uint16 column indices (matrices of at
-    most 65,536 columns) move a third fewer bytes than int32 ones, which sets the speed."""
-    _kernel("_csr_rows")(indptr, indices, data, x, out, rows[0], rows[1])
-
-
 @_njit
 def _csr_mat_rows(indptr, indices, data, x, out, r0, r1, block):  # noqa: ANN001, ANN202
     # scipy's csr_matvecs order (each output row starts at 0 and adds data[j] * x[row j] for
@@ -658,7 +641,7 @@ def _csr_mat_rows(indptr, indices, data, x, out, r0, r1, block):  # noqa: ANN001
                     of[o + i] += v * xf[s + i]
 
 
-def csr_matmat(
+def csr_rows(
     indptr: np.ndarray,
     indices: np.ndarray,
     data: np.ndarray,
@@ -667,8 +650,14 @@ def csr_matmat(
     rows: tuple[int, int],
 ) -> None:
     """Rows ``range(*rows)`` of ``out = A @ x`` for the CSR matrix A (indptr, indices, data)
-    and x (K, N), out (M, N), both C-contiguous of data's dtype. Bit-identical to scipy's
-    CSR product (the same additions in the same order); 1.5-2.5x faster on one thread, as
-    the additions vectorize to the machine's full width and run over column blocks of
-    1,024 that stay in L1."""
-    _kernel("_csr_mat_rows")(indptr, indices, data, x, out, rows[0], rows[1], 1024)
+    and x a vector (K,) or matrix (K, N), out (M,) or (M, N), all C-contiguous of data's
+    dtype; ``indices`` of any integer type (uint16 where A has at most 65,536 columns saves
+    a third of the bytes). A vector: each row summed in four interleaved partial sums, so
+    results differ from a serial sum only in rounding (1.7-2x scipy's loop on one thread).
+    A matrix: scipy's CSR product bit for bit (the same additions in the same order),
+    1.5-2.5x faster on one thread, as the additions vectorize to the machine's full width
+    and run over column blocks of 1,024 that stay in L1."""
+    if x.ndim == 1:
+        _kernel("_csr_rows")(indptr, indices, data, x, out, rows[0], rows[1])
+    else:
+        _kernel("_csr_mat_rows")(indptr, indices, data, x, out, rows[0], rows[1], 1024)

@@ -4,8 +4,8 @@
 ``SparseTensor`` holding op(B) transposed (``[N, K]``); ``A`` may have leading batch axes
 (MatMul). ``SparseConv(X, W, B, Z)`` is FusedConv with a sparse ``W``: im2col, then a
 CSR @ dense product (for a grouped conv, with the block-diagonal matrix of its groups).
-Products run in compiled loops (``_jit.csr_matvec`` for batch-1 fully-connected layers,
-``_jit.csr_matmat``) where numba is installed, else in scipy's CSR kernels.
+Products run in compiled loops (``_jit.csr_rows``) where numba is installed, else in
+scipy's CSR kernels.
 """
 
 from __future__ import annotations
@@ -36,17 +36,16 @@ _FLOATS = (np.float32, np.float64)
 def csr_product(w: Any, rhs: np.ndarray) -> np.ndarray:
     """``w``'s 2-D CSR view times a dense vector or matrix on the intra-op threads (the
     compiled and scipy's sparse kernels release the GIL), by row blocks of about equal
-    non-zeros in the compiled loops (``_jit.csr_matvec`` / ``csr_matmat``); without them
+    non-zeros in the compiled loops (``_jit.csr_rows``); without them
     in scipy's, a vector by column blocks (partial sums added), a matrix by row blocks."""
     if _jit.available and rhs.dtype == w.dtype and rhs.dtype.type in _FLOATS:
         out = np.empty(w.matrix_shape[:1] + rhs.shape[1:], w.dtype)
         ranges = w.row_ranges(num_threads())
-        product = _jit.csr_matvec if rhs.ndim == 1 else _jit.csr_matmat
         args = (w.indptr, w.narrow_indices(), w.data, np.ascontiguousarray(rhs), out)
 
         def row_ranges(i: int, j: int) -> None:
             for r in ranges[i:j]:
-                product(*args, r)
+                _jit.csr_rows(*args, r)
 
         parallel_for(len(ranges), row_ranges)
         return out
