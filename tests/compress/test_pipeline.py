@@ -163,6 +163,33 @@ def test_matrix_vector_product(
 
 
 @pytest.mark.parametrize("jit", [True, False])
+def test_matrix_vector_product_propagates_non_finite(
+    monkeypatch: pytest.MonkeyPatch, jit: bool
+) -> None:
+    """Non-finite inputs are computed, not assumed away: NaN and inf reach exactly the rows
+    whose non-zeros read them. (Stored zeros are not multiplied, so unlike a dense product
+    a NaN does not reach every row; see docs/container.md.)"""
+    monkeypatch.setattr(sparse_kernels._jit, "available", jit)
+    rng = np.random.default_rng(11)
+    w = _pruned(rng, (40, 300), 0.1)
+    w[:, [17, 40]] = 0
+    w[3, 17] = 1.5  # only row 3 reads x[17], only row 9 reads x[40]
+    w[9, 40] = 2.0
+    st = SparseTensor.from_dense(w)
+    x = rng.standard_normal(300).astype(np.float32)
+    x[17] = np.nan
+    x[40] = np.inf
+    with np.errstate(invalid="ignore"):
+        got = csr_product(st, x)
+    want_nan = np.zeros(40, bool)
+    want_nan[3] = True
+    want_inf = np.zeros(40, bool)
+    want_inf[9] = True
+    np.testing.assert_array_equal(np.isnan(got), want_nan)
+    np.testing.assert_array_equal(np.isinf(got), want_inf)
+
+
+@pytest.mark.parametrize("jit", [True, False])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("n", [1, 7, 2500])
 def test_matrix_product_is_scipys(
