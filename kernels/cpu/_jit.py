@@ -10,8 +10,8 @@
 * Quantized conv requantization (ONNX QLinearConv with its fused residual QLinearAdd, TFLite's
   fixed-point MultiplyByQuantizedMultiplier) in one pass instead of eight to twelve, and the
   int8 -> float32 conversion of im2col taps.
-* Sparse (CSR) matrix-vector products: each row in interleaved partial sums, so consecutive
-  multiply-adds do not wait on each other, with narrow column indices.
+* Sparse (CSR) products: a matrix-vector row as vector partial sums over gathered inputs
+  (scipy sums each row serially), a matrix product in scipy's order over cache-sized blocks.
 
 Everything here is an optional accelerator: ``available`` is false when numba is not
 installed or ``MODELLOADER_JIT=0`` is set, and callers then take their NumPy path. Integer
@@ -119,10 +119,10 @@ def _clamp(v, lo, hi):  # noqa: ANN001, ANN202
     return v
 
 
-# The depthwise loops index flat arrays where they can, with unsigned integers (U): numba
-# checks every signed index for wrap-around, and each array view (a channel plane, a row) it
-# builds costs about as much as a small plane's arithmetic (1.3-2x on planes up to 24x24).
-# All such indices are non-negative.
+# Loops index flat arrays where they can, with unsigned integers (U): numba checks every
+# signed index for wrap-around (which also keeps LLVM from vectorizing), and each array view
+# (a channel plane, a row) it builds costs about as much as a small plane's arithmetic
+# (1.3-2x on depthwise planes up to 24x24). All such indices are non-negative.
 U = np.uint64
 
 
