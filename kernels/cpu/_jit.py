@@ -444,6 +444,13 @@ def epilogue_fn(
     def run(
         dst: np.ndarray, z: np.ndarray | None = None, src: np.ndarray | None = None
     ) -> np.ndarray:
+        # the loop does not check bounds: a residual or source of another size stops here
+        if (z is not None and z.size != dst.size) or (src is not None and src.size != dst.size):
+            raise ValueError(
+                f"conv epilogue: output {dst.shape}, residual "
+                f"{None if z is None else z.shape}, source {None if src is None else src.shape}"
+                " must have the same size"
+            )
         shape = (dst.shape[0], m, -1)
         zz = None if z is None else np.ascontiguousarray(z).reshape(shape)
         kern(

@@ -38,6 +38,13 @@ def csr_product(w: Any, rhs: np.ndarray) -> np.ndarray:
     compiled and scipy's sparse kernels release the GIL), by row blocks of about equal
     non-zeros in the compiled loops (``_jit.csr_rows``); without them
     in scipy's, a vector by column blocks (partial sums added), a matrix by row blocks."""
+    rows, cols = w.matrix_shape
+    if rhs.ndim not in (1, 2) or rhs.shape[0] != cols:
+        # the compiled loops do not check bounds: a mismatch must stop here
+        raise ValueError(
+            f"sparse product: the weight's matrix is {rows}x{cols} but the input has shape "
+            f"{rhs.shape}; its first axis must be {cols}"
+        )
     if _jit.available and rhs.dtype == w.dtype and rhs.dtype.type in _FLOATS:
         out = np.empty(w.matrix_shape[:1] + rhs.shape[1:], w.dtype)
         ranges = w.row_ranges(num_threads())

@@ -163,6 +163,26 @@ def test_matrix_vector_product(
 
 
 @pytest.mark.parametrize("jit", [True, False])
+def test_sparse_products_reject_mismatched_inputs(
+    monkeypatch: pytest.MonkeyPatch, jit: bool
+) -> None:
+    """A right-hand side whose length is not the weight's column count is a ValueError
+    before any (unchecked) compiled loop runs, for FC and conv kernels alike."""
+    monkeypatch.setattr(sparse_kernels._jit, "available", jit)
+    rng = np.random.default_rng(2)
+    st = SparseTensor.from_dense(_pruned(rng, (12, 30), 0.2))
+    for rhs in (np.ones(29, np.float32), np.ones((31, 4), np.float32)):
+        with pytest.raises(ValueError, match="first axis must be 30"):
+            csr_product(st, rhs)
+    with pytest.raises(ValueError, match="first axis must be 30"):
+        sparse_gemm(np.ones((1, 40), np.float32), st)
+    conv_w = SparseTensor.from_dense(_pruned(rng, (4, 3, 3, 3), 0.3))
+    with pytest.raises(ValueError, match="first axis must be 27"):
+        # a kernel_shape attribute that disagrees with the weight's taps
+        sparse_conv(np.ones((1, 3, 8, 8), np.float32), conv_w, kernel_shape=[2, 2])
+
+
+@pytest.mark.parametrize("jit", [True, False])
 def test_matrix_vector_product_propagates_non_finite(
     monkeypatch: pytest.MonkeyPatch, jit: bool
 ) -> None:

@@ -224,3 +224,17 @@ def test_compiled_kernels_from_several_threads() -> None:
     for i, g in enumerate(got):
         for k, v in g.items():
             np.testing.assert_array_equal(v, want[i % len(feeds)][k])
+
+
+def test_epilogue_rejects_a_residual_of_another_size() -> None:
+    """The compiled epilogue does not check bounds, so a residual or source whose size is
+    not the output's is a ValueError before it runs (a (1, M, 1, 1) residual would
+    otherwise be read far past its end)."""
+    _jit.load()
+    fn = _jit.epilogue_fn(np.ones(4, np.float32), 4, np.dtype(np.float32), 0.0, 6.0)
+    dst = np.zeros((1, 4, 5, 5), np.float32)
+    with pytest.raises(ValueError, match="same size"):
+        fn(dst, np.zeros((1, 4, 1, 1), np.float32))
+    with pytest.raises(ValueError, match="same size"):
+        fn(dst, None, np.zeros((1, 4, 5, 4), np.float32))
+    np.testing.assert_array_equal(fn(dst, np.ones((1, 4, 5, 5), np.float32)), 2.0)
