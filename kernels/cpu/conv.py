@@ -780,7 +780,7 @@ def prepared_float_conv(generic: KernelFn, consts: tuple, attrs: dict) -> Kernel
                 w, group, shuffle, {"pads": p, "strides": s, "auto_pad": "NOTSET"}
             ):
                 return None
-            return _shuffled_recipe(w, b, bounds, group, shape)
+            return _shuffled_recipe(w, b, bounds, group)
         if group == 1 and n == 1 and not any(p) and k == [1, 1] and s == [1, 1]:
             w2 = np.ascontiguousarray(w.reshape(m, c))
             hw = out_sp[0] * out_sp[1]
@@ -817,16 +817,13 @@ def prepared_float_conv(generic: KernelFn, consts: tuple, attrs: dict) -> Kernel
 
 
 def _shuffled_recipe(
-    w: np.ndarray, b: np.ndarray | None, bounds: tuple[float, float], group: int, shape: tuple
+    w: np.ndarray, b: np.ndarray | None, bounds: tuple[float, float], group: int
 ) -> KernelFn:
-    """The prepared form of FusedConv's compiled shuffle path (``_fused_compiled``): a
-    pointwise grouped conv written in shuffled order, then one epilogue pass; None (the
-    generic kernel) until numba is loaded, as there."""
-    n, c = shape[:2]
+    """The prepared form of FusedConv's compiled shuffle path (``_fused_compiled``): the
+    pointwise grouped conv written in shuffled order (``_pointwise_shuffled``), then one
+    epilogue pass with the channel map bound once; None (the generic kernel) until numba
+    is loaded, as there."""
     m = w.shape[0]
-    hw = shape[2] * shape[3]
-    mg = m // group
-    wg = w.reshape(group, mg, c // group)
     perm = _channel_map(m, group)
     epilogues: list = []
 
@@ -835,12 +832,8 @@ def _shuffled_recipe(
             return None
         if not epilogues:
             epilogues.append(_jit.epilogue_fn(b, m, w.dtype, *bounds, dst_channels=perm))
-        out = take(shape[:1] + (m,) + shape[2:], w.dtype)
-        # group i, row j of the conv is channel j*group + i of the shuffled output
-        view = out.reshape(n, mg, group, hw).transpose(0, 2, 1, 3)
-        xs = (x if x.flags.c_contiguous else np.ascontiguousarray(x)).reshape(n, group, -1, hw)
-        matmul(wg, xs, out=view)
-        return epilogues[0](out, z)
+        y, _ = _pointwise_shuffled(x, w, None, group)
+        return epilogues[0](y, z)
 
     return shuffled
 
