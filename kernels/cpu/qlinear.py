@@ -34,7 +34,7 @@ from modelloader.kernels.cpu.conv import (
     depthwise_kernel,
     scratch,
 )
-from modelloader.kernels.cpu.reduce import row_sums
+from modelloader.kernels.cpu.reduce import reduced_shape, row_sums
 from modelloader.kernels.registry import KernelFn, Recipes
 from modelloader.parallel import matmul
 
@@ -511,17 +511,13 @@ def _prepare_qlinear_reduce_mean(consts: tuple, **attrs: Any) -> KernelFn | None
         if dtype.type not in (np.int8, np.uint8) or not ax or ax != tuple(range(r - len(ax), r)):
             return None
         n = math.prod(shape[a] for a in ax)
-        outer = math.prod(shape) // n if n else 0
         if not n:
             return None
+        outer = math.prod(shape) // n
         dt = _out_dtype(yz, dtype)
         lo, hi = _irange(dt)
         mult = xs / (ys * n)
-        out_shape = (
-            tuple(1 if i in ax else d for i, d in enumerate(shape))
-            if keep
-            else shape[: r - len(ax)]
-        )
+        out_shape = reduced_shape(shape, ax, keep)
         zp_out = float(_zp(yz))
 
         def compiled(data: np.ndarray) -> np.ndarray:

@@ -71,10 +71,11 @@ def row_sums(x: np.ndarray, ax: tuple[int, ...], keep: bool) -> np.ndarray | Non
         s = (rows.astype(np.float32) @ np.ones(inner, np.float32)).astype(np.int64)
     else:
         s = rows @ np.ones(inner, x.dtype)
-    return s.reshape(_reduced_shape(x.shape, ax, keep))
+    return s.reshape(reduced_shape(x.shape, ax, keep))
 
 
-def _reduced_shape(shape: tuple[int, ...], ax: tuple[int, ...], keep: bool) -> tuple[int, ...]:
+def reduced_shape(shape: tuple[int, ...], ax: tuple[int, ...], keep: bool) -> tuple[int, ...]:
+    """``shape`` reduced over axes ``ax``: kept as 1 (``keep``) or dropped."""
     if keep:
         return tuple(1 if i in ax else d for i, d in enumerate(shape))
     return tuple(d for i, d in enumerate(shape) if i not in ax)
