@@ -98,7 +98,7 @@ def load() -> None:
 
 def loaded() -> bool:
     """Whether the kernels are compiled (numba imported) in this process: the fixed cost of
-    importing numba and starting LLVM (~0.5 s, ~150 MB RSS) is then already paid."""
+    importing numba and starting LLVM (~0.5 s, ~120 MB RSS) is then already paid."""
     return _compiled
 
 

@@ -147,7 +147,7 @@ class SparseTensor:
 
             cols = self.matrix_shape[1]
             blocks = []
-            for lo, hi in _balanced(self.indptr, parts):
+            for lo, hi in self.row_ranges(parts):
                 a, b = int(self.indptr[lo]), int(self.indptr[hi])
                 ptr = self.indptr[lo : hi + 1] - self.indptr[lo]
                 m = csr_matrix((self.data[a:b], self.indices[a:b], ptr), shape=(hi - lo, cols))
