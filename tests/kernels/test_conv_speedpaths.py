@@ -74,3 +74,20 @@ def test_pool_kept_border_and_cached_divisor(include_pad, ceil_mode):
             atol=1e-6,
         )
         np.testing.assert_array_equal(pl.max_pool(x, **attrs), _ref("MaxPool", [x], **attrs))
+
+
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+@pytest.mark.parametrize("shape", [(1, 16, 7, 7), (3, 5, 4, 6), (2, 3, 1, 1), (0, 4, 7, 7)])
+def test_pool_window_covering_whole_plane(op, shape):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape).astype(np.float32)
+    attrs = dict(kernel_shape=list(shape[2:]))
+    fn = pl.max_pool if op == "MaxPool" else pl.average_pool
+    got = fn(x, **attrs)
+    assert got.shape == shape[:2] + (1, 1) and got.dtype == x.dtype
+    if x.size:
+        np.testing.assert_allclose(got, _ref(op, [x], **attrs), rtol=1e-6, atol=1e-6)
+        # a NaN reaches its own channel's result only, as in the windowed folds (np.maximum)
+        x[0, 0, 0, 0] = np.nan
+        got = fn(x, **attrs)
+        assert np.isnan(got[0, 0]).all() and not np.isnan(got.reshape(-1)[1:]).any()
