@@ -4,7 +4,9 @@
   channels, so lowering it to BLAS (im2col plus a batch of one-row products, see ``conv.py``)
   spends most of its time copying taps and dispatching tiny GEMMs. Here each channel's padded
   plane is laid out as stride phases (``conv.flat_geometry``) so every kernel tap is one
-  contiguous multiply-add over the whole output plane.
+  contiguous multiply-add over the whole output plane; 3x3 convs of small output planes
+  (MobileNet's later blocks) lay their channels last instead, so each output pixel is one
+  vector pass over the channels.
 * Conv epilogues: bias, residual, clamp and channel shuffle in one pass over the conv output
   instead of one NumPy pass each.
 * Quantized conv requantization (ONNX QLinearConv with its fused residual QLinearAdd, TFLite's
@@ -214,47 +216,68 @@ def _dw_plane(x, w, b, out, c0, c1, offs, wq, hq, sh, sw, ph, pw, lo, hi, fill):
 
 
 @_njit
-def _dw_small3(x, w, b, out, c0, c1, sh, sw, ph, pw, lo, hi, fill):  # noqa: ANN001, ANN202
-    # _dw_plane for undilated 3x3 kernels and small output planes, where its per-channel
-    # passes cost more than the arithmetic: each plane is copied into one padded buffer and
-    # every output is its nine taps at once (bias first, then each kernel row's three taps
-    # summed and added, as _dw_plane does, so results are identical)
+def _dw_small3(x, wt, b, out, c0, c1, sh, sw, ph, pw, lo, hi, fill):  # noqa: ANN001, ANN202
+    # _dw_plane for undilated 3x3 kernels and small output planes, where per-channel passes
+    # over a few dozen pixels cost more than their arithmetic: the planes of output channels
+    # [c0, c1) are laid channels-last in one padded buffer (each output channel's own copy of
+    # its input channel, so a depth multiplier needs no index arithmetic), every output pixel
+    # is then one vector pass over the channels, and the result is transposed back. wt is
+    # (9, M), tap-major. Same additions in the same order as _dw_plane (bias first, then each
+    # kernel row's three taps summed and added), so results are identical.
     n_, c_, h, wd = x.shape
-    m_ = w.shape[0]
+    m_ = out.shape[1]
     oh, ow = out.shape[2], out.shape[3]
     mult = m_ // c_
     hp = max(h + ph, (oh - 1) * sh + 3)
     wp = max(wd + pw, (ow - 1) * sw + 3)
-    buf = np.full(hp * wp, fill, x.dtype)
+    r = U(c1 - c0)
+    buf = np.full(hp * wp * (c1 - c0), fill, x.dtype)
+    acc = np.empty(oh * ow * (c1 - c0), x.dtype)
     xf = x.reshape(x.size)
     of = out.reshape(out.size)
-    wf = w.reshape(w.size)
+    wf = wt.reshape(wt.size)
+    hw = U(h * wd)
+    m0 = U(c0)
+    mm = U(m_)
+    row = U(wp) * r
     for n in range(n_):
-        filled = -1
-        for m in range(c0, c1):
-            c = m // mult
-            if c != filled:
-                _fill_rows(xf, (n * c_ + c) * h * wd, h, wd, buf, ph, pw, wp)
-                filled = c
-            t = U(m * 9)
-            w0, w1, w2 = wf[t], wf[t + U(1)], wf[t + U(2)]
-            w3, w4, w5 = wf[t + U(3)], wf[t + U(4)], wf[t + U(5)]
-            w6, w7, w8 = wf[t + U(6)], wf[t + U(7)], wf[t + U(8)]
-            bias = b[m]
-            d0 = (n * m_ + m) * oh * ow
-            for oy in range(oh):
-                r0 = U(oy * sh * wp)
-                r1 = r0 + U(wp)
-                r2 = r1 + U(wp)
-                d = U(d0 + oy * ow)
-                for ox in range(U(ow)):
-                    i = ox * U(sw)
-                    acc = bias + (
-                        w0 * buf[r0 + i] + w1 * buf[r0 + i + U(1)] + w2 * buf[r0 + i + U(2)]
-                    )
-                    acc += w3 * buf[r1 + i] + w4 * buf[r1 + i + U(1)] + w5 * buf[r1 + i + U(2)]
-                    acc += w6 * buf[r2 + i] + w7 * buf[r2 + i + U(1)] + w8 * buf[r2 + i + U(2)]
-                    of[d + ox] = _clamp(acc, lo, hi)
+        base = U(n * c_) * hw
+        for y in range(h):
+            for xx in range(wd):
+                d = U((y + ph) * wp + pw + xx) * r
+                s = base + U(y * wd + xx)
+                if mult == 1:
+                    src = s + m0 * hw
+                    for j in range(r):
+                        buf[d + j] = xf[src + j * hw]
+                else:
+                    for j in range(r):
+                        buf[d + j] = xf[s + U((c0 + j) // mult) * hw]
+        for oy in range(oh):
+            for ox in range(ow):
+                r0 = U(oy * sh * wp + ox * sw) * r
+                r1 = r0 + row
+                r2 = r1 + row
+                a = U(oy * ow + ox) * r
+                for j in range(r):
+                    m = m0 + j
+                    v = b[m] + (
+                        wf[m] * buf[r0 + j] + wf[mm + m] * buf[r0 + r + j]
+                        + wf[U(2) * mm + m] * buf[r0 + U(2) * r + j]
+                    )  # fmt: skip
+                    v += (
+                        wf[U(3) * mm + m] * buf[r1 + j] + wf[U(4) * mm + m] * buf[r1 + r + j]
+                        + wf[U(5) * mm + m] * buf[r1 + U(2) * r + j]
+                    )  # fmt: skip
+                    v += (
+                        wf[U(6) * mm + m] * buf[r2 + j] + wf[U(7) * mm + m] * buf[r2 + r + j]
+                        + wf[U(8) * mm + m] * buf[r2 + U(2) * r + j]
+                    )  # fmt: skip
+                    acc[a + j] = _clamp(v, lo, hi)
+        for j in range(r):
+            d = (U(n) * mm + m0 + j) * U(oh * ow)
+            for q in range(U(oh * ow)):
+                of[d + q] = acc[q * r + j]
 
 
 def _split(m: int, work: int, fn: Callable[[int, int], None]) -> None:
@@ -292,14 +315,15 @@ def depthwise_fn(
     kern = _kernel("_dw_plane")
     small3 = (kh, kw) == (3, 3) and tuple(dilations) == (1, 1)
     if small3:
+        wt = np.ascontiguousarray(wk.reshape(m, 9).T)
         args3 = (*strides, *pads_begin, t(lo), t(hi), t(fill))
         kern3 = _kernel("_dw_small3")
         strided = tuple(strides) == (2, 2)
 
     def run(x: np.ndarray, out: np.ndarray) -> np.ndarray:
         plane = out.shape[2] * out.shape[3]
-        if small3 and (plane <= 16 or strided and plane <= 36):  # measured crossovers
-            _split(m, out.size * 9, lambda c0, c1: kern3(x, wk, bias, out, c0, c1, *args3))
+        if small3 and (plane <= 36 or strided and plane <= 144):  # measured crossovers
+            _split(m, out.size * 9, lambda c0, c1: kern3(x, wt, bias, out, c0, c1, *args3))
             return out
         _split(m, out.size * kh * kw, lambda c0, c1: kern(x, wk, bias, out, c0, c1, *args))
         return out

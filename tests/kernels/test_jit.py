@@ -114,7 +114,8 @@ def test_small_plane_loop_is_identical_to_the_plane_loop(mult, stride, size, pad
         _jit._kernel("_dw_plane")(
             x, w, b, plane, c0, c1, offs, wq, hq, stride, stride, p[0], p[1], *bounds
         )
-        _jit._kernel("_dw_small3")(x, w, b, small, c0, c1, stride, stride, p[0], p[1], *bounds)
+        wt = np.ascontiguousarray(w.reshape(-1, 9).T)
+        _jit._kernel("_dw_small3")(x, wt, b, small, c0, c1, stride, stride, p[0], p[1], *bounds)
         np.testing.assert_array_equal(small, plane)
         assert np.abs(small[:, c0:c1]).sum() > 0 and not small[:, :c0].any()
 
