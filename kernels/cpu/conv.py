@@ -25,7 +25,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from modelloader.buffers import take
-from modelloader.kernels.cpu import _jit
+from modelloader.kernels.cpu import _jit, _llvm
 from modelloader.kernels.cpu._registry import kernel, prepares
 from modelloader.kernels.cpu._ufuncs import clip
 from modelloader.kernels.registry import KernelFn, Recipes
@@ -657,8 +657,9 @@ def fused_conv(
     )
     bounds = _clamp_bounds(activation, activation_params)
     # the epilogue pass alone does not pay for loading numba: it runs compiled once a
-    # depthwise conv has loaded it (outputs are identical either way)
-    if bounds is not None and _jit.available and (z is None or z.dtype == cd):
+    # depthwise conv has loaded it, else through llvmlite for large outputs (outputs are
+    # identical either way)
+    if bounds is not None and (_jit.available or _llvm.available) and (z is None or z.dtype == cd):
         y = _fused_compiled(xc, wc, b, z, group, geometry, bounds, shuffle)
         if y is not None:
             return y.astype(x.dtype, copy=False)
@@ -690,8 +691,8 @@ def _fused_compiled(
 ) -> np.ndarray | None:
     """fused_conv with a clamp (or no) activation through the compiled kernels: depthwise
     convs clamp as they go; other convs leave bias, residual, clamp and shuffle to one pass
-    (``_jit.epilogue``) instead of one NumPy pass each, once numba is loaded (None: not
-    loaded, run the NumPy passes)."""
+    (``_jit.epilogue``) instead of one NumPy pass each once numba is loaded, or without a
+    shuffle to llvmlite's pass for large outputs (None: run the NumPy passes)."""
     geo = conv_geometry(
         x.shape,
         w.shape,
@@ -704,7 +705,11 @@ def _fused_compiled(
     if depthwise and z is None and not shuffle:
         return _depthwise_compiled(x, w, b, geo, *bounds)
     if not depthwise and not _jit.loaded():
-        return None
+        size = x.shape[0] * w.shape[0] * math.prod(geo[4])
+        if shuffle or not _llvm.available or size < _llvm.MIN_SIZE:
+            return None
+        y = _conv_float(x, w, None, group=group, **geometry)
+        return _llvm.epilogue_fn(b, w.shape[0], y.dtype, *bounds)(y, z)
     if shuffle and _shuffles_in_matmul(w, group, shuffle, geometry):
         y, _ = _pointwise_shuffled(x, w, None, group)
         perm = _channel_map(w.shape[0], shuffle)
@@ -753,13 +758,22 @@ def prepared_float_conv(generic: KernelFn, consts: tuple, attrs: dict) -> Kernel
     dt = w.dtype
     m = w.shape[0]
     b3 = None if b is None else b.astype(dt).reshape(m, 1, 1)
-    epilogues: list = []  # the compiled epilogue, built once numba is loaded
+    epilogues: dict = {}  # the compiled epilogue passes, each built on first use
 
     def finish(out: np.ndarray, z: np.ndarray | None) -> np.ndarray:
-        if _jit.loaded():
-            if not epilogues:
-                epilogues.append(_jit.epilogue_fn(b, m, dt, *bounds))
-            return epilogues[0](out, z)
+        # numba's pass once it is loaded, else llvmlite's for large outputs (identical results)
+        lib = (
+            _jit
+            if _jit.loaded()
+            else _llvm
+            if _llvm.available and out.size >= _llvm.MIN_SIZE
+            else None
+        )
+        if lib is not None:
+            fn = epilogues.get(lib)
+            if fn is None:
+                fn = epilogues[lib] = lib.epilogue_fn(b, m, dt, *bounds)
+            return fn(out, z)
         if b3 is not None:
             out += b3
         if z is not None:

@@ -198,8 +198,8 @@ def test_fused_epilogue_matches_numpy_passes(
 
 
 def test_epilogue_alone_does_not_load_numba() -> None:
-    """A float model without depthwise convs (ResNet-like) never imports numba: its ~150 MB
-    would outweigh the epilogue's gain."""
+    """A float model without depthwise convs (ResNet-like) never imports numba: its ~115 MB
+    would outweigh the epilogue's gain (large outputs take llvmlite's pass, test_llvm.py)."""
     code = (
         "import sys, numpy as np\n"
         "from modelloader.kernels.cpu.conv import fused_conv\n"

@@ -1,0 +1,121 @@
+"""The llvmlite-compiled conv epilogue (``kernels/cpu/_llvm.py``): bit-identical to the NumPy
+passes and to numba's pass, loaded only for outputs large enough to gain from it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from modelloader.kernels.cpu import _jit, _llvm
+from modelloader.kernels.cpu import conv as cv
+
+
+@pytest.fixture(autouse=True)
+def _needs_llvmlite() -> None:
+    if not _llvm.available:
+        pytest.fail("llvmlite is a test dependency (the test extra, with numba): install it")
+
+
+def _numpy_passes(dst, b, z, lo, hi):
+    """The NumPy passes the compiled loop replaces, in their order of float operations."""
+    v = dst + (np.zeros(dst.shape[1], dst.dtype) if b is None else b).reshape(
+        (1, -1) + (1,) * (dst.ndim - 2)
+    )
+    if z is not None:
+        v = v + z
+    v = np.where(v < lo, dst.dtype.type(lo), v)
+    return np.where(v > hi, dst.dtype.type(hi), v)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("bounds", [(-np.inf, np.inf), (0.0, np.inf), (0.0, 6.0), (-0.5, 1.0)])
+@pytest.mark.parametrize("shape", [(1, 5, 7, 3), (2, 3, 4, 4), (1, 4, 0, 5), (3, 2, 1, 1)])
+def test_identical_to_numpy_and_numba(dtype, residual, bias, bounds, shape) -> None:
+    rng = np.random.default_rng(len(shape) + shape[1])
+    dst = (rng.standard_normal(shape) * 3).astype(dtype)
+    special = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0], dtype)
+    dst.reshape(-1)[: min(dst.size, 5)] = special[: min(dst.size, 5)]
+    b = rng.standard_normal(shape[1]).astype(dtype) if bias else None
+    z = rng.standard_normal(shape).astype(dtype) if residual else None
+    want = _numpy_passes(dst, b, z, *bounds)
+    got = _llvm.epilogue_fn(b, shape[1], np.dtype(dtype), *bounds)(dst.copy(), z)
+    np.testing.assert_array_equal(got, want)
+    _jit.load()
+    numba_pass = _jit.epilogue_fn(b, shape[1], np.dtype(dtype), *bounds)(dst.copy(), z)
+    assert got.tobytes() == numba_pass.tobytes()  # same bits, signs of zero included
+
+
+def test_residual_read_through_a_view() -> None:
+    rng = np.random.default_rng(1)
+    dst = rng.standard_normal((1, 4, 6, 6)).astype(np.float32)
+    z = rng.standard_normal((1, 4, 6, 12)).astype(np.float32)[..., ::2]  # not contiguous
+    got = _llvm.epilogue_fn(None, 4, np.dtype(np.float32), 0.0, np.inf)(dst.copy(), z)
+    np.testing.assert_array_equal(got, _numpy_passes(dst, None, z, 0.0, np.inf))
+
+
+def test_rejects_what_the_loop_cannot_read_safely() -> None:
+    """The loop does not check bounds: mismatched operands are ValueErrors before it runs."""
+    fn = _llvm.epilogue_fn(np.ones(4, np.float32), 4, np.dtype(np.float32), 0.0, 6.0)
+    dst = np.zeros((1, 4, 5, 5), np.float32)
+    with pytest.raises(ValueError, match="residual"):
+        fn(dst, np.zeros((1, 4, 1, 1), np.float32))
+    with pytest.raises(ValueError, match="residual"):
+        fn(dst, np.zeros((1, 4, 5, 5), np.float64))
+    with pytest.raises(ValueError, match="output"):
+        fn(np.zeros((1, 4, 5, 5), np.float64))
+    with pytest.raises(ValueError, match="output"):
+        fn(np.zeros((1, 3, 5, 5), np.float32))
+    with pytest.raises(ValueError, match="output"):
+        fn(np.zeros((1, 4, 5, 10), np.float32)[..., ::2])
+    with pytest.raises(TypeError):
+        _llvm.epilogue_fn(None, 4, np.dtype(np.float16), 0.0, 6.0)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("activation, params", [("", ()), ("Relu", ()), ("Clip", (0.0, 6.0))])
+def test_convs_identical_with_and_without_it(monkeypatch, k, residual, activation, params):
+    """Generic (3x3) and prepared (pointwise) FusedConv with outputs over MIN_SIZE give the
+    NumPy passes' bits through the llvmlite pass (numba's pass held off)."""
+    monkeypatch.setattr(_jit, "loaded", lambda: False)
+    rng = np.random.default_rng(k)
+    x = rng.standard_normal((1, 8, 64, 64)).astype(np.float32)
+    w = rng.standard_normal((16, 8, k, k)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    z = rng.standard_normal((1, 16, 64, 64)).astype(np.float32) if residual else None
+    assert 16 * 64 * 64 >= _llvm.MIN_SIZE
+    attrs = dict(kernel_shape=[k, k], pads=[k // 2] * 4, activation=activation)
+    attrs["activation_params"] = params
+    prepared = cv._prepare_fused_conv((x, w, b, z), **attrs)
+    assert prepared is not None
+
+    def both() -> list[np.ndarray]:
+        return [cv.fused_conv(x, w, b, z, **attrs).copy(), prepared(x, w, b, z).copy()]
+
+    got = both()
+    assert _llvm.loaded()
+    monkeypatch.setattr(_llvm, "available", False)
+    want = both()
+    for g, v in zip(got, want):
+        np.testing.assert_array_equal(g, v)
+
+
+def test_loaded_for_large_outputs_only_and_never_numba() -> None:
+    """A float CNN without depthwise convs: small outputs keep the NumPy passes (no llvmlite
+    import), a large one loads llvmlite but not numba (~115 MB more)."""
+    code = (
+        "import sys, numpy as np\n"
+        "from modelloader.kernels.cpu.conv import fused_conv\n"
+        "def run(s):\n"
+        "    x = np.ones((1, 4, s, s), np.float32); w = np.ones((16, 4, 3, 3), np.float32)\n"
+        "    fused_conv(x, w, np.ones(16, np.float32), pads=[1] * 4, activation='Relu')\n"
+        "run(8); print('llvmlite' in sys.modules)\n"
+        "run(64); print('llvmlite' in sys.modules, 'numba' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True", "False"]
