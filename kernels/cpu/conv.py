@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -290,8 +290,14 @@ def _conv_float(
     kernel_shape: Sequence[int] | None,
     pads: Sequence[int] | None,
     strides: Sequence[int] | None,
+    crop: Callable[[np.ndarray, np.ndarray], object] | None = None,
 ) -> np.ndarray:
-    """Conv (+ bias) in x's dtype (float32/float64); returns a fresh C-contiguous (N, M, *out)."""
+    """Conv (+ bias) in x's dtype (float32/float64); returns a fresh C-contiguous (N, M, *out).
+
+    Where the product comes out with junk columns past each row (the "extended row" taps),
+    ``crop(src, out)``, if given, writes the cropped product ``src`` into ``out`` instead of
+    a NumPy copy (a compiled epilogue crops, adds bias and residual and clamps in one pass);
+    it is the caller's to know whether it was called."""
     n, c = x.shape[:2]
     m = w.shape[0]
     r = x.ndim - 2
@@ -366,7 +372,9 @@ def _conv_float(
             matmul(wg, cols, out=acc)
         acc = acc.reshape(n, m, out_sp[0], wq)[..., : out_sp[1]]
         out = take((n, m) + tuple(out_sp), x.dtype)
-        if bias is not None:
+        if crop is not None:
+            crop(acc, out)
+        elif bias is not None:
             np.add(acc, bias, out=out)
         else:
             np.copyto(out, acc)
@@ -609,20 +617,12 @@ def conv(
     pads: Sequence[int] | None = None,
     strides: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """ONNX Conv-22: N-d grouped, strided, dilated, padded cross-correlation plus bias."""
-    cd = _compute_dtype(x)
-    y = _conv_float(
-        x.astype(cd, copy=False),
-        w.astype(cd, copy=False),
-        b,
-        auto_pad=auto_pad,
-        dilations=dilations,
-        group=group,
-        kernel_shape=kernel_shape,
-        pads=pads,
-        strides=strides,
-    )
-    return y.astype(x.dtype, copy=False)
+    """ONNX Conv-22: N-d grouped, strided, dilated, padded cross-correlation plus bias (a
+    FusedConv without activation: large outputs add the bias in the compiled epilogue)."""
+    return fused_conv(
+        x, w, b, auto_pad=auto_pad, dilations=dilations, group=group,
+        kernel_shape=kernel_shape, pads=pads, strides=strides,
+    )  # fmt: skip
 
 
 @kernel("FusedConv", domain="modelloader")
@@ -656,10 +656,12 @@ def fused_conv(
         strides=strides,
     )
     bounds = _clamp_bounds(activation, activation_params)
+    bare = b is None and z is None and not shuffle and bounds == (-np.inf, np.inf)
     # the epilogue pass alone does not pay for loading numba: it runs compiled once a
     # depthwise conv has loaded it, else through llvmlite for large outputs (outputs are
-    # identical either way)
-    if bounds is not None and (_jit.available or _llvm.available) and (z is None or z.dtype == cd):
+    # identical either way); a bare conv has no epilogue
+    compiled = _jit.available or _llvm.available
+    if bounds is not None and compiled and not bare and (z is None or z.dtype == cd):
         y = _fused_compiled(xc, wc, b, z, group, geometry, bounds, shuffle)
         if y is not None:
             return y.astype(x.dtype, copy=False)
@@ -708,8 +710,15 @@ def _fused_compiled(
         size = x.shape[0] * w.shape[0] * math.prod(geo[4])
         if shuffle or not _llvm.available or size < _llvm.MIN_SIZE:
             return None
-        y = _conv_float(x, w, None, group=group, **geometry)
-        return _llvm.epilogue_fn(b, w.shape[0], y.dtype, *bounds)(y, z)
+        epilogue = _llvm.epilogue_fn(b, w.shape[0], x.dtype, *bounds)
+        cropped: list[bool] = []
+
+        def crop(src: np.ndarray, out: np.ndarray) -> None:
+            epilogue(out, z, src)
+            cropped.append(True)
+
+        y = _conv_float(x, w, None, group=group, crop=crop, **geometry)
+        return y if cropped else epilogue(y, z)
     if shuffle and _shuffles_in_matmul(w, group, shuffle, geometry):
         y, _ = _pointwise_shuffled(x, w, None, group)
         perm = _channel_map(w.shape[0], shuffle)

@@ -58,6 +58,22 @@ def test_residual_read_through_a_view() -> None:
     np.testing.assert_array_equal(got, _numpy_passes(dst, None, z, 0.0, np.inf))
 
 
+@pytest.mark.parametrize("residual", [False, True])
+def test_source_with_junk_columns(residual) -> None:
+    """From a product whose lines carry junk columns (the flat taps' layout) straight into
+    the output: the crop and the epilogue in one pass; other views are copied first."""
+    rng = np.random.default_rng(4)
+    wide = rng.standard_normal((2, 3, 5, 9)).astype(np.float32)
+    src = wide[..., :6]
+    b = rng.standard_normal(3).astype(np.float32)
+    z = rng.standard_normal((2, 3, 5, 6)).astype(np.float32) if residual else None
+    fn = _llvm.epilogue_fn(b, 3, np.dtype(np.float32), 0.0, 6.0)
+    want = _numpy_passes(np.ascontiguousarray(src), b, z, 0.0, 6.0)
+    np.testing.assert_array_equal(fn(np.empty((2, 3, 5, 6), np.float32), z, src), want)
+    other = np.ascontiguousarray(src.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    np.testing.assert_array_equal(fn(np.empty((2, 3, 5, 6), np.float32), z, other), want)
+
+
 def test_rejects_what_the_loop_cannot_read_safely() -> None:
     """The loop does not check bounds: mismatched operands are ValueErrors before it runs."""
     fn = _llvm.epilogue_fn(np.ones(4, np.float32), 4, np.dtype(np.float32), 0.0, 6.0)
