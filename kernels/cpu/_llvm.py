@@ -1,17 +1,19 @@
-"""Conv epilogues compiled through llvmlite (the LLVM binding numba is built on), for
-processes that have not loaded numba.
+"""Loops compiled through llvmlite (the LLVM binding numba is built on), for processes that
+have not loaded numba: conv epilogues and 2-D max pooling.
 
-A conv's epilogue (bias, residual, clamp) is three NumPy passes over its output; one
-compiled pass is 3-8x faster on ResNet's outputs. numba compiles that pass too
-(``_jit.epilogue``), but importing numba and starting its compiler costs ~115 MB of RSS,
-which a float CNN that needs nothing else compiled should not pay. This module hands LLVM
-the one loop as IR and runs it through ``ctypes``: ~75 MB and ~0.1 s, paid on the first
-output large enough to gain from it (``MIN_SIZE``), never for small models.
+A conv's epilogue (crop, bias, residual, clamp) is two to four NumPy passes over its
+output, a 3x3 stride-2 max pool six; one compiled pass is 3-8x faster on ResNet's and
+SqueezeNet's maps. numba compiles such loops too (``_jit``), but importing numba and
+starting its compiler costs ~115 MB of RSS, which a float CNN that needs nothing else
+compiled should not pay. This module hands LLVM the loops as IR and calls them through
+``ctypes``: ~75 MB and ~0.1 s, paid at the first map large enough to gain from it
+(``MIN_SIZE``), never by small models.
 
-Results are bit-identical to the NumPy passes (and to ``_jit.epilogue``): the same float
-additions in the same order, without fast-math, then ``v < lo ? lo : v`` and
-``v > hi ? hi : v``, so NaN passes a clamp as in ``np.clip``. ``MODELLOADER_JIT=0``
-disables this module with the numba kernels.
+Results are bit-identical to the NumPy passes they replace: the same float operations in
+the same order, without fast-math; clamps are ``v < lo ? lo : v`` then ``v > hi ? hi : v``
+(NaN passes, as in ``np.clip`` and ``_jit``), maxima are NumPy's vector ``np.maximum``
+(NaN propagates; of two equal values the second). ``MODELLOADER_JIT=0`` disables this
+module with the numba kernels.
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from modelloader.kernels.cpu import _jit
 
-__all__ = ["MIN_SIZE", "available", "epilogue_fn", "loaded"]
+__all__ = ["MIN_SIZE", "available", "epilogue_fn", "loaded", "max_pool"]
 
 #: outputs of at least this many elements take the compiled pass (and the first one loads it)
 MIN_SIZE = 1 << 15
@@ -34,7 +36,7 @@ MIN_SIZE = 1 << 15
 available: bool = _jit._enabled() and importlib.util.find_spec("llvmlite") is not None
 
 _lock = threading.Lock()
-_fns: dict[tuple[str, bool, bool], Callable[..., None]] = {}
+_fns: dict[tuple, Callable[..., None]] = {}
 _engine: list = []  # the execution engine owning the machine code (kept alive)
 
 _TYPES = {
@@ -95,14 +97,109 @@ _RESIDUAL = """  %zp = getelementptr inbounds {t}, {t}* %z, i64 %k
 
 _VARIANTS = [(residual, source) for residual in (False, True) for source in (False, True)]
 
+# np.maximum(a, b) as NumPy's vector loops compute it: a if a > b or a is NaN, else b (NaN
+# propagates from either side; of two equal values, zeros of either sign, b)
+_MAX = """  %{o}.ge = fcmp ogt {t} %{a}, %{b}
+  %{o}.nan = fcmp uno {t} %{a}, %{a}
+  %{o}.keep = or i1 %{o}.ge, %{o}.nan
+  %{o} = select i1 %{o}.keep, {t} %{a}, {t} %{b}"""
+
+# 2-D max pool of `planes` (H, W) planes into (OH, OW) ones for a k x k kernel at stride s
+# (both constants, undilated), in the order of pool._fold2d's NumPy folds (so bit-identical
+# to them): per output line, one pass takes the maximum of the k input rows (a row above or
+# below the plane reads `fill`, W elements of -inf) into `row` (-inf where padded), one more
+# the maximum of k neighbours along it at stride s into the output line.
+_POOL = """
+define void @maxpool_{t}_k{k}s{s}({t}* noalias nocapture %dst,
+                                   {t}* noalias nocapture readonly %src,
+                                   {t}* noalias nocapture %row,
+                                   {t}* noalias nocapture readonly %fill, i64 %planes,
+                                   i64 %h, i64 %w, i64 %oh, i64 %ow, i64 %ph, i64 %pw) {{
+entry:
+  %lines = mul i64 %planes, %oh
+  %none = icmp eq i64 %lines, 0
+  br i1 %none, label %exit, label %line
+line:
+  %l = phi i64 [0, %entry], [%l1, %lineend]
+  %p = udiv i64 %l, %oh
+  %oy = urem i64 %l, %oh
+  %ybase = mul i64 %oy, {s}
+  %ytop = sub i64 %ybase, %ph
+  %plane = mul i64 %p, %h
+{rows}
+  %wpos = icmp ne i64 %w, 0
+  br i1 %wpos, label %xs, label %cols0
+xs:
+  %x = phi i64 [0, %line], [%x1, %xs]
+{vertical}
+  %rx = add i64 %pw, %x
+  %rp = getelementptr inbounds {t}, {t}* %row, i64 %rx
+  store {t} %v{k}, {t}* %rp
+  %x1 = add nuw i64 %x, 1
+  %xmore = icmp ult i64 %x1, %w
+  br i1 %xmore, label %xs, label %cols0
+cols0:
+  %dline = mul i64 %l, %ow
+  %owpos = icmp ne i64 %ow, 0
+  br i1 %owpos, label %cols, label %lineend
+cols:
+  %o = phi i64 [0, %cols0], [%o1, %cols]
+  %c = mul i64 %o, {s}
+{horizontal}
+  %di = add i64 %dline, %o
+  %dp = getelementptr inbounds {t}, {t}* %dst, i64 %di
+  store {t} %h{k}, {t}* %dp
+  %o1 = add nuw i64 %o, 1
+  %omore = icmp ult i64 %o1, %ow
+  br i1 %omore, label %cols, label %lineend
+lineend:
+  %l1 = add nuw i64 %l, 1
+  %lmore = icmp ult i64 %l1, %lines
+  br i1 %lmore, label %line, label %exit
+exit:
+  ret void
+}}
+"""
+# kernel row j's pointer: the source row where it lies in the plane, else the -inf row
+_POOL_ROW = """  %y{j} = add i64 %ytop, {j}
+  %in{j} = icmp ult i64 %y{j}, %h
+  %sr{j} = add i64 %plane, %y{j}
+  %so{j} = mul i64 %sr{j}, %w
+  %sp{j} = getelementptr inbounds {t}, {t}* %src, i64 %so{j}
+  %r{j} = select i1 %in{j}, {t}* %sp{j}, {t}* %fill"""
+_POOL_TAP = """  %{o}p{j} = getelementptr inbounds {t}, {t}* %{base}, i64 %{at}
+  %{o}x{j} = load {t}, {t}* %{o}p{j}"""
+#: (kernel, stride) of the compiled max pools: square, undilated; others run NumPy's folds
+POOL_SHAPES = ((3, 2), (3, 1), (2, 2))
+
+
+def _pool_ir(t: str, k: int, s: int) -> str:
+    """IR of the k x k, stride-s max pool: both folds unrolled over the kernel."""
+    vertical, horizontal = [], []
+    for j in range(k):
+        vertical.append(_POOL_TAP.format(o="v", j=j, t=t, base=f"r{j}", at="x"))
+        horizontal.append(f"  %c{j} = add i64 %c, {j}")
+        horizontal.append(_POOL_TAP.format(o="h", j=j, t=t, base="row", at=f"c{j}"))
+        # NumPy's folds: the rows from -inf (np.maximum(-inf, a) is a, bit for bit), the
+        # columns from the first
+        vertical.append(_MAX.format(o=f"v{j + 1}", a=f"v{j}" if j else "ninf", b=f"vx{j}", t=t))
+        if j:
+            prev = f"h{j}" if j > 1 else "hx0"
+            horizontal.append(_MAX.format(o=f"h{j + 1}", a=prev, b=f"hx{j}", t=t))
+    return _POOL.format(
+        t=t, k=k, s=s, rows="\n".join(_POOL_ROW.format(j=j, t=t) for j in range(k)),
+        vertical="\n".join(vertical).replace("%ninf", "0xFFF0000000000000"),
+        horizontal="\n".join(horizontal),
+    )  # fmt: skip
+
 
 def _name(t: str, residual: bool, source: bool) -> str:
     return f"epilogue_{t}{'_z' if residual else ''}{'_src' if source else ''}"
 
 
 def _compile() -> None:
-    """Compiles the eight loops (float/double, with/without residual, in place or from a
-    source) into one module."""
+    """Compiles the epilogue loops (float/double, with/without residual, in place or from a
+    source) and the max pools (float/double) into one module."""
     import llvmlite.binding as llvm
 
     llvm.initialize_native_target()
@@ -114,13 +211,14 @@ def _compile() -> None:
                 _IR.format(
                     name=_name(t, residual, source),
                     t=t,
-                    src="src",
                     residual=_RESIDUAL.format(t=t) if residual else "",
                     acc="%s1" if residual else "%s",
                     load_from="%src" if source else "%dst",
                     load_at="%ks" if source else "%k",
                 )  # fmt: skip
             )
+        for k, stride in POOL_SHAPES:
+            parts.append(_pool_ir(t, k, stride))
     module = llvm.parse_assembly("\n".join(parts))
     module.verify()
     target = llvm.Target.from_default_triple()
@@ -139,6 +237,10 @@ def _compile() -> None:
         for residual, source in _VARIANTS:
             fn = proto(engine.get_function_address(_name(t, residual, source)))
             _fns[(dt.str, residual, source)] = fn
+        pool = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 4), *([ctypes.c_int64] * 7))
+        for k, stride in POOL_SHAPES:
+            address = engine.get_function_address(f"maxpool_{t}_k{k}s{stride}")
+            _fns[("maxpool", dt.str, k, stride)] = pool(address)
 
 
 def loaded() -> bool:
@@ -146,12 +248,12 @@ def loaded() -> bool:
     return bool(_fns)
 
 
-def _kernel(dtype: np.dtype, residual: bool, source: bool) -> Callable[..., None]:
+def _kernel(*key: object) -> Callable[..., None]:
     if not _fns:
         with _lock:
             if not _fns:
                 _compile()
-    return _fns[(dtype.str, residual, source)]
+    return _fns[key]
 
 
 def epilogue_fn(
@@ -198,7 +300,7 @@ def epilogue_fn(
             else:
                 per_row, width, stride = dst.shape[2], dst.shape[3], st[2] // item
         zz = None if z is None else np.ascontiguousarray(z)
-        _kernel(dt, zz is not None, src is not None)(
+        _kernel(dt.str, zz is not None, src is not None)(
             dst.ctypes.data, None if src is None else src.ctypes.data, bias.ctypes.data,
             None if zz is None else zz.ctypes.data, rows * per_row, per_row, m, width,
             stride, *bounds,
@@ -206,3 +308,33 @@ def epilogue_fn(
         return dst
 
     return run
+
+
+def max_pool(
+    x: np.ndarray,
+    k: Sequence[int],
+    s: Sequence[int],
+    p: Sequence[int],
+    out_sp: Sequence[int],
+    out: np.ndarray,
+) -> np.ndarray:
+    """2-D max pool of x (N, C, H, W) C-contiguous float32/float64 into out (N, C, *out_sp)
+    C-contiguous of x's dtype, for an undilated square kernel and equal strides in
+    ``POOL_SHAPES`` and non-negative pads p [top, left, bottom, right] (padding never wins,
+    as -inf); bit-identical to ``pool._fold2d``'s NumPy folds, NaN propagating."""
+    n, c, h, w = x.shape
+    oh, ow = out_sp
+    if x.dtype not in _TYPES or out.dtype != x.dtype or not x.flags.c_contiguous:
+        raise ValueError(f"compiled max pool: C-contiguous float32/float64 input, got {x.dtype}")
+    if out.shape != (n, c, oh, ow) or not out.flags.c_contiguous or min(p) < 0:
+        raise ValueError(f"compiled max pool: output {out.shape} for {(n, c, oh, ow)}, pads {p}")
+    if k[0] != k[1] or s[0] != s[1] or (k[0], s[0]) not in POOL_SHAPES:
+        raise ValueError(f"compiled max pool: kernel {k}, strides {s} not in {POOL_SHAPES}")
+    # the loop reads row[o * s + j] for every output column (ceil mode reads past the pads)
+    row = np.full(max(w + p[1] + p[3], (ow - 1) * s[1] + k[1], 1), -np.inf, x.dtype)
+    fill = np.full(max(w, 1), -np.inf, x.dtype)
+    _kernel("maxpool", x.dtype.str, k[0], s[0])(
+        out.ctypes.data, x.ctypes.data, row.ctypes.data, fill.ctypes.data, n * c, h, w, oh,
+        ow, p[0], p[1],
+    )  # fmt: skip
+    return out

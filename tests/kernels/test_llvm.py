@@ -135,3 +135,62 @@ def test_loaded_for_large_outputs_only_and_never_numba() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "True", "False"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "shape, k, s, pads, ceil",
+    [
+        ((1, 64, 30, 30), 3, 2, (1, 1, 1, 1), 0),  # ResNet's stem pool
+        ((2, 5, 9, 8), 3, 1, (0, 1, 2, 0), 0),
+        ((1, 3, 10, 11), 3, 2, (1, 1, 1, 1), 1),  # ceil mode reads past the pads
+        ((1, 4, 5, 5), 2, 2, (0, 0, 0, 0), 1),
+        ((1, 2, 3, 3), 3, 1, (2, 2, 2, 2), 0),  # windows wholly in the padding
+        ((3, 3, 7, 9), 2, 2, (0, 0, 1, 1), 0),
+        ((1, 2, 1, 1), 3, 1, (1, 1, 1, 1), 0),
+    ],
+)
+def test_max_pool_identical_to_the_numpy_folds(dtype, shape, k, s, pads, ceil) -> None:
+    from modelloader.kernels.cpu import pool
+
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape).astype(dtype)
+    x.reshape(-1)[: min(x.size, 5)] = np.array([np.nan, -0.0, 0.0, np.inf, -np.inf])[
+        : min(x.size, 5)
+    ]
+    geo = pool._geometry(x, [k, k], [s, s], None, list(pads), "NOTSET", ceil)
+    kk, ss, dd, p, out_sp = geo
+    want = pool._fold(x, kk, ss, dd, p, out_sp, -np.inf, np.maximum)
+    out = np.empty(x.shape[:2] + tuple(out_sp), dtype)
+    got = _llvm.max_pool(x, kk, ss, p, out_sp, out)
+    assert got.tobytes() == want.tobytes()  # NaN, infinities and zero signs included
+
+
+def test_max_pool_kernel_routes_large_inputs(monkeypatch) -> None:
+    """MaxPool of a large float input runs llvmlite's loop (same bits as the folds); the
+    shapes it has no loop for, and small inputs, keep the folds."""
+    from modelloader.kernels.cpu import pool
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 16, 64, 64)).astype(np.float32)
+    calls: list[tuple] = []
+    real = _llvm.max_pool
+    monkeypatch.setattr(_llvm, "max_pool", lambda *a: calls.append(a[1:3]) or real(*a))
+    attrs = dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    got = pool.max_pool(x, **attrs)
+    pool.max_pool(x, kernel_shape=[3, 3], strides=[2, 2], dilations=[2, 2])
+    pool.max_pool(x[:, :, :8, :8], **attrs)
+    assert calls == [([3, 3], [2, 2])]
+    monkeypatch.setattr(_llvm, "available", False)
+    np.testing.assert_array_equal(got, pool.max_pool(x, **attrs))
+
+
+def test_rejects_pools_it_has_no_loop_for() -> None:
+    x = np.zeros((1, 2, 8, 8), np.float32)
+    out = np.empty((1, 2, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="kernel"):
+        _llvm.max_pool(x, [3, 3], [3, 3], [0, 0, 0, 0], (2, 2), np.empty((1, 2, 2, 2), np.float32))
+    with pytest.raises(ValueError, match="output"):
+        _llvm.max_pool(x, [2, 2], [2, 2], [0, 0, 0, 0], (4, 4), out[:, :1])
+    with pytest.raises(ValueError, match="input"):
+        _llvm.max_pool(x.astype(np.int8), [2, 2], [2, 2], [0, 0, 0, 0], (4, 4), out)
