@@ -21,13 +21,14 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from modelloader.kernels.cpu import _jit
 
-__all__ = ["MIN_SIZE", "available", "epilogue_fn", "loaded", "max_pool"]
+__all__ = ["MIN_SIZE", "available", "enabled", "epilogue_fn", "loaded", "max_pool"]
 
 #: outputs of at least this many elements take the compiled pass (and the first one loads it)
 MIN_SIZE = 1 << 15
@@ -241,6 +242,31 @@ def _compile() -> None:
         for k, stride in POOL_SHAPES:
             address = engine.get_function_address(f"maxpool_{t}_k{k}s{stride}")
             _fns[("maxpool", dt.str, k, stride)] = pool(address)
+
+
+def enabled(size: int) -> bool:
+    """Whether a map of ``size`` elements takes the compiled loops: llvmlite is importable,
+    not switched off, and the map has at least ``MIN_SIZE`` elements. The first True
+    compiles them; if that fails (an llvmlite without the API used here), the module is
+    off for the process, with a warning, and the NumPy passes run."""
+    global available
+    if not available or size < MIN_SIZE:
+        return False
+    if not _fns:
+        with _lock:
+            if not _fns and available:
+                try:
+                    _compile()
+                except Exception as e:  # noqa: BLE001
+                    available = False
+                    warnings.warn(
+                        f"modelloader: the llvmlite loops could not be compiled ({e!r}); "
+                        "NumPy runs them instead",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                    return False
+    return available
 
 
 def loaded() -> bool:

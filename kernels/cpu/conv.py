@@ -708,7 +708,7 @@ def _fused_compiled(
         return _depthwise_compiled(x, w, b, geo, *bounds)
     if not depthwise and not _jit.loaded():
         size = x.shape[0] * w.shape[0] * math.prod(geo[4])
-        if shuffle or not _llvm.available or size < _llvm.MIN_SIZE:
+        if shuffle or not _llvm.enabled(size):
             return None
         epilogue = _llvm.epilogue_fn(b, w.shape[0], x.dtype, *bounds)
         cropped: list[bool] = []
@@ -771,13 +771,7 @@ def prepared_float_conv(generic: KernelFn, consts: tuple, attrs: dict) -> Kernel
 
     def finish(out: np.ndarray, z: np.ndarray | None) -> np.ndarray:
         # numba's pass once it is loaded, else llvmlite's for large outputs (identical results)
-        lib = (
-            _jit
-            if _jit.loaded()
-            else _llvm
-            if _llvm.available and out.size >= _llvm.MIN_SIZE
-            else None
-        )
+        lib = _jit if _jit.loaded() else _llvm if _llvm.enabled(out.size) else None
         if lib is not None:
             fn = epilogues.get(lib)
             if fn is None:

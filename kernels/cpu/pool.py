@@ -185,15 +185,14 @@ def _compiled_max_pool(x: np.ndarray, k, s, d, p) -> bool:
     """Whether a max pool runs as llvmlite's loop (``_llvm.max_pool``: 3-6x the NumPy folds,
     bit-identical): large float 2-D inputs, square undilated kernels it has."""
     return (
-        _llvm.available
-        and x.ndim == 4
-        and x.size >= _llvm.MIN_SIZE
+        x.ndim == 4
         and x.dtype.type in (np.float32, np.float64)
         and k[0] == k[1]
         and s[0] == s[1]
         and (k[0], s[0]) in _llvm.POOL_SHAPES
         and d == [1, 1]
         and min(p) >= 0
+        and _llvm.enabled(x.size)
     )
 
 

@@ -3,6 +3,7 @@ passes and to numba's pass, loaded only for outputs large enough to gain from it
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -194,3 +195,28 @@ def test_rejects_pools_it_has_no_loop_for() -> None:
         _llvm.max_pool(x, [2, 2], [2, 2], [0, 0, 0, 0], (4, 4), out[:, :1])
     with pytest.raises(ValueError, match="input"):
         _llvm.max_pool(x.astype(np.int8), [2, 2], [2, 2], [0, 0, 0, 0], (4, 4), out)
+
+
+def test_a_failed_compile_falls_back_to_numpy(monkeypatch) -> None:
+    """An llvmlite that cannot build the loops (another API) switches the module off for the
+    process, with a warning, instead of failing the run."""
+
+    def broken() -> None:
+        raise AttributeError("no create_pass_builder")
+
+    monkeypatch.setattr(_llvm, "_fns", {})
+    monkeypatch.setattr(_llvm, "_compile", broken)
+    monkeypatch.setattr(_llvm, "available", True)
+    with pytest.warns(RuntimeWarning, match="could not be compiled"):
+        assert not _llvm.enabled(_llvm.MIN_SIZE)
+    assert not _llvm.available and not _llvm.enabled(_llvm.MIN_SIZE)
+    assert not _llvm.enabled(_llvm.MIN_SIZE - 1)
+
+
+def test_env_switch_disables_it() -> None:
+    code = "from modelloader.kernels.cpu import _llvm; print(_llvm.available)"
+    env = dict(os.environ, MODELLOADER_JIT="0")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"
