@@ -45,6 +45,15 @@ _TYPES = {
     np.dtype(np.float64): ("double", ctypes.c_double),
 }
 
+# the loop over output lines closing every function below (%l: the line, %lines: their count)
+_LINE_END = """lineend:
+  %l1 = add nuw i64 %l, 1
+  %lmore = icmp ult i64 %l1, %lines
+  br i1 %lmore, label %line, label %exit
+exit:
+  ret void
+}"""
+
 # lines = N*M*L output lines of `width` elements; line l belongs to channel (l / L) mod M
 # (bias) and reads `width` elements of the source at l * stride: the output itself (in
 # place, stride = width) or, with {src}, a product with junk columns past each line
@@ -84,14 +93,7 @@ loop:
   %i1 = add nuw i64 %i, 1
   %more = icmp ult i64 %i1, %width
   br i1 %more, label %loop, label %lineend
-lineend:
-  %l1 = add nuw i64 %l, 1
-  %lmore = icmp ult i64 %l1, %lines
-  br i1 %lmore, label %line, label %exit
-exit:
-  ret void
-}}
-"""
+{line_end}"""
 _RESIDUAL = """  %zp = getelementptr inbounds {t}, {t}* %z, i64 %k
   %zv = load {t}, {t}* %zp
   %s1 = fadd {t} %s, %zv"""
@@ -153,14 +155,7 @@ cols:
   %o1 = add nuw i64 %o, 1
   %omore = icmp ult i64 %o1, %ow
   br i1 %omore, label %cols, label %lineend
-lineend:
-  %l1 = add nuw i64 %l, 1
-  %lmore = icmp ult i64 %l1, %lines
-  br i1 %lmore, label %line, label %exit
-exit:
-  ret void
-}}
-"""
+{line_end}"""
 # kernel row j's pointer: the source row where it lies in the plane, else the -inf row
 _POOL_ROW = """  %y{j} = add i64 %ytop, {j}
   %in{j} = icmp ult i64 %y{j}, %h
@@ -190,7 +185,7 @@ def _pool_ir(t: str, k: int, s: int) -> str:
     return _POOL.format(
         t=t, k=k, s=s, rows="\n".join(_POOL_ROW.format(j=j, t=t) for j in range(k)),
         vertical="\n".join(vertical).replace("%ninf", "0xFFF0000000000000"),
-        horizontal="\n".join(horizontal),
+        horizontal="\n".join(horizontal), line_end=_LINE_END,
     )  # fmt: skip
 
 
@@ -215,6 +210,7 @@ def _compile() -> None:
                     residual=_RESIDUAL.format(t=t) if residual else "",
                     acc="%s1" if residual else "%s",
                     load_from="%src" if source else "%dst",
+                    line_end=_LINE_END,
                     load_at="%ks" if source else "%k",
                 )  # fmt: skip
             )

@@ -162,7 +162,10 @@ def test_tflite_models_identical_with_and_without_jit(name: str) -> None:
 
 
 def test_env_switch_disables_the_compiled_path() -> None:
-    code = "from modelloader.kernels.cpu import _jit; print(_jit.available)"
+    """MODELLOADER_JIT=0 switches off numba's loops and llvmlite's (``_llvm``) alike."""
+    code = (
+        "from modelloader.kernels.cpu import _jit, _llvm; print(_jit.available or _llvm.available)"
+    )
     env = dict(os.environ, MODELLOADER_JIT="0")
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True

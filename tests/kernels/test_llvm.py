@@ -3,7 +3,6 @@ passes and to numba's pass, loaded only for outputs large enough to gain from it
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -211,12 +210,3 @@ def test_a_failed_compile_falls_back_to_numpy(monkeypatch) -> None:
         assert not _llvm.enabled(_llvm.MIN_SIZE)
     assert not _llvm.available and not _llvm.enabled(_llvm.MIN_SIZE)
     assert not _llvm.enabled(_llvm.MIN_SIZE - 1)
-
-
-def test_env_switch_disables_it() -> None:
-    code = "from modelloader.kernels.cpu import _llvm; print(_llvm.available)"
-    env = dict(os.environ, MODELLOADER_JIT="0")
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == "False"
