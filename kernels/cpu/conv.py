@@ -617,12 +617,17 @@ def conv(
     pads: Sequence[int] | None = None,
     strides: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """ONNX Conv-22: N-d grouped, strided, dilated, padded cross-correlation plus bias (a
-    FusedConv without activation: large outputs add the bias in the compiled epilogue)."""
-    return fused_conv(
-        x, w, b, auto_pad=auto_pad, dilations=dilations, group=group,
-        kernel_shape=kernel_shape, pads=pads, strides=strides,
+    """ONNX Conv-22: N-d grouped, strided, dilated, padded cross-correlation plus bias
+    (added by the compiled epilogue where ``fused_conv`` would use one)."""
+    geometry = dict(
+        auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape,
+        pads=pads, strides=strides,
     )  # fmt: skip
+    if b is not None and _may_compile(x, w, group):
+        return fused_conv(x, w, b, **geometry)
+    cd = _compute_dtype(x)
+    y = _conv_float(x.astype(cd, copy=False), w.astype(cd, copy=False), b, **geometry)
+    return y.astype(x.dtype, copy=False)
 
 
 @kernel("FusedConv", domain="modelloader")
@@ -660,7 +665,7 @@ def fused_conv(
     # the epilogue pass alone does not pay for loading numba: it runs compiled once a
     # depthwise conv has loaded it, else through llvmlite for large outputs (outputs are
     # identical either way); a bare conv has no epilogue
-    compiled = _jit.available or _llvm.available
+    compiled = _may_compile(x, w, group)
     if bounds is not None and compiled and not bare and (z is None or z.dtype == cd):
         y = _fused_compiled(xc, wc, b, z, group, geometry, bounds, shuffle)
         if y is not None:
@@ -679,6 +684,17 @@ def fused_conv(
         np.copyto(out.reshape(n, m // g, g, -1), y.reshape(n, g, m // g, -1).transpose(0, 2, 1, 3))
         y = out
     return y.astype(x.dtype, copy=False)
+
+
+def _may_compile(x: np.ndarray, w: np.ndarray, group: int) -> bool:
+    """Whether a conv may run through the compiled kernels (``_fused_compiled``), judged
+    before any geometry is worked out: numba is loaded; or llvmlite is there and the output
+    may be large enough for it (bounded by the input's spatial size: outputs of unusually
+    wide pads are left to NumPy); or the conv is depthwise (its compiled loop loads numba)."""
+    if _jit.loaded() or (_jit.available and group > 1 and group == x.shape[1]):
+        return True
+    n, c = x.shape[:2]
+    return _llvm.available and n * w.shape[0] * (x.size // max(n * c, 1)) >= _llvm.MIN_SIZE
 
 
 def _fused_compiled(

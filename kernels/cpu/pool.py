@@ -60,7 +60,7 @@ def _fold(x: np.ndarray, k, s, d, p, out_sp, fill: float, combine: np.ufunc) -> 
     time (rows first: those passes run over whole contiguous rows), k_i folds per axis.
     """
     r = x.ndim - 2
-    whole = all(o == 1 and kk == n and dd == 1 for o, kk, n, dd in zip(out_sp, k, x.shape[2:], d))
+    whole = all(o == 1 and kk == i and dd == 1 for o, kk, i, dd in zip(out_sp, k, x.shape[2:], d))
     if whole and x.size and not any(p):
         # one window covering each whole plane: a plain reduction (ResNet's final 7x7 pool)
         n, c = x.shape[:2]
