@@ -210,3 +210,29 @@ def test_a_failed_compile_falls_back_to_numpy(monkeypatch) -> None:
         assert not _llvm.enabled(_llvm.MIN_SIZE)
     assert not _llvm.available and not _llvm.enabled(_llvm.MIN_SIZE)
     assert not _llvm.enabled(_llvm.MIN_SIZE - 1)
+
+
+def test_from_several_threads(monkeypatch) -> None:
+    """Concurrent convs and pools through the compiled loops (no shared scratch: each call
+    brings its own buffers) give each caller the serial result."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from modelloader.kernels.cpu import pool
+
+    monkeypatch.setattr(_jit, "loaded", lambda: False)
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    xs = [rng.standard_normal((1, 8, 48, 48)).astype(np.float32) for _ in range(6)]
+
+    def work(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        y = cv.fused_conv(x, w, b, x[:, :1].repeat(16, 1), pads=[1] * 4, activation="Relu")
+        return y.copy(), pool.max_pool(y, kernel_shape=[3, 3], strides=[2, 2]).copy()
+
+    want = [work(x) for x in xs]
+    assert _llvm.loaded()
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(work, xs * 4))
+    for i, (y, p) in enumerate(got):
+        np.testing.assert_array_equal(y, want[i % len(xs)][0])
+        np.testing.assert_array_equal(p, want[i % len(xs)][1])
