@@ -56,7 +56,8 @@ exit:
 
 # lines = N*M*L output lines of `width` elements; line l belongs to channel (l / L) mod M
 # (bias) and reads `width` elements of the source at l * stride: the output itself (in
-# place, stride = width) or, with {src}, a product with junk columns past each line
+# place, stride = width) or, in the `_src` variants, a product with junk columns past
+# each line
 _IR = """
 define void @{name}({t}* noalias nocapture %dst, {t}* noalias nocapture readonly %src,
                     {t}* noalias nocapture readonly %b, {t}* noalias nocapture readonly %z,
@@ -212,7 +213,7 @@ def _compile() -> None:
                     load_from="%src" if source else "%dst",
                     line_end=_LINE_END,
                     load_at="%ks" if source else "%k",
-                )  # fmt: skip
+                )
             )
         for k, stride in POOL_SHAPES:
             parts.append(_pool_ir(t, k, stride))
