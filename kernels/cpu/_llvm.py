@@ -61,6 +61,7 @@ exit:
 _IR = """
 define void @{name}({t}* noalias nocapture %dst, {t}* noalias nocapture readonly %src,
                     {t}* noalias nocapture readonly %b, {t}* noalias nocapture readonly %z,
+                    {t}* noalias nocapture readonly %a,
                     i64 %lines, i64 %per_row, i64 %m, i64 %width, i64 %stride,
                     {t} %lo, {t} %hi) {{
 entry:
@@ -74,6 +75,7 @@ line:
   %c = urem i64 %r, %m
   %bp = getelementptr inbounds {t}, {t}* %b, i64 %c
   %bias = load {t}, {t}* %bp
+{load_scale}
   %start = mul i64 %l, %width
   %sstart = mul i64 %l, %stride
   br label %loop
@@ -83,7 +85,8 @@ loop:
   %p = getelementptr inbounds {t}, {t}* %dst, i64 %k
   %ks = add i64 %sstart, %i
   %q = getelementptr inbounds {t}, {t}* {load_from}, i64 {load_at}
-  %v = load {t}, {t}* %q
+  %v0 = load {t}, {t}* %q
+{apply_scale}
   %s = fadd {t} %v, %bias
 {residual}
   %lt = fcmp olt {t} {acc}, %lo
@@ -99,7 +102,11 @@ _RESIDUAL = """  %zp = getelementptr inbounds {t}, {t}* %z, i64 %k
   %zv = load {t}, {t}* %zp
   %s1 = fadd {t} %s, %zv"""
 
-_VARIANTS = [(residual, source) for residual in (False, True) for source in (False, True)]
+# (residual, source, scale): the conv epilogues, and batch norm's x * a[c] + b[c]
+_VARIANTS = [(z, src, False) for z in (False, True) for src in (False, True)]
+_VARIANTS += [(False, src, True) for src in (False, True)]
+_SCALE = """  %ap = getelementptr inbounds {t}, {t}* %a, i64 %c
+  %scale = load {t}, {t}* %ap"""
 
 # np.maximum(a, b) as NumPy's vector loops compute it: a if a > b or a is NaN, else b (NaN
 # propagates from either side; of two equal values, zeros of either sign, b)
@@ -190,8 +197,8 @@ def _pool_ir(t: str, k: int, s: int) -> str:
     )  # fmt: skip
 
 
-def _name(t: str, residual: bool, source: bool) -> str:
-    return f"epilogue_{t}{'_z' if residual else ''}{'_src' if source else ''}"
+def _name(t: str, residual: bool, source: bool, scale: bool) -> str:
+    return f"epilogue_{t}{'_z' * residual}{'_src' * source}{'_scale' * scale}"
 
 
 def _compile() -> None:
@@ -203,10 +210,14 @@ def _compile() -> None:
     llvm.initialize_native_asmprinter()
     parts = []
     for t, _ in _TYPES.values():
-        for residual, source in _VARIANTS:
+        for residual, source, scale in _VARIANTS:
             parts.append(
                 _IR.format(
-                    name=_name(t, residual, source),
+                    name=_name(t, residual, source, scale),
+                    load_scale=_SCALE.format(t=t) if scale else "",
+                    apply_scale=(
+                        f"  %v = fmul {t} %v0, %scale" if scale else f"  %v = fadd {t} %v0, -0.0"
+                    ),
                     t=t,
                     residual=_RESIDUAL.format(t=t) if residual else "",
                     acc="%s1" if residual else "%s",
@@ -231,10 +242,10 @@ def _compile() -> None:
     engine.finalize_object()
     _engine.append(engine)
     for dt, (t, ct) in _TYPES.items():
-        proto = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 4), *([ctypes.c_int64] * 5), ct, ct)
-        for residual, source in _VARIANTS:
-            fn = proto(engine.get_function_address(_name(t, residual, source)))
-            _fns[(dt.str, residual, source)] = fn
+        proto = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 5), *([ctypes.c_int64] * 5), ct, ct)
+        for variant in _VARIANTS:
+            fn = proto(engine.get_function_address(_name(t, *variant)))
+            _fns[(dt.str, *variant)] = fn
         pool = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 4), *([ctypes.c_int64] * 7))
         for k, stride in POOL_SHAPES:
             address = engine.get_function_address(f"maxpool_{t}_k{k}s{stride}")
@@ -280,19 +291,26 @@ def _kernel(*key: object) -> Callable[..., None]:
 
 
 def epilogue_fn(
-    b: np.ndarray | None, m: int, dtype: np.dtype, lo: float, hi: float
+    b: np.ndarray | None,
+    m: int,
+    dtype: np.dtype,
+    lo: float,
+    hi: float,
+    scale: np.ndarray | None = None,
 ) -> Callable[..., np.ndarray]:
     """``fn(dst, z=None, src=None) -> dst``: dst[:, c] = clamp(src[:, c] + b[c] + z[:, c],
     lo, hi) for dst (N, M, ...) C-contiguous of ``dtype`` (float32/float64), z, if given, of
     dst's dtype and size, and src dst itself (None: in place) or an (N, M, L, W) view of
     dst's shape whose lines are W elements of a C-contiguous (N, M, L, W') buffer (the
     cropped product of a conv with junk columns). A missing b adds 0, as in
-    ``_jit.epilogue``."""
+    ``_jit.epilogue``. With ``scale`` (M,) (batch norm), src[:, c] is multiplied by
+    scale[c] first (rounded, then b added: NumPy's two passes), without z."""
     dt = np.dtype(dtype)
     if dt not in _TYPES:
         raise TypeError(f"compiled epilogue: float32 or float64, got {dt}")
     ct = _TYPES[dt][1]
     bias = np.zeros(m, dt) if b is None else np.ascontiguousarray(b, dt).reshape(m)
+    mul = None if scale is None else np.ascontiguousarray(scale, dt).reshape(m)
     bounds = (ct(lo), ct(hi))
     item = dt.itemsize
 
@@ -323,10 +341,12 @@ def epilogue_fn(
             else:
                 per_row, width, stride = dst.shape[2], dst.shape[3], st[2] // item
         zz = None if z is None else np.ascontiguousarray(z)
-        _kernel(dt.str, zz is not None, src is not None)(
+        if mul is not None and zz is not None:
+            raise ValueError("scaled epilogue: no residual")
+        _kernel(dt.str, zz is not None, src is not None, mul is not None)(
             dst.ctypes.data, None if src is None else src.ctypes.data, bias.ctypes.data,
-            None if zz is None else zz.ctypes.data, rows * per_row, per_row, m, width,
-            stride, *bounds,
+            None if zz is None else zz.ctypes.data, None if mul is None else mul.ctypes.data,
+            rows * per_row, per_row, m, width, stride, *bounds,
         )  # fmt: skip
         return dst
 

@@ -660,7 +660,7 @@ def fused_conv(
         pads=pads,
         strides=strides,
     )
-    bounds = _clamp_bounds(activation, activation_params)
+    bounds = clamp_bounds(activation, activation_params)
     bare = b is None and z is None and not shuffle and bounds == (-np.inf, np.inf)
     # the epilogue pass alone does not pay for loading numba: it runs compiled once a
     # depthwise conv has loaded it, else through llvmlite for large outputs (outputs are
@@ -771,7 +771,7 @@ def prepared_float_conv(generic: KernelFn, consts: tuple, attrs: dict) -> Kernel
         return None
     activation = str(attrs.get("activation", ""))
     params = tuple(attrs.get("activation_params", ()))  # type: ignore[arg-type]
-    bounds = _clamp_bounds(activation, params)
+    bounds = clamp_bounds(activation, params)
     if bounds is None:
         return None
     shuffle = int(attrs.get("shuffle", 0))  # type: ignore[call-overload]
@@ -881,7 +881,7 @@ def _channel_map(m: int, shuffle: int) -> np.ndarray:
     return perm
 
 
-def _clamp_bounds(activation: str, params: Sequence[float]) -> tuple[float, float] | None:
+def clamp_bounds(activation: str, params: Sequence[float]) -> tuple[float, float] | None:
     """The [lo, hi] a fused activation clamps to, or None when it is not a clamp."""
     if not activation:
         return (-np.inf, np.inf)

@@ -7,8 +7,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from modelloader.buffers import take
+from modelloader.kernels.cpu import _llvm
 from modelloader.kernels.cpu._registry import kernel
-from modelloader.kernels.cpu.conv import apply_activation, scratch
+from modelloader.kernels.cpu.conv import apply_activation, clamp_bounds, scratch
 from modelloader.kernels.cpu.elementwise import pooled_out
 
 
@@ -71,12 +73,18 @@ def _affine(
 ) -> np.ndarray:
     """Inference batch norm as one per-channel multiply-add, y = x * a + c, into a recycled
     buffer (x: compute dtype, channels on axis 1)."""
-    ct = x.dtype.type
-    a = scale.astype(ct) / np.sqrt(var.astype(ct) + ct(epsilon))
-    c = b.astype(ct) - mean.astype(ct) * a
+    a, c = _affine_params(x.dtype.type, scale, b, mean, var, epsilon)
     y = np.multiply(x, _channel_param(a, x.ndim), out=pooled_out(x))
     y += _channel_param(c, x.ndim)
     return y
+
+
+def _affine_params(
+    ct: type, scale: np.ndarray, b: np.ndarray, mean: np.ndarray, var: np.ndarray, epsilon: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(a, c) of inference batch norm as y = x * a + c, in the compute type ``ct``."""
+    a = scale.astype(ct) / np.sqrt(var.astype(ct) + ct(epsilon))
+    return a, b.astype(ct) - mean.astype(ct) * a
 
 
 @kernel("FusedBatchNorm", domain="modelloader")
@@ -98,6 +106,16 @@ def fused_batch_norm(
     if training_mode:
         raise ValueError("FusedBatchNorm is inference-only (training_mode=0)")
     xc = x.astype(_compute_dtype(x.dtype), copy=False)
+    bounds = clamp_bounds(activation, activation_params)
+    if bounds is not None and x.ndim > 1 and scale.ndim == 1 and _llvm.enabled(xc.size):
+        # multiply, add and clamp in one compiled pass (same bits as the NumPy passes)
+        n, m = xc.shape[:2]
+        a, c = _affine_params(xc.dtype.type, scale, b, input_mean, input_var, epsilon)
+        y = take(xc.shape, xc.dtype)
+        lined = (n, m, 1, xc.size // max(n * m, 1))
+        src = np.ascontiguousarray(xc).reshape(lined)
+        _llvm.epilogue_fn(c, m, xc.dtype, *bounds, scale=a)(y.reshape(lined), None, src)
+        return y.astype(x.dtype, copy=False)
     y = _affine(xc, scale, b, input_mean, input_var, epsilon)
     return apply_activation(y, activation, activation_params).astype(x.dtype, copy=False)
 

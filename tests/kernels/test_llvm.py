@@ -236,3 +236,26 @@ def test_from_several_threads(monkeypatch) -> None:
     for i, (y, p) in enumerate(got):
         np.testing.assert_array_equal(y, want[i % len(xs)][0])
         np.testing.assert_array_equal(p, want[i % len(xs)][1])
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 32, 32), (4096, 16), (1, 8, 4, 32, 32)])
+@pytest.mark.parametrize("activation, params", [("", ()), ("Relu", ()), ("Clip", (0.0, 6.0))])
+def test_fused_batch_norm_identical_with_and_without_it(monkeypatch, shape, activation, params):
+    """Inference batch norm with a clamp as one compiled pass: the NumPy passes' values
+    (x * a, then + c, then the clamp), NaN and infinities included."""
+    from modelloader.kernels.cpu import norm
+
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal(shape) * 4).astype(np.float32)
+    x.reshape(-1)[:3] = [np.nan, np.inf, -np.inf]
+    c = shape[1]
+    stats = [rng.standard_normal(c).astype(np.float32) for _ in range(3)]
+    var = rng.random(c).astype(np.float32) + 0.1
+    kw = dict(epsilon=1e-3, activation=activation, activation_params=params)
+    assert x.size >= _llvm.MIN_SIZE
+    got = norm.fused_batch_norm(x, *stats, var, **kw)
+    assert _llvm.loaded()
+    monkeypatch.setattr(_llvm, "available", False)
+    want = norm.fused_batch_norm(x, *stats, var, **kw)
+    assert got.shape == x.shape and got.dtype == x.dtype
+    np.testing.assert_array_equal(got, want)
