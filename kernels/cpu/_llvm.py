@@ -1,18 +1,19 @@
 """Loops compiled through llvmlite (the LLVM binding numba is built on), for processes that
-have not loaded numba: conv epilogues and 2-D max pooling.
+have not loaded numba: conv epilogues, batch norm with a clamp, and 2-D max pooling.
 
 A conv's epilogue (crop, bias, residual, clamp) is two to four NumPy passes over its
-output, a 3x3 stride-2 max pool six; one compiled pass is 3-8x faster on ResNet's and
-SqueezeNet's maps. numba compiles such loops too (``_jit``), but importing numba and
+output, an inference batch norm with ReLU three, a 3x3 stride-2 max pool six; one compiled
+pass is 3-8x faster on ResNet's, DenseNet's and SqueezeNet's maps. numba compiles such loops too (``_jit``), but importing numba and
 starting its compiler costs ~115 MB of RSS, which a float CNN that needs nothing else
 compiled should not pay. This module hands LLVM the loops as IR and calls them through
 ``ctypes``: ~75 MB and ~0.1 s, paid at the first map large enough to gain from it
 (``MIN_SIZE``), never by small models.
 
-Results are bit-identical to the NumPy passes they replace: the same float operations in
-the same order, without fast-math; clamps are ``v < lo ? lo : v`` then ``v > hi ? hi : v``
-(NaN passes, as in ``np.clip`` and ``_jit``), maxima are NumPy's vector ``np.maximum``
-(NaN propagates; of two equal values the second). ``MODELLOADER_JIT=0`` disables this
+Results are those of the NumPy passes they replace: the same float operations in the same
+order, without fast-math; clamps are ``v < lo ? lo : v`` then ``v > hi ? hi : v`` (NaN
+passes, as in ``np.clip`` and ``_jit``, bit for bit; a ReLU by ``np.maximum`` can differ in
+the sign of a zero only), maxima are NumPy's vector ``np.maximum`` (NaN propagates; of two
+equal values the second: bit for bit). ``MODELLOADER_JIT=0`` disables this
 module with the numba kernels.
 """
 
