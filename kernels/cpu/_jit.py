@@ -251,8 +251,9 @@ def _dw_small3(x, wt, b, out, c0, c1, sh, sw, ph, pw, lo, hi, fill):  # noqa: AN
                     for j in range(r):
                         buf[d + j] = xf[src + j * hw]
                 else:
+                    mu = U(mult)
                     for j in range(r):
-                        buf[d + j] = xf[s + U((c0 + j) // mult) * hw]
+                        buf[d + j] = xf[s + (m0 + j) // mu * hw]
         for oy in range(oh):
             for ox in range(ow):
                 r0 = U(oy * sh * wp + ox * sw) * r
