@@ -3,7 +3,8 @@
 In order: repeated nodes (same op, inputs and attributes) merge; QDQ patterns become integer
 ops; NHWC<->NCHW transposes cancel; per-channel constant Mul/Add after a pre-activation
 BatchNormalization (Caffe2's scale layers) fold into it; a Conv's BatchNormalization folds
-into the conv; the exact-GELU subgraph becomes Gelu; residual adds and activations fuse.
+into the conv, and a per-channel Mul then Add becomes a BatchNormalization of the same
+arithmetic; the exact-GELU subgraph becomes Gelu; residual adds and activations fuse.
 Fused ops live in the ``modelloader`` domain: ``FusedConv(X, W, B, Z)`` computes
 ``act(Conv(X, W, B) + Z)``, ``FusedGemm(A, B, C)`` computes ``act(Gemm(A, B, C))``,
 ``FusedBatchNorm`` is an inference BatchNormalization with an activation. A channel shuffle
@@ -42,6 +43,7 @@ def optimize(g: Graph, registry: Registry) -> Graph:
     _fold_constant_reshapes(g, registry)
     _fold_affine_into_batchnorm(g)
     _fold_batchnorm(g)
+    _affine_to_batchnorm(g)
     if registry.supports("FusedConv", FUSED):
         _fuse(g, "Conv", "FusedConv", residual=True)
         _fuse_shuffle(g)
@@ -220,6 +222,49 @@ def _fold_affine_into_batchnorm(g: Graph) -> None:
             g.constants[bname] = bias.astype(dt)
             ins = [bn.inputs[0], sname, bname, *bn.inputs[3:5]]
             g.nodes[i] = replace(bn, inputs=ins, outputs=[out])
+    g.nodes[:] = [n for k, n in enumerate(g.nodes) if k not in dead]
+
+
+def _affine_to_batchnorm(g: Graph) -> None:
+    """x * k1 + k2 with per-channel float constants (a Caffe2 scale layer left after a conv
+    whose BatchNormalization folded into it, as in DenseNet-121) becomes a
+    BatchNormalization with scale k1, bias k2, mean 0, variance 1 and epsilon 0, which
+    computes the same two roundings (k1 / sqrt(1) is k1, k2 - 0 * k1 is k2) and then takes
+    the activation that follows (FusedBatchNorm). Left alone unless x's rank and channels
+    are known, k1 is finite and each intermediate has one reader."""
+    uses, cons = _uses(g), _consumers(g)
+    dead: set[int] = set()
+    for i, mul in enumerate(g.nodes):
+        if mul.op != "Mul" or mul.domain or len(mul.inputs) != 2 or uses[mul.outputs[0]] != 1:
+            continue
+        (j,) = cons.get(mul.outputs[0], [None]) or [None]
+        if j is None or j in dead:
+            continue
+        add = g.nodes[j]
+        if add.op != "Add" or add.domain or len(add.inputs) != 2:
+            continue
+        x, k1 = (mul.inputs[1], mul.inputs[0]) if mul.inputs[0] in g.constants else mul.inputs
+        k2 = add.inputs[1] if add.inputs[0] == mul.outputs[0] else add.inputs[0]
+        v = g.values.get(x)
+        if x in g.constants or k1 not in g.constants or k2 not in g.constants or k2 == x:
+            continue
+        if v is None or v.shape is None or len(v.shape) < 2 or not isinstance(v.shape[1], int):
+            continue
+        a, c = np.asarray(g.constants[k1]), np.asarray(g.constants[k2])
+        if v.dtype not in (np.float32, np.float64) or a.dtype != v.dtype or c.dtype != v.dtype:
+            continue
+        channels, rank = v.shape[1], len(v.shape)
+        av, cv = _per_channel(a, channels, rank), _per_channel(c, channels, rank)
+        if av is None or cv is None or not np.isfinite(av).all():
+            continue
+        out = add.outputs[0]
+        names = []
+        for part, value in (("scale", av), ("bias", cv), ("mean", 0.0), ("var", 1.0)):
+            name = _free_name(g, "", uses, f"{out}__affine_{part}")
+            g.constants[name] = np.broadcast_to(np.asarray(value, v.dtype), (channels,)).copy()
+            names.append(name)
+        g.nodes[i] = Node("BatchNormalization", [x, *names], [out], {"epsilon": 0.0}, "", mul.name)
+        dead.add(j)
     g.nodes[:] = [n for k, n in enumerate(g.nodes) if k not in dead]
 
 

@@ -1,7 +1,8 @@
 """Plan-time rewrites, checked against onnxruntime on the same file: per-channel Mul/Add
 after a pre-activation BatchNormalization fold into it (Caffe2's scale layers, as in
 DenseNet-121) and it takes its activation as FusedBatchNorm; a Conv's BatchNormalization
-folds into the conv; repeated nodes run once."""
+folds into the conv, and a scale layer after it becomes a batch norm of the same
+arithmetic; repeated nodes run once."""
 
 from __future__ import annotations
 
@@ -84,8 +85,9 @@ def test_preactivation_chain_is_one_fused_batchnorm() -> None:
 
 
 def test_conv_batchnorm_folds_and_its_scale_layer_stays() -> None:
-    """The BN folds into the conv; the Mul/Add after it stay float32 ops, as onnxruntime runs
-    them (folding them into the weights too moves DenseNet-121 past its tolerance)."""
+    """The BN folds into the conv; the Mul/Add after it are not folded into the weights too
+    (that moves DenseNet-121 past its tolerance) but become a batch norm of the same two
+    float32 roundings, which takes the ReLU."""
     w = _const("w", RNG.standard_normal((C, C, 3, 3)))
     sl, sl_inits = _scale_layer("n", "a", (C,), (C, 1, 1))
     nodes = [
@@ -95,7 +97,52 @@ def test_conv_batchnorm_folds_and_its_scale_layer_stays() -> None:
         helper.make_node("Relu", ["a"], ["y"]),
     ]
     ops = _check(_model(nodes, [w, *_bn_inits("bn"), *sl_inits], ["y"]), X)
-    assert ops == ["Conv", "Mul", "Add", "Relu"]
+    assert ops == ["Conv", "FusedBatchNorm"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("big", [False, True])
+def test_scale_layer_is_a_batchnorm_of_the_same_bits(dtype, big: bool) -> None:
+    """x * k1 + k2 then ReLU, per-channel constants: one FusedBatchNorm whose result is the
+    separate ops' bit for bit (NaN and infinities too), through the NumPy passes and, for a
+    large map, the compiled loop."""
+    shape = (2, C, 64, 64) if big else (2, C, 5, 5)
+    tp = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    k1 = RNG.uniform(-2, 2, (C, 1, 1)).astype(dtype)
+    k2 = RNG.standard_normal((C, 1, 1)).astype(dtype)
+    nodes = [
+        helper.make_node("Mul", ["k1", "x"], ["m"]),
+        helper.make_node("Add", ["m", "k2"], ["a"]),
+        helper.make_node("Relu", ["a"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "affine",
+        [helper.make_tensor_value_info("x", tp, shape)],
+        [helper.make_tensor_value_info("y", tp, None)],
+        initializer=[numpy_helper.from_array(k1, "k1"), numpy_helper.from_array(k2, "k2")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    m = modelloader.load(model.SerializeToString())
+    assert [s.node.op for s in m._plan.steps] == ["FusedBatchNorm"]
+    x = (RNG.standard_normal(shape) * 3).astype(dtype)
+    x.reshape(-1)[:3] = [np.nan, np.inf, -np.inf]
+    np.testing.assert_array_equal(m.predict(x)["y"], np.maximum(x * k1 + k2, 0))
+
+
+@pytest.mark.parametrize("why", ["k1 not finite", "product read twice", "not per channel"])
+def test_scale_layers_that_stay_separate(why: str) -> None:
+    k1 = RNG.uniform(-2, 2, (C, 1, 5) if why == "not per channel" else (C, 1, 1))
+    if why == "k1 not finite":
+        k1[0] = np.inf  # 0 * inf in the batch norm's bias would be NaN
+    nodes = [
+        helper.make_node("Mul", ["x", "k1"], ["m"]),
+        helper.make_node("Add", ["m", "k2"], ["y"]),
+    ]
+    outputs = ["y", "m"] if why == "product read twice" else ["y"]
+    inits = [_const("k1", k1), _const("k2", RNG.standard_normal((C, 1, 1)))]
+    ops = _check(_model(nodes, inits, outputs), X)
+    assert ops == ["Mul", "Add"], why
 
 
 @pytest.mark.parametrize(
