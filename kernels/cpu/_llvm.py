@@ -258,9 +258,13 @@ def enabled(size: int) -> bool:
     not switched off, and the map has at least ``MIN_SIZE`` elements. The first True
     compiles them; if that fails (an llvmlite without the API used here), the module is
     off for the process, with a warning, and the NumPy passes run."""
+    return available and size >= MIN_SIZE and _compiled()
+
+
+def _compiled() -> bool:
+    """Compiles the loops once (callers may race); False if that failed, which switches the
+    module off with a warning."""
     global available
-    if not available or size < MIN_SIZE:
-        return False
     if not _fns:
         with _lock:
             if not _fns and available:
@@ -272,10 +276,9 @@ def enabled(size: int) -> bool:
                         f"modelloader: the llvmlite loops could not be compiled ({e!r}); "
                         "NumPy runs them instead",
                         RuntimeWarning,
-                        stacklevel=2,
+                        stacklevel=3,
                     )
-                    return False
-    return available
+    return bool(_fns)
 
 
 def loaded() -> bool:
@@ -284,10 +287,8 @@ def loaded() -> bool:
 
 
 def _kernel(*key: object) -> Callable[..., None]:
-    if not _fns:
-        with _lock:
-            if not _fns:
-                _compile()
+    if not _compiled():
+        raise RuntimeError("the llvmlite loops are not available (check enabled() first)")
     return _fns[key]
 
 
