@@ -55,6 +55,10 @@ def optimize_layout(g: Graph) -> Graph:
     if not any(n.op == "Transpose" and not n.domain for n in g.nodes):
         return g
     _fold_constant_transposes(g)
+    for n in g.nodes:
+        x = n.inputs[0] if n.op == "Transpose" and not n.domain and n.inputs else ""
+        if x and _shape(g, x) is None and _shape(g, n.outputs[0]) is not None:
+            _record(g, x, n.outputs[0], _perm(n))  # an importer's untyped layout adaptor
     # rewrites touch top-level nodes only: what subgraphs read stays pinned throughout
     sub_refs = subgraph_refs(g)
     while _step(g, sub_refs):

@@ -67,6 +67,16 @@ def test_mobilenet_runs_nchw(name: str) -> None:
     assert not any(s.node.op == "Clip" for s in m._plan.steps)
 
 
+@pytest.mark.skipif(not ENTRIES, reason="no TFLite fixtures")
+def test_mobilenet_residual_adds_fuse_into_convs() -> None:
+    # the file declares every tensor's shape; the NCHW twins the layout pass makes inherit
+    # them, so each block's residual Add is proven same-shape and joins its project conv
+    m = modelloader.load(DIR / "mobilenet_v2_f32.tflite")
+    ops = [s.node.op for s in m._plan.steps]
+    assert "Add" not in ops
+    assert sum(len(s.node.inputs) == 4 for s in m._plan.steps if s.node.op == "FusedConv") == 10
+
+
 # --------------------------------------------------------------------------- synthetic graphs
 
 NHWC2NCHW, NCHW2NHWC = [0, 3, 1, 2], [0, 2, 3, 1]

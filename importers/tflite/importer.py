@@ -97,6 +97,10 @@ class _Importer:
             constants=ctx.constants,
             sparse_sources={n for n in ctx.sparse_sources if n in ctx.constants},
         )
+        # every tensor the file declares, so rewrites can prove shapes equal (a residual Add)
+        for i, t in enumerate(sg.tensors):
+            if names[i] not in ctx.constants and not t.is_variable:
+                g.values[names[i]] = value(i)
         for v in g.inputs + g.outputs:
             g.values[v.name] = v
         g.metadata["quantization"] = {
