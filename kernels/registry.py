@@ -33,6 +33,7 @@ import numpy as np
 
 KernelFn = Callable[..., Any]
 Preparer = Callable[..., KernelFn | None]
+PlanPass = Callable[[list[Any], dict[str, Any], set[str]], list[Any]]
 
 
 class Recipes:
@@ -77,6 +78,7 @@ class Registry:
         self.provider = provider
         self._specs: dict[tuple[str, str], list[KernelSpec]] = {}
         self._preparers: dict[tuple[str, str], Preparer] = {}
+        self._plan_passes: list[PlanPass] = []
 
     def register(
         self, *ops: str, domain: str = "", dtypes: Iterable[Any] | None = None
@@ -107,6 +109,16 @@ class Registry:
             return fn
 
         return deco
+
+    def register_plan_pass(self, fn: PlanPass) -> PlanPass:
+        """Decorator: ``fn(nodes, constants, keep) -> nodes`` rewrites a plan's scheduled
+        nodes into ops of this provider (after constant folding, before scheduling); values
+        named in ``keep`` (outputs, what subgraphs or shape checks read) must stay."""
+        self._plan_passes.append(fn)
+        return fn
+
+    def plan_passes(self) -> tuple[PlanPass, ...]:
+        return tuple(self._plan_passes)
 
     def preparer(self, op: str, domain: str = "") -> Preparer | None:
         """The preparer registered for ``op``, if any."""

@@ -145,6 +145,13 @@ class Plan:
                 shaped = self._fold_shapes(nodes)
                 if len(shaped) < len(nodes):  # only then is there more to fold
                     nodes = self._fold_constants(shaped, known)
+        if self.registry.plan_passes():
+            keep = set(self.output_names) | set(self.outer_refs) | set(self.shape_checks)
+            for n in nodes:
+                for g in n.subgraphs():
+                    keep.update(g.outer_refs())
+            for rewrite in self.registry.plan_passes():
+                nodes = rewrite(nodes, self.constants, keep)
         defined = set(self.input_names) | set(self.constants) | set(self.outer_refs)
         for n in nodes:
             defined.update(n.outputs)

@@ -72,9 +72,9 @@ def test_mobilenet_residual_adds_fuse_into_convs() -> None:
     # the file declares every tensor's shape; the NCHW twins the layout pass makes inherit
     # them, so each block's residual Add is proven same-shape and joins its project conv
     m = modelloader.load(DIR / "mobilenet_v2_f32.tflite")
-    ops = [s.node.op for s in m._plan.steps]
+    ops = [n.op for n in m.graph.nodes]
     assert "Add" not in ops
-    assert sum(len(s.node.inputs) == 4 for s in m._plan.steps if s.node.op == "FusedConv") == 10
+    assert sum(len(n.inputs) == 4 for n in m.graph.nodes if n.op == "FusedConv") == 10
 
 
 # --------------------------------------------------------------------------- synthetic graphs

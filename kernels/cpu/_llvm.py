@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from modelloader.kernels.cpu import _jit
+from modelloader.kernels.cpu import _llvm_chain as _chain
 
 __all__ = ["MIN_SIZE", "available", "enabled", "epilogue_fn", "loaded", "max_pool"]
 
@@ -229,6 +230,7 @@ def _compile() -> None:
             )
         for k, stride in POOL_SHAPES:
             parts.append(_pool_ir(t, k, stride))
+    parts.append(_chain.ir())
     module = llvm.parse_assembly("\n".join(parts))
     module.verify()
     target = llvm.Target.from_default_triple()
@@ -251,6 +253,7 @@ def _compile() -> None:
         for k, stride in POOL_SHAPES:
             address = engine.get_function_address(f"maxpool_{t}_k{k}s{stride}")
             _fns[("maxpool", dt.str, k, stride)] = pool(address)
+    _chain.bind(engine, _fns)
 
 
 def enabled(size: int) -> bool:

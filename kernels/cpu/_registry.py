@@ -5,3 +5,4 @@ from modelloader.kernels.registry import Registry
 registry = Registry("cpu")
 kernel = registry.register
 prepares = registry.register_preparer
+plan_pass = registry.register_plan_pass
