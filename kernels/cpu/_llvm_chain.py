@@ -24,16 +24,19 @@ from __future__ import annotations
 import ctypes
 import struct
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["FIELDS", "Program", "bind", "ir"]
+__all__ = ["FIELDS", "ZEROS", "At", "Program", "bind", "ir"]
 
 #: int64 fields per layer descriptor
 FIELDS = 20
-PW, PW_RESIDUAL, DW_S1, DW_S2 = 0, 1, 2, 3
+PW, PW_RESIDUAL, DW_S1, DW_S2, REQUANT, ADD_TABLE, CONV = 0, 1, 2, 3, 4, 5, 6
 
-_DECLS = "declare <8 x float> @llvm.fma.v8f32(<8 x float>, <8 x float>, <8 x float>)"
+_DECLS = """declare <8 x float> @llvm.fma.v8f32(<8 x float>, <8 x float>, <8 x float>)
+declare <8 x i32> @llvm.smax.v8i32(<8 x i32>, <8 x i32>)
+declare <8 x i32> @llvm.smin.v8i32(<8 x i32>, <8 x i32>)"""
 _SPLAT = """  %{o}.0 = insertelement <8 x {t}> poison, {t} {v}, i64 0
   %{o} = shufflevector <8 x {t}> %{o}.0, <8 x {t}> poison, <8 x i32> zeroinitializer"""
 
@@ -293,13 +296,287 @@ def _depthwise_ir(s: int) -> str:
     )
 
 
+# --------------------------------------------------------------------------- general conv
+
+
+def _conv_tile(tag: str, rows: int, nv: int, mo: str) -> list[str]:
+    """Output pixels (oy, ox .. ox+rows) x channels mo .. mo+8*nv of a group-1 conv: taps
+    in kernel order, input channels inside; a tap outside the input reads the zero row.
+    From {tag}.pre to a branch to {tag}.done."""
+    acc = [(r, v) for r in range(rows) for v in range(nv)]
+    out = [f"{tag}.pre:", f"  br label %{tag}.t", f"{tag}.t:"]
+    out.append(f"  %{tag}.tt = phi i64 [0, %{tag}.pre], [%{tag}.t1, %{tag}.cend]")
+    for r, v in acc:
+        out.append(f"  %{tag}.u{r}{v} = phi <8 x float> [zeroinitializer, %{tag}.pre], [%{tag}.n{r}{v}, %{tag}.cend]")  # fmt: skip
+    out += [
+        f"  %{tag}.ki = udiv i64 %{tag}.tt, %kw",
+        f"  %{tag}.kj = urem i64 %{tag}.tt, %kw",
+        f"  %{tag}.iy = add i64 %iyb, %{tag}.ki",
+        f"  %{tag}.rok = icmp ult i64 %{tag}.iy, %h",
+        f"  %{tag}.ro = mul i64 %{tag}.iy, %wd",
+        f"  %{tag}.wt = mul i64 %{tag}.tt, %cm",
+        f"  %{tag}.wb = add i64 %{tag}.wt, {mo}",
+    ]
+    for r in range(rows):
+        out += [
+            f"  %{tag}.ox{r} = add i64 %ox, {r}",
+            f"  %{tag}.xa{r} = mul i64 %{tag}.ox{r}, %s",
+            f"  %{tag}.xb{r} = sub i64 %{tag}.xa{r}, %pl",
+            f"  %{tag}.ix{r} = add i64 %{tag}.xb{r}, %{tag}.kj",
+            f"  %{tag}.cok{r} = icmp ult i64 %{tag}.ix{r}, %wd",
+            f"  %{tag}.ok{r} = and i1 %{tag}.rok, %{tag}.cok{r}",
+            f"  %{tag}.pi{r} = add i64 %{tag}.ro, %{tag}.ix{r}",
+            f"  %{tag}.po{r} = mul i64 %{tag}.pi{r}, %c",
+            f"  %{tag}.pp{r} = getelementptr float, ptr %src, i64 %{tag}.po{r}",
+            f"  %{tag}.x{r} = select i1 %{tag}.ok{r}, ptr %{tag}.pp{r}, ptr %zeros",
+        ]
+    out += [f"  br label %{tag}.c", f"{tag}.c:"]
+    out.append(f"  %{tag}.ci = phi i64 [0, %{tag}.t], [%{tag}.ci1, %{tag}.c]")
+    for r, v in acc:
+        out.append(f"  %{tag}.a{r}{v} = phi <8 x float> [%{tag}.u{r}{v}, %{tag}.t], [%{tag}.n{r}{v}, %{tag}.c]")  # fmt: skip
+    out += [f"  %{tag}.wr = mul i64 %{tag}.ci, %m", f"  %{tag}.wo = add i64 %{tag}.wb, %{tag}.wr"]
+    for v in range(nv):
+        out.append(f"  %{tag}.wi{v} = add i64 %{tag}.wo, {8 * v}")
+        out += _vload(f"%{tag}.w{v}", "%w", f"%{tag}.wi{v}")
+    for r in range(rows):
+        out += [
+            f"  %{tag}.xp{r} = getelementptr inbounds float, ptr %{tag}.x{r}, i64 %{tag}.ci",
+            f"  %{tag}.xs{r} = load float, ptr %{tag}.xp{r}, align 4",
+            _SPLAT.format(o=f"{tag}.xv{r}", t="float", v=f"%{tag}.xs{r}"),
+        ]
+        for v in range(nv):
+            out.append(
+                f"  %{tag}.n{r}{v} = call <8 x float> @llvm.fma.v8f32(<8 x float> %{tag}.xv{r}, "
+                f"<8 x float> %{tag}.w{v}, <8 x float> %{tag}.a{r}{v})"
+            )
+    out += [
+        f"  %{tag}.ci1 = add nuw i64 %{tag}.ci, 1",
+        f"  %{tag}.cm = icmp ult i64 %{tag}.ci1, %c",
+        f"  br i1 %{tag}.cm, label %{tag}.c, label %{tag}.cend",
+        f"{tag}.cend:",
+        f"  %{tag}.t1 = add nuw i64 %{tag}.tt, 1",
+        f"  %{tag}.tm = icmp ult i64 %{tag}.t1, %taps",
+        f"  br i1 %{tag}.tm, label %{tag}.t, label %{tag}.e",
+        f"{tag}.e:",
+    ]
+    for v in range(nv):
+        out.append(f"  %{tag}.bi{v} = add i64 {mo}, {8 * v}")
+        out += _vload(f"%{tag}.b{v}", "%b", f"%{tag}.bi{v}")
+    for r in range(rows):
+        out += [
+            f"  %{tag}.px{r} = add i64 %prow, {r}",
+            f"  %{tag}.or{r} = mul i64 %{tag}.px{r}, %m",
+            f"  %{tag}.om{r} = add i64 %{tag}.or{r}, {mo}",
+        ]
+        for v in range(nv):
+            q = f"%{tag}.{r}{v}"
+            out += [
+                f"  {q}.o = add i64 %{tag}.om{r}, {8 * v}",
+                f"  {q}.s = fadd <8 x float> %{tag}.n{r}{v}, %{tag}.b{v}",
+                f"  {q}.dp = getelementptr inbounds float, ptr %dst, i64 {q}.o",
+                *_clamp_store(q, f"{q}.s", f"{q}.dp"),
+            ]
+    out.append(f"  br label %{tag}.done")
+    return out
+
+
+def _conv_pixels(tag: str, rows: int, then: str) -> list[str]:
+    """Every channel block of the ``rows`` pixels at (oy, ox): 16 at a time, then a last
+    8; from {tag}.in to a branch to ``then``."""
+    return [
+        f"{tag}.in:",
+        "  br label %" + f"{tag}.mh",
+        f"{tag}.mh:",
+        f"  %{tag}.mb = phi i64 [0, %{tag}.in], [%{tag}.mb16, %{tag}F.done]",
+        f"  %{tag}.mm = icmp ult i64 %{tag}.mb, %m16",
+        f"  br i1 %{tag}.mm, label %{tag}F.pre, label %{tag}.tail",
+        *_conv_tile(f"{tag}F", rows, 2, f"%{tag}.mb"),
+        f"{tag}F.done:",
+        f"  %{tag}.mb16 = add nuw i64 %{tag}.mb, 16",
+        f"  br label %{tag}.mh",
+        f"{tag}.tail:",
+        f"  %{tag}.tm8 = icmp ult i64 %m16, %m",
+        f"  br i1 %{tag}.tm8, label %{tag}T.pre, label %{then}",
+        *_conv_tile(f"{tag}T", rows, 1, "%m16"),
+        f"{tag}T.done:",
+        f"  br label %{then}",
+    ]
+
+
+def _conv_ir() -> str:
+    """A group-1 conv, channels last: dst (OH, OW, M) = clamp(conv(src (H, W, C), w (kh,
+    kw, C, M)) + b, lo, hi) at stride s with pads top/left pt, pl (bottom/right follow
+    from OH, OW); tiles of 4 output pixels of a row (then single ones) x 16 channels."""
+    return "\n".join(
+        [
+            "define internal void @conv_nhwc(ptr noalias nocapture %dst, ptr noalias nocapture readonly %src,",
+            "    ptr noalias nocapture readonly %w, ptr noalias nocapture readonly %b,",
+            "    ptr noalias nocapture readonly %zeros, i64 %c, i64 %h, i64 %wd, i64 %oh, i64 %ow,",
+            "    i64 %pt, i64 %pl, float %lo, float %hi, i64 %m, i64 %kh, i64 %kw, i64 %s) {",
+            "entry:",
+            _SPLAT.format(o="lov", t="float", v="%lo"),
+            _SPLAT.format(o="hiv", t="float", v="%hi"),
+            "  %m16 = and i64 %m, -16",
+            "  %ow4 = and i64 %ow, -4",
+            "  %taps = mul i64 %kh, %kw",
+            "  %cm = mul i64 %c, %m",
+            "  %np = mul i64 %oh, %ow",
+            "  %none = icmp eq i64 %np, 0",
+            "  br i1 %none, label %exit, label %row",
+            "row:",
+            "  %oy = phi i64 [0, %entry], [%oy1, %row.end]",
+            "  %iya = mul i64 %oy, %s",
+            "  %iyb = sub i64 %iya, %pt",
+            "  %prow0 = mul i64 %oy, %ow",
+            "  br label %q4",
+            "q4:",
+            "  %ox = phi i64 [0, %row], [%ox4, %Q.next], [%ox1, %P.next]",
+            "  %prow = add i64 %prow0, %ox",
+            "  %more4 = icmp ult i64 %ox, %ow4",
+            "  br i1 %more4, label %Q.in, label %q1",
+            *_conv_pixels("Q", 4, "Q.next"),
+            "Q.next:",
+            "  %ox4 = add nuw i64 %ox, 4",
+            "  br label %q4",
+            "q1:",
+            "  %more1 = icmp ult i64 %ox, %ow",
+            "  br i1 %more1, label %P.in, label %row.end",
+            *_conv_pixels("P", 1, "P.next"),
+            "P.next:",
+            "  %ox1 = add nuw i64 %ox, 1",
+            "  br label %q4",
+            "row.end:",
+            "  %oy1 = add nuw i64 %oy, 1",
+            "  %rmore = icmp ult i64 %oy1, %oh",
+            "  br i1 %rmore, label %row, label %exit",
+            "exit:",
+            "  ret void",
+            "}",
+        ]
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- integer layers
+
+
+def _requant_ir() -> str:
+    """buf (P, M) float32 accumulators (exact integers) -> float32 (y - zout), y the TFLite
+    requantization: v = (acc * q + c1) >> 31 (c1 = bias * q + 2**30), then, per channel,
+    (v + off + (v < 0 ? negm : 0)) >> right, + zp, clamped to [lo, hi] (``_TflRequant``)."""
+    v8 = "<8 x i32>"
+    body = [
+        "  %ai = fptosi <8 x float> %acc to <8 x i32>",
+        "  %a64 = sext <8 x i32> %ai to <8 x i64>",
+        *[x.replace("<8 x float>", "<8 x i64>").replace("align 4", "align 8").replace("float,", "i64,") for x in _vload("%qv", "%q", "%mm")],
+        *[x.replace("<8 x float>", "<8 x i64>").replace("align 4", "align 8").replace("float,", "i64,") for x in _vload("%cv", "%c1", "%mm")],
+        "  %t0 = mul <8 x i64> %a64, %qv",
+        "  %t1 = add <8 x i64> %t0, %cv",
+        "  %t2 = ashr <8 x i64> %t1, <i64 31, i64 31, i64 31, i64 31, i64 31, i64 31, i64 31, i64 31>",
+        "  %v0 = trunc <8 x i64> %t2 to <8 x i32>",
+        *[x.replace("<8 x float>", v8).replace("float,", "i32,") for x in _vload("%rv", "%right", "%mm")],
+        *[x.replace("<8 x float>", v8).replace("float,", "i32,") for x in _vload("%nv", "%negm", "%mm")],
+        *[x.replace("<8 x float>", v8).replace("float,", "i32,") for x in _vload("%ov", "%off", "%mm")],
+        f"  %sg = ashr {v8} %v0, <i32 31, i32 31, i32 31, i32 31, i32 31, i32 31, i32 31, i32 31>",
+        f"  %ng = and {v8} %sg, %nv",
+        f"  %v1 = add {v8} %v0, %ng",
+        f"  %v2 = add {v8} %v1, %ov",
+        f"  %v3 = ashr {v8} %v2, %rv",
+        f"  %v4 = add {v8} %v3, %zpv",
+        f"  %v5 = call {v8} @llvm.smax.v8i32({v8} %v4, {v8} %lov)",
+        f"  %v6 = call {v8} @llvm.smin.v8i32({v8} %v5, {v8} %hiv)",
+        f"  %v7 = sub {v8} %v6, %zov",
+        f"  %y = sitofp {v8} %v7 to <8 x float>",
+        "  store <8 x float> %y, ptr %acc.p, align 4",
+    ]  # fmt: skip
+    splats = [
+        _SPLAT.format(o=o, t="i32", v=v)
+        for o, v in (("zpv", "%zp"), ("lov", "%lo"), ("hiv", "%hi"), ("zov", "%zout"))
+    ]
+    return "\n".join(
+        [
+            "define internal void @requant(ptr noalias nocapture %buf, ptr noalias nocapture readonly %q,",
+            "    ptr noalias nocapture readonly %c1, ptr noalias nocapture readonly %right,",
+            "    ptr noalias nocapture readonly %negm, ptr noalias nocapture readonly %off,",
+            "    i64 %np, i64 %m, i32 %zp, i32 %lo, i32 %hi, i32 %zout) {",
+            "entry:",
+            *splats,
+            "  %n = mul i64 %np, %m",
+            "  %none = icmp eq i64 %n, 0",
+            "  br i1 %none, label %exit, label %px",
+            "px:",
+            "  %p = phi i64 [0, %entry], [%p1, %px.end]",
+            "  %row = mul i64 %p, %m",
+            "  br label %ch",
+            "ch:",
+            "  %mm = phi i64 [0, %px], [%mm8, %ch]",
+            "  %at = add i64 %row, %mm",
+            *_vload("%acc", "%buf", "%at"),
+            *body,
+            "  %mm8 = add nuw i64 %mm, 8",
+            "  %cmore = icmp ult i64 %mm8, %m",
+            "  br i1 %cmore, label %ch, label %px.end",
+            "px.end:",
+            "  %p1 = add nuw i64 %p, 1",
+            "  %pmore = icmp ult i64 %p1, %np",
+            "  br i1 %pmore, label %px, label %exit",
+            "exit:",
+            "  ret void",
+            "}",
+        ]
+    )  # fmt: skip
+
+
+def _add_table_ir() -> str:
+    """dst[i] = table[byte(a[i] + za) * 256 + byte(b[i] + zb)] - zout for float32 a, b
+    holding exact integers (the value minus its zero point) and an int8 table of a binary
+    op's every result (``qlinear._pair_table``)."""
+    return "\n".join(
+        [
+            "define internal void @add_table(ptr noalias nocapture %dst, ptr noalias nocapture readonly %a,",
+            "    ptr noalias nocapture readonly %b, ptr noalias nocapture readonly %table, i64 %n,",
+            "    i32 %za, i32 %zb, i32 %zout) {",
+            "entry:",
+            "  %none = icmp eq i64 %n, 0",
+            "  br i1 %none, label %exit, label %el",
+            "el:",
+            "  %i = phi i64 [0, %entry], [%i1, %el]",
+            "  %ap = getelementptr inbounds float, ptr %a, i64 %i",
+            "  %bp = getelementptr inbounds float, ptr %b, i64 %i",
+            "  %af = load float, ptr %ap, align 4",
+            "  %bf = load float, ptr %bp, align 4",
+            "  %ai = fptosi float %af to i32",
+            "  %bi = fptosi float %bf to i32",
+            "  %av = add i32 %ai, %za",
+            "  %bv = add i32 %bi, %zb",
+            "  %ab = and i32 %av, 255",
+            "  %bb = and i32 %bv, 255",
+            "  %hi = shl i32 %ab, 8",
+            "  %ix = or i32 %hi, %bb",
+            "  %ix64 = zext i32 %ix to i64",
+            "  %tp = getelementptr inbounds i8, ptr %table, i64 %ix64",
+            "  %y8 = load i8, ptr %tp, align 1",
+            "  %y = sext i8 %y8 to i32",
+            "  %yz = sub i32 %y, %zout",
+            "  %yf = sitofp i32 %yz to float",
+            "  %dp = getelementptr inbounds float, ptr %dst, i64 %i",
+            "  store float %yf, ptr %dp, align 4",
+            "  %i1 = add nuw i64 %i, 1",
+            "  %more = icmp ult i64 %i1, %n",
+            "  br i1 %more, label %el, label %exit",
+            "exit:",
+            "  ret void",
+            "}",
+        ]
+    )  # fmt: skip
+
+
 # --------------------------------------------------------------------------- the chain
 
 #: descriptor fields: kind, dst, weights, src, bias, residual (pointwise) or zero row
 #: (depthwise), pixels, in channels, out channels, lo and hi (float32 bits), then for
 #: depthwise H, W, OH, OW, top and left pads
 _F = dict(kind=0, dst=1, w=2, src=3, b=4, z=5, np=6, c=7, m=8, lo=9, hi=10, h=11, wd=12,
-          oh=13, ow=14, pt=15, pl=16)  # fmt: skip
+          oh=13, ow=14, pt=15, pl=16, kh=17, kw=18, s=19)  # fmt: skip
 
 
 def _chain_ir() -> str:
@@ -316,6 +593,13 @@ def _chain_ir() -> str:
     pw_args = "ptr %qdst, ptr %qw, ptr %qsrc, ptr %qb, ptr %qz, i64 %fnp, i64 %fc, i64 %fm, float %lo, float %hi"  # noqa: E501
     dw_args = ("ptr %qdst, ptr %qsrc, ptr %qw, ptr %qb, ptr %qz, i64 %fc, i64 %fh, i64 %fwd, "
                "i64 %foh, i64 %fow, i64 %fpt, i64 %fpl, float %lo, float %hi")  # fmt: skip
+    for name in ("h",):
+        load.append(f"  %q{name} = inttoptr i64 %f{name} to ptr")
+    for name in ("c", "m", "oh", "ow", "pt"):
+        load.append(f"  %i{name} = trunc i64 %f{name} to i32")
+    rq_args = ("ptr %qdst, ptr %qw, ptr %qb, ptr %qsrc, ptr %qz, ptr %qh, i64 %fnp, i64 %fm, "
+               "i32 %ic, i32 %ioh, i32 %iow, i32 %ipt")  # fmt: skip
+    add_args = "ptr %qdst, ptr %qsrc, ptr %qz, ptr %qw, i64 %fnp, i32 %ic, i32 %im, i32 %ipt"
     return "\n".join(
         [
             "define void @conv_chain(ptr nocapture readonly %prog, i64 %n) {",
@@ -332,7 +616,19 @@ def _chain_ir() -> str:
             f"    i64 {PW_RESIDUAL}, label %pwz",
             f"    i64 {DW_S1}, label %dw1",
             f"    i64 {DW_S2}, label %dw2",
+            f"    i64 {REQUANT}, label %rq",
+            f"    i64 {ADD_TABLE}, label %add",
+            f"    i64 {CONV}, label %conv",
             "  ]",
+            "conv:",
+            f"  call void @conv_nhwc({dw_args}, i64 %fm, i64 %fkh, i64 %fkw, i64 %fs)",
+            "  br label %next",
+            "rq:",
+            f"  call void @requant({rq_args})",
+            "  br label %next",
+            "add:",
+            f"  call void @add_table({add_args})",
+            "  br label %next",
             "pw:",
             f"  call void @pw_nhwc({pw_args})",
             "  br label %next",
@@ -359,7 +655,8 @@ def _chain_ir() -> str:
 def ir() -> str:
     """The module text: the kernels (internal) and ``conv_chain``."""
     parts = [_DECLS, _pointwise_ir(False), _pointwise_ir(True), _depthwise_ir(1)]
-    return "\n".join([*parts, _depthwise_ir(2), _chain_ir()])
+    parts += [_depthwise_ir(2), _conv_ir(), _requant_ir(), _add_table_ir()]
+    return "\n".join([*parts, _chain_ir()])
 
 
 def bind(engine: object, fns: dict) -> None:
@@ -372,30 +669,43 @@ def _bits(v: float) -> int:
     return struct.unpack("<i", struct.pack("<f", v))[0]
 
 
-class Program:
-    """A chain's layers over one float32 arena (channels-last buffers at fixed offsets),
-    as descriptors for ``conv_chain``; one per thread (the arena is its working memory).
+class At(NamedTuple):
+    """An arena position (in float32 elements) in a layer's fields."""
 
-    ``layers`` are dicts: ``kind`` (PW, PW_RESIDUAL, DW_S1, DW_S2), ``dst``/``src``/``z``
-    arena offsets (in elements), ``w``, ``b`` float32 arrays laid out for the kernel
-    (pointwise (C, M), depthwise (9, C) tap-major; b (M,)), the sizes (pointwise ``np``,
-    ``c``, ``m``; depthwise ``c``, ``h``, ``wd``, ``oh``, ``ow``, ``pt``, ``pl``) and the
-    clamp ``lo``, ``hi``. The caller checks every offset and size against the arena."""
+    offset: int
+
+
+#: the depthwise kernels' row of zeros, in a layer's fields
+ZEROS = "zeros"
+
+
+class Program:
+    """A chain's layers over one float32 arena, as descriptors for ``conv_chain``; one per
+    thread (the arena is its working memory).
+
+    ``layers`` are dicts of descriptor fields (``_F``): ``kind``, then per kind the
+    pointers, sizes and constants its loop takes. A field's value is an ``At`` (an arena
+    position), ``ZEROS``, an array (its address: the array is kept alive here), a float
+    (its float32 bits: the clamp of a float layer) or an int. The caller checks every
+    position and size against the arena and the arrays."""
 
     def __init__(self, layers: Sequence[dict], arena: int, widest: int) -> None:
         self.arena = np.empty(arena, np.float32)
         self.zeros = np.zeros(widest, np.float32)
-        self._keep = [(x["w"], x["b"]) for x in layers]
         base = self.arena.ctypes.data
+        self._keep = [v for x in layers for v in x.values() if isinstance(v, np.ndarray)]
         prog = np.zeros((len(layers), FIELDS), np.int64)
-        for row, x in zip(prog, layers):
-            depthwise = x["kind"] in (DW_S1, DW_S2)
-            z = self.zeros.ctypes.data if depthwise else base + 4 * x["z"] if x["z"] >= 0 else 0
-            fields = dict(x, dst=base + 4 * x["dst"], src=base + 4 * x["src"], z=z,
-                          w=x["w"].ctypes.data, b=x["b"].ctypes.data, lo=_bits(x["lo"]),
-                          hi=_bits(x["hi"]))  # fmt: skip
-            for name, k in _F.items():
-                row[k] = int(fields.get(name, 0))
+        for row, layer in zip(prog, layers):
+            for name, v in layer.items():
+                if isinstance(v, At):
+                    v = base + 4 * v.offset
+                elif isinstance(v, str):
+                    v = self.zeros.ctypes.data
+                elif isinstance(v, np.ndarray):
+                    v = v.ctypes.data
+                elif isinstance(v, float):
+                    v = _bits(v)
+                row[_F[name]] = int(v)
         self.program = prog
         self._args = (prog.ctypes.data, len(layers))
 
