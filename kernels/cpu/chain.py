@@ -19,7 +19,8 @@ of runs are chained:
 ``ConvChain(X, consts...)`` has one attribute, ``layers``: per node of the run, in order,
 ``op``, ``domain``, ``attrs`` (the node's) and ``inputs``: one reference per node input,
 ``("v", i)`` a chain value (0 is X, i + 1 the output of layer i), ``("p", j)`` the
-ConvChain's input j (a constant), or None (omitted). Its output is the last layer's. The
+ConvChain's input j (a constant), or None (omitted); and ``free``, the values it reads
+last. Its output is the last layer's. The
 generic kernel runs the nodes' own kernels one after another; the compiled form gives
 the same int8 results, and float results up to the order of float additions.
 """
@@ -32,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from modelloader import buffers
 from modelloader.buffers import take
 from modelloader.ir import Node
 from modelloader.kernels.cpu import _llvm
@@ -160,11 +162,15 @@ def _chain_node(run: Sequence[Node]) -> Node:
                 inputs.append(x)
         layers.append({"op": n.op, "domain": n.domain, "attrs": dict(n.attrs), "inputs": refs})
         index[n.outputs[0]] = len(index)
+    last = {r[1]: i for i, layer in enumerate(layers) for r in layer["inputs"] if r and r[0] == "v"}
+    for i, layer in enumerate(layers):
+        # the values (not the input, not the output) read last by this layer
+        layer["free"] = tuple(v for v, at in last.items() if at == i and 0 < v < len(layers))
     name = f"{run[0].name or run[0].outputs[0]}..{run[-1].name or run[-1].outputs[0]}"
     return Node("ConvChain", inputs, [run[-1].outputs[0]], {"layers": tuple(layers)}, FUSED, name)
 
 
-def _args(layer: dict, values: list, params: Sequence[Any]) -> list[Any]:
+def _args(layer: dict, values: dict[int, Any], params: Sequence[Any]) -> list[Any]:
     refs = layer["inputs"]
     args = [None if r is None else (values if r[0] == "v" else params)[r[1]] for r in refs]
     while args and args[-1] is None:
@@ -178,19 +184,27 @@ def conv_chain(
 ) -> np.ndarray:
     """modelloader ConvChain: the layers' own kernels, one after another (``_prepared``:
     their prepared kernels where the caller has them, None elsewhere)."""
-    values = [x]
+    values: dict[int, Any] = {0: x}
     consts = (x, *params)
+    pool = buffers.current()
     for i, layer in enumerate(layers):
         args = _args(layer, values, consts)
         fn = _prepared[i] if _prepared else None
         if fn is not None:
-            values.append(fn(*args))
-            continue
-        fn = registry.lookup(layer["op"], layer["domain"], getattr(args[0], "dtype", None))
-        if fn is None:
-            raise TypeError(f"ConvChain: no {layer['op']} kernel for {args[0].dtype}")
-        values.append(fn(*args, **layer["attrs"]))
-    return values[-1]
+            values[i + 1] = fn(*args)
+        else:
+            fn = registry.lookup(layer["op"], layer["domain"], getattr(args[0], "dtype", None))
+            if fn is None:
+                raise TypeError(f"ConvChain: no {layer['op']} kernel for {args[0].dtype}")
+            values[i + 1] = fn(*args, **layer["attrs"])
+        args = None  # type: ignore[assignment]
+        # intermediates go back to the run's buffer pool as the executor's would
+        for v in layer["free"]:
+            if pool is not None:
+                pool.release(values, v)
+            else:
+                values.pop(v)
+    return values[len(layers)]
 
 
 @prepares("ConvChain", domain=FUSED)
