@@ -1,5 +1,6 @@
 """Loops compiled through llvmlite (the LLVM binding numba is built on), for processes that
-have not loaded numba: conv epilogues, batch norm with a clamp, and 2-D max pooling.
+have not loaded numba: conv epilogues, batch norm with a clamp, 2-D max pooling, and the
+channels-last conv chains of ``_llvm_chain`` (compiled into the same module).
 
 A conv's epilogue (crop, bias, residual, clamp) is two to four NumPy passes over its
 output, an inference batch norm with ReLU three, a 3x3 stride-2 max pool six; one compiled
