@@ -62,26 +62,16 @@ def _vload(out: str, base: str, index: str) -> list[str]:
 # --------------------------------------------------------------------------- pointwise
 
 
-def _pw_tile(tag: str, rows: int, nv: int, residual: bool, p: str, mo: str) -> list[str]:
-    """Pixels p .. p+rows x channels mo .. mo+8*nv, from {tag}.pre to a branch to {tag}.done."""
-    out = [f"{tag}.pre:", f"  br label %{tag}.k", f"{tag}.k:"]
-    out.append(f"  %{tag}.kk = phi i64 [0, %{tag}.pre], [%{tag}.k1, %{tag}.k]")
-    for r in range(rows):
-        for v in range(nv):
-            out.append(
-                f"  %{tag}.a{r}{v} = phi <8 x float> [zeroinitializer, %{tag}.pre], "
-                f"[%{tag}.n{r}{v}, %{tag}.k]"
-            )
-    out += [f"  %{tag}.wr = mul i64 %{tag}.kk, %m", f"  %{tag}.wo = add i64 %{tag}.wr, {mo}"]
+def _weights_fma(tag: str, rows: int, nv: int, wo: str, x: list[str], k: str) -> list[str]:
+    """One step of a register tile: the weights w[wo .. wo+8*nv] times element k of each
+    row's input x[r], into the accumulators %{tag}.a{r}{v} (results %{tag}.n{r}{v})."""
+    out = []
     for v in range(nv):
-        out.append(f"  %{tag}.wi{v} = add i64 %{tag}.wo, {8 * v}")
+        out.append(f"  %{tag}.wi{v} = add i64 {wo}, {8 * v}")
         out += _vload(f"%{tag}.w{v}", "%w", f"%{tag}.wi{v}")
     for r in range(rows):
         out += [
-            f"  %{tag}.px{r} = add i64 {p}, {r}",
-            f"  %{tag}.xr{r} = mul i64 %{tag}.px{r}, %c",
-            f"  %{tag}.xi{r} = add i64 %{tag}.xr{r}, %{tag}.kk",
-            f"  %{tag}.xp{r} = getelementptr inbounds float, ptr %x, i64 %{tag}.xi{r}",
+            f"  %{tag}.xp{r} = getelementptr inbounds float, ptr {x[r]}, i64 {k}",
             f"  %{tag}.xs{r} = load float, ptr %{tag}.xp{r}, align 4",
             _SPLAT.format(o=f"{tag}.xv{r}", t="float", v=f"%{tag}.xs{r}"),
         ]
@@ -90,17 +80,20 @@ def _pw_tile(tag: str, rows: int, nv: int, residual: bool, p: str, mo: str) -> l
                 f"  %{tag}.n{r}{v} = call <8 x float> @llvm.fma.v8f32(<8 x float> %{tag}.xv{r}, "
                 f"<8 x float> %{tag}.w{v}, <8 x float> %{tag}.a{r}{v})"
             )
-    out += [
-        f"  %{tag}.k1 = add nuw i64 %{tag}.kk, 1",
-        f"  %{tag}.km = icmp ult i64 %{tag}.k1, %c",
-        f"  br i1 %{tag}.km, label %{tag}.k, label %{tag}.e",
-        f"{tag}.e:",
-    ]
+    return out
+
+
+def _tile_store(
+    tag: str, rows: int, nv: int, pixel: list[str], mo: str, residual: bool
+) -> list[str]:
+    """A register tile's epilogue: + bias (+ the residual at the same place), clamp, store
+    at pixels pixel[r], channels mo .. mo+8*nv; then a branch to {tag}.done."""
+    out = []
     for v in range(nv):
         out.append(f"  %{tag}.bi{v} = add i64 {mo}, {8 * v}")
         out += _vload(f"%{tag}.b{v}", "%b", f"%{tag}.bi{v}")
     for r in range(rows):
-        out += [f"  %{tag}.or{r} = mul i64 %{tag}.px{r}, %m", f"  %{tag}.om{r} = add i64 %{tag}.or{r}, {mo}"]  # fmt: skip
+        out += [f"  %{tag}.or{r} = mul i64 {pixel[r]}, %m", f"  %{tag}.om{r} = add i64 %{tag}.or{r}, {mo}"]  # fmt: skip
         for v in range(nv):
             q = f"%{tag}.{r}{v}"
             out += [f"  {q}.o = add i64 %{tag}.om{r}, {8 * v}", f"  {q}.s = fadd <8 x float> %{tag}.n{r}{v}, %{tag}.b{v}"]  # fmt: skip
@@ -113,6 +106,36 @@ def _pw_tile(tag: str, rows: int, nv: int, residual: bool, p: str, mo: str) -> l
             out += _clamp_store(q, acc, f"{q}.dp")
     out.append(f"  br label %{tag}.done")
     return out
+
+
+def _pw_tile(tag: str, rows: int, nv: int, residual: bool, p: str, mo: str) -> list[str]:
+    """Pixels p .. p+rows x channels mo .. mo+8*nv, from {tag}.pre to a branch to {tag}.done."""
+    out = [f"{tag}.pre:", f"  br label %{tag}.k", f"{tag}.k:"]
+    out.append(f"  %{tag}.kk = phi i64 [0, %{tag}.pre], [%{tag}.k1, %{tag}.k]")
+    for r in range(rows):
+        for v in range(nv):
+            out.append(
+                f"  %{tag}.a{r}{v} = phi <8 x float> [zeroinitializer, %{tag}.pre], "
+                f"[%{tag}.n{r}{v}, %{tag}.k]"
+            )
+    out += [f"  %{tag}.wr = mul i64 %{tag}.kk, %m", f"  %{tag}.wo = add i64 %{tag}.wr, {mo}"]
+    rows_x = []
+    for r in range(rows):
+        out += [
+            f"  %{tag}.px{r} = add i64 {p}, {r}",
+            f"  %{tag}.xr{r} = mul i64 %{tag}.px{r}, %c",
+            f"  %{tag}.x{r} = getelementptr inbounds float, ptr %x, i64 %{tag}.xr{r}",
+        ]
+        rows_x.append(f"%{tag}.x{r}")
+    out += _weights_fma(tag, rows, nv, f"%{tag}.wo", rows_x, f"%{tag}.kk")
+    out += [
+        f"  %{tag}.k1 = add nuw i64 %{tag}.kk, 1",
+        f"  %{tag}.km = icmp ult i64 %{tag}.k1, %c",
+        f"  br i1 %{tag}.km, label %{tag}.k, label %{tag}.e",
+        f"{tag}.e:",
+    ]
+    pixels = [f"%{tag}.px{r}" for r in range(rows)]
+    return out + _tile_store(tag, rows, nv, pixels, mo, residual)
 
 
 def _pw_pixels(tag: str, nv: int, residual: bool, mo: str, then: str) -> list[str]:
@@ -210,6 +233,38 @@ def _dw_block(tag: str, nv: int, c0: str) -> list[str]:
     return out
 
 
+# the output-row loop's end and the function's, closing the spatial kernels
+_ROWS_END = [
+    "row.end:",
+    "  %oy1 = add nuw i64 %oy, 1",
+    "  %rmore = icmp ult i64 %oy1, %oh",
+    "  br i1 %rmore, label %row, label %exit",
+    "exit:",
+    "  ret void",
+    "}",
+]
+
+
+def _spatial_head(name: str, more: str, prelude: list[str]) -> list[str]:
+    """The signature and entry block the spatial kernels share (channels-last src (H, W, C)
+    into dst (OH, OW, M), top/left pads, a clamp; ``more``: their own parameters), down to
+    the branch to %row, or %exit for an empty output."""
+    return [
+        f"define internal void @{name}(ptr noalias nocapture %dst,",
+        "    ptr noalias nocapture readonly %src, ptr noalias nocapture readonly %w,",
+        "    ptr noalias nocapture readonly %b, ptr noalias nocapture readonly %zeros,",
+        "    i64 %c, i64 %h, i64 %wd, i64 %oh, i64 %ow, i64 %pt, i64 %pl,",
+        f"    float %lo, float %hi{more}) {{",
+        "entry:",
+        _SPLAT.format(o="lov", t="float", v="%lo"),
+        _SPLAT.format(o="hiv", t="float", v="%hi"),
+        *prelude,
+        "  %np = mul i64 %oh, %ow",
+        "  %none = icmp eq i64 %np, 0",
+        "  br i1 %none, label %exit, label %row",
+    ]
+
+
 def _depthwise_ir(s: int) -> str:
     taps = []
     for ki in range(3):
@@ -235,19 +290,7 @@ def _depthwise_ir(s: int) -> str:
     weights = [f"  %wrow{t} = mul i64 %c, {t}" for t in range(9)]
     return "\n".join(
         [
-            f"define internal void @dw_nhwc_s{s}(ptr noalias nocapture %dst,",
-            "    ptr noalias nocapture readonly %src, ptr noalias nocapture readonly %w,",
-            "    ptr noalias nocapture readonly %b, ptr noalias nocapture readonly %zeros,",
-            "    i64 %c, i64 %h, i64 %wd, i64 %oh, i64 %ow, i64 %pt, i64 %pl,",
-            "    float %lo, float %hi) {",
-            "entry:",
-            _SPLAT.format(o="lov", t="float", v="%lo"),
-            _SPLAT.format(o="hiv", t="float", v="%hi"),
-            *weights,
-            "  %c16 = and i64 %c, -16",
-            "  %np = mul i64 %oh, %ow",
-            "  %none = icmp eq i64 %np, 0",
-            "  br i1 %none, label %exit, label %row",
+            *_spatial_head(f"dw_nhwc_s{s}", "", [*weights, "  %c16 = and i64 %c, -16"]),
             "row:",
             "  %oy = phi i64 [0, %entry], [%oy1, %row.end]",
             f"  %iya = mul i64 %oy, {s}",
@@ -285,13 +328,7 @@ def _depthwise_ir(s: int) -> str:
             "  %ox1 = add nuw i64 %ox, 1",
             "  %omore = icmp ult i64 %ox1, %ow",
             "  br i1 %omore, label %col, label %row.end",
-            "row.end:",
-            "  %oy1 = add nuw i64 %oy, 1",
-            "  %rmore = icmp ult i64 %oy1, %oh",
-            "  br i1 %rmore, label %row, label %exit",
-            "exit:",
-            "  ret void",
-            "}",
+            *_ROWS_END,
         ]
     )
 
@@ -335,20 +372,9 @@ def _conv_tile(tag: str, rows: int, nv: int, mo: str) -> list[str]:
     for r, v in acc:
         out.append(f"  %{tag}.a{r}{v} = phi <8 x float> [%{tag}.u{r}{v}, %{tag}.t], [%{tag}.n{r}{v}, %{tag}.c]")  # fmt: skip
     out += [f"  %{tag}.wr = mul i64 %{tag}.ci, %m", f"  %{tag}.wo = add i64 %{tag}.wb, %{tag}.wr"]
-    for v in range(nv):
-        out.append(f"  %{tag}.wi{v} = add i64 %{tag}.wo, {8 * v}")
-        out += _vload(f"%{tag}.w{v}", "%w", f"%{tag}.wi{v}")
-    for r in range(rows):
-        out += [
-            f"  %{tag}.xp{r} = getelementptr inbounds float, ptr %{tag}.x{r}, i64 %{tag}.ci",
-            f"  %{tag}.xs{r} = load float, ptr %{tag}.xp{r}, align 4",
-            _SPLAT.format(o=f"{tag}.xv{r}", t="float", v=f"%{tag}.xs{r}"),
-        ]
-        for v in range(nv):
-            out.append(
-                f"  %{tag}.n{r}{v} = call <8 x float> @llvm.fma.v8f32(<8 x float> %{tag}.xv{r}, "
-                f"<8 x float> %{tag}.w{v}, <8 x float> %{tag}.a{r}{v})"
-            )
+    out += _weights_fma(
+        tag, rows, nv, f"%{tag}.wo", [f"%{tag}.x{r}" for r in range(rows)], f"%{tag}.ci"
+    )
     out += [
         f"  %{tag}.ci1 = add nuw i64 %{tag}.ci, 1",
         f"  %{tag}.cm = icmp ult i64 %{tag}.ci1, %c",
@@ -359,25 +385,8 @@ def _conv_tile(tag: str, rows: int, nv: int, mo: str) -> list[str]:
         f"  br i1 %{tag}.tm, label %{tag}.t, label %{tag}.e",
         f"{tag}.e:",
     ]
-    for v in range(nv):
-        out.append(f"  %{tag}.bi{v} = add i64 {mo}, {8 * v}")
-        out += _vload(f"%{tag}.b{v}", "%b", f"%{tag}.bi{v}")
-    for r in range(rows):
-        out += [
-            f"  %{tag}.px{r} = add i64 %prow, {r}",
-            f"  %{tag}.or{r} = mul i64 %{tag}.px{r}, %m",
-            f"  %{tag}.om{r} = add i64 %{tag}.or{r}, {mo}",
-        ]
-        for v in range(nv):
-            q = f"%{tag}.{r}{v}"
-            out += [
-                f"  {q}.o = add i64 %{tag}.om{r}, {8 * v}",
-                f"  {q}.s = fadd <8 x float> %{tag}.n{r}{v}, %{tag}.b{v}",
-                f"  {q}.dp = getelementptr inbounds float, ptr %dst, i64 {q}.o",
-                *_clamp_store(q, f"{q}.s", f"{q}.dp"),
-            ]
-    out.append(f"  br label %{tag}.done")
-    return out
+    out += [f"  %{tag}.px{r} = add i64 %prow, {r}" for r in range(rows)]
+    return out + _tile_store(tag, rows, nv, [f"%{tag}.px{r}" for r in range(rows)], mo, False)
 
 
 def _conv_pixels(tag: str, rows: int, then: str) -> list[str]:
@@ -407,22 +416,15 @@ def _conv_ir() -> str:
     """A group-1 conv, channels last: dst (OH, OW, M) = clamp(conv(src (H, W, C), w (kh,
     kw, C, M)) + b, lo, hi) at stride s with pads top/left pt, pl (bottom/right follow
     from OH, OW); tiles of 4 output pixels of a row (then single ones) x 16 channels."""
+    prelude = [
+        "  %m16 = and i64 %m, -16",
+        "  %ow4 = and i64 %ow, -4",
+        "  %taps = mul i64 %kh, %kw",
+        "  %cm = mul i64 %c, %m",
+    ]
     return "\n".join(
         [
-            "define internal void @conv_nhwc(ptr noalias nocapture %dst, ptr noalias nocapture readonly %src,",
-            "    ptr noalias nocapture readonly %w, ptr noalias nocapture readonly %b,",
-            "    ptr noalias nocapture readonly %zeros, i64 %c, i64 %h, i64 %wd, i64 %oh, i64 %ow,",
-            "    i64 %pt, i64 %pl, float %lo, float %hi, i64 %m, i64 %kh, i64 %kw, i64 %s) {",
-            "entry:",
-            _SPLAT.format(o="lov", t="float", v="%lo"),
-            _SPLAT.format(o="hiv", t="float", v="%hi"),
-            "  %m16 = and i64 %m, -16",
-            "  %ow4 = and i64 %ow, -4",
-            "  %taps = mul i64 %kh, %kw",
-            "  %cm = mul i64 %c, %m",
-            "  %np = mul i64 %oh, %ow",
-            "  %none = icmp eq i64 %np, 0",
-            "  br i1 %none, label %exit, label %row",
+            *_spatial_head("conv_nhwc", ", i64 %m, i64 %kh, i64 %kw, i64 %s", prelude),
             "row:",
             "  %oy = phi i64 [0, %entry], [%oy1, %row.end]",
             "  %iya = mul i64 %oy, %s",
@@ -445,13 +447,7 @@ def _conv_ir() -> str:
             "P.next:",
             "  %ox1 = add nuw i64 %ox, 1",
             "  br label %q4",
-            "row.end:",
-            "  %oy1 = add nuw i64 %oy, 1",
-            "  %rmore = icmp ult i64 %oy1, %oh",
-            "  br i1 %rmore, label %row, label %exit",
-            "exit:",
-            "  ret void",
-            "}",
+            *_ROWS_END,
         ]
     )  # fmt: skip
 
