@@ -30,6 +30,7 @@ import numpy as np
 
 from modelloader.kernels.cpu import _jit
 from modelloader.kernels.cpu import _llvm_chain as _chain
+from modelloader.kernels.cpu import _llvm_wino as _wino
 
 __all__ = ["MIN_SIZE", "available", "enabled", "epilogue_fn", "loaded", "max_pool"]
 
@@ -231,7 +232,7 @@ def _compile() -> None:
             )
         for k, stride in POOL_SHAPES:
             parts.append(_pool_ir(t, k, stride))
-    parts.append(_chain.ir())
+    parts += [_chain.ir(), _wino.ir()]
     module = llvm.parse_assembly("\n".join(parts))
     module.verify()
     target = llvm.Target.from_default_triple()
@@ -255,6 +256,7 @@ def _compile() -> None:
             address = engine.get_function_address(f"maxpool_{t}_k{k}s{stride}")
             _fns[("maxpool", dt.str, k, stride)] = pool(address)
     _chain.bind(engine, _fns)
+    _wino.bind(engine, _fns)
 
 
 def enabled(size: int) -> bool:

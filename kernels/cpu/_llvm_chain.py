@@ -59,6 +59,28 @@ def _vload(out: str, base: str, index: str) -> list[str]:
     ]
 
 
+def _store_first(o: str, vec: str, ptr: str, count: str) -> list[str]:
+    """Stores lanes 0 .. min(count, 8) - 1 of <8 x float> ``vec`` at ``ptr`` one by one, in
+    blocks %{o}.* (a masked vector store is microcoded on AMD cores: many times slower)."""
+    return [
+        f"  br label %{o}.pre",
+        f"{o}.pre:",
+        f"  %{o}.few = icmp slt i64 {count}, 8",
+        f"  %{o}.n = select i1 %{o}.few, i64 {count}, i64 8",
+        f"  %{o}.any = icmp sgt i64 %{o}.n, 0",
+        f"  br i1 %{o}.any, label %{o}.l, label %{o}.x",
+        f"{o}.l:",
+        f"  %{o}.i = phi i64 [0, %{o}.pre], [%{o}.i1, %{o}.l]",
+        f"  %{o}.e = extractelement <8 x float> {vec}, i64 %{o}.i",
+        f"  %{o}.p = getelementptr inbounds float, ptr {ptr}, i64 %{o}.i",
+        f"  store float %{o}.e, ptr %{o}.p, align 4",
+        f"  %{o}.i1 = add nuw i64 %{o}.i, 1",
+        f"  %{o}.m = icmp slt i64 %{o}.i1, %{o}.n",
+        f"  br i1 %{o}.m, label %{o}.l, label %{o}.x",
+        f"{o}.x:",
+    ]
+
+
 # --------------------------------------------------------------------------- pointwise
 
 
