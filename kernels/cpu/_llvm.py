@@ -205,13 +205,9 @@ def _name(t: str, residual: bool, source: bool, scale: bool) -> str:
     return f"epilogue_{t}{'_z' * residual}{'_src' * source}{'_scale' * scale}"
 
 
-def _compile() -> None:
-    """Compiles the epilogue loops (float/double, with/without residual, in place or from a
-    source) and the max pools (float/double) into one module."""
-    import llvmlite.binding as llvm
-
-    llvm.initialize_native_target()
-    llvm.initialize_native_asmprinter()
+def _base_ir() -> str:
+    """The epilogue loops (float/double, with/without residual, in place or from a source,
+    scaled) and the max pools (float/double)."""
     parts = []
     for t, _ in _TYPES.values():
         for residual, source, scale in _VARIANTS:
@@ -232,8 +228,39 @@ def _compile() -> None:
             )
         for k, stride in POOL_SHAPES:
             parts.append(_pool_ir(t, k, stride))
-    parts += [_chain.ir(), _wino.ir()]
-    module = llvm.parse_assembly("\n".join(parts))
+    return "\n".join(parts)
+
+
+def _bind_base(engine: object, fns: dict) -> None:
+    get = engine.get_function_address  # type: ignore[attr-defined]
+    for dt, (t, ct) in _TYPES.items():
+        proto = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 5), *([ctypes.c_int64] * 5), ct, ct)
+        for variant in _VARIANTS:
+            fns[(dt.str, *variant)] = proto(get(_name(t, *variant)))
+        pool = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 4), *([ctypes.c_int64] * 7))
+        for k, stride in POOL_SHAPES:
+            fns[("maxpool", dt.str, k, stride)] = pool(get(f"maxpool_{t}_k{k}s{stride}"))
+
+
+#: the separately compiled modules: (IR text, binding of its functions into ``_fns``), so a
+#: process pays LLVM only for the loops its models use (``_kernel`` keys name their unit)
+_UNITS: dict[str, tuple[Callable[[], str], Callable[[object, dict], None]]] = {
+    "base": (_base_ir, _bind_base),
+    "chain": (_chain.ir, _chain.bind),
+    "wino": (_wino.ir, _wino.bind),
+}
+_UNIT_OF = {"conv_chain": "chain", "wino_in": "wino", "wino_out": "wino"}
+_done: set[str] = set()
+
+
+def _compile(unit: str) -> None:
+    """Compiles one unit's module and enters its functions into ``_fns``."""
+    import llvmlite.binding as llvm
+
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    text, bind = _UNITS[unit]
+    module = llvm.parse_assembly(text())
     module.verify()
     target = llvm.Target.from_default_triple()
     machine = target.create_target_machine(
@@ -246,17 +273,8 @@ def _compile() -> None:
     engine = llvm.create_mcjit_compiler(module, machine)
     engine.finalize_object()
     _engine.append(engine)
-    for dt, (t, ct) in _TYPES.items():
-        proto = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 5), *([ctypes.c_int64] * 5), ct, ct)
-        for variant in _VARIANTS:
-            fn = proto(engine.get_function_address(_name(t, *variant)))
-            _fns[(dt.str, *variant)] = fn
-        pool = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 4), *([ctypes.c_int64] * 7))
-        for k, stride in POOL_SHAPES:
-            address = engine.get_function_address(f"maxpool_{t}_k{k}s{stride}")
-            _fns[("maxpool", dt.str, k, stride)] = pool(address)
-    _chain.bind(engine, _fns)
-    _wino.bind(engine, _fns)
+    bind(engine, _fns)
+    _done.add(unit)
 
 
 def enabled(size: int) -> bool:
@@ -267,15 +285,15 @@ def enabled(size: int) -> bool:
     return available and size >= MIN_SIZE and _compiled()
 
 
-def _compiled() -> bool:
-    """Compiles the loops once (callers may race); False if that failed, which switches the
-    module off with a warning."""
+def _compiled(unit: str = "base") -> bool:
+    """Compiles a unit's loops once (callers may race); False if that failed, which switches
+    the module off with a warning."""
     global available
-    if not _fns:
+    if unit not in _done:
         with _lock:
-            if not _fns and available:
+            if unit not in _done and available:
                 try:
-                    _compile()
+                    _compile(unit)
                 except Exception as e:  # noqa: BLE001
                     available = False
                     warnings.warn(
@@ -284,16 +302,17 @@ def _compiled() -> bool:
                         RuntimeWarning,
                         stacklevel=3,
                     )
-    return bool(_fns)
+    return unit in _done
 
 
 def loaded() -> bool:
-    """Whether the loops are compiled in this process."""
-    return bool(_fns)
+    """Whether any of the loops are compiled in this process."""
+    return bool(_done)
 
 
 def _kernel(*key: object) -> Callable[..., None]:
-    if not _compiled():
+    unit = _UNIT_OF.get(key[0], "base")  # type: ignore[call-overload]
+    if not _compiled(unit):
         raise RuntimeError("the llvmlite loops are not available (check enabled() first)")
     return _fns[key]
 

@@ -865,7 +865,7 @@ def _winograd_fits(shape: tuple[int, ...], dt: np.dtype, group: int, geo: tuple,
     return (
         dt == np.float32 and group == 1 and shape[0] == 1 and k == [3, 3] and s == [1, 1]
         and d == [1, 1] and list(p) == [1, 1, 1, 1] and wshape[1] >= 64
-        and _llvm.enabled(wshape[0] * out_sp[0] * out_sp[1])
+        and _llvm.enabled(wshape[0] * out_sp[0] * out_sp[1]) and _llvm._compiled("wino")
     )  # fmt: skip
 
 
@@ -894,9 +894,9 @@ def winograd_recipe(
         if fresh:
             xp[...] = 0
         xp[:c, 1 : h + 1, 1 : wd + 1] = x[0]
-        v = scratch("wino_v", (16, c, tt), np.float32)
+        v = scratch("cols", (16, c, tt), np.float32)  # the im2col slot: one buffer serves both
         transform_in(v.ctypes.data, xp.ctypes.data, c, hp, wp, th, tw)
-        prod = scratch("wino_m", (16 * m * tt + 16,), np.float32)
+        prod = scratch("acc", (16 * m * tt + 16,), np.float32)
         np.matmul(filters, v, out=prod[: 16 * m * tt].reshape(16, m, tt))
         out = take((1, m, h, wd), np.float32)
         zz = None if z is None else np.ascontiguousarray(z, np.float32).reshape(out.shape)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not _llvm.available, reason="llvmlite is not ins
 
 @pytest.fixture(scope="module")
 def run_chain():
-    assert _llvm._compiled()
+    assert _llvm._compiled("chain")
     return _llvm._kernel("conv_chain")
 
 

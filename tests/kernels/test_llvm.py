@@ -200,16 +200,32 @@ def test_a_failed_compile_falls_back_to_numpy(monkeypatch) -> None:
     """An llvmlite that cannot build the loops (another API) switches the module off for the
     process, with a warning, instead of failing the run."""
 
-    def broken() -> None:
+    def broken(unit: str) -> None:
         raise AttributeError("no create_pass_builder")
 
     monkeypatch.setattr(_llvm, "_fns", {})
+    monkeypatch.setattr(_llvm, "_done", set())
     monkeypatch.setattr(_llvm, "_compile", broken)
     monkeypatch.setattr(_llvm, "available", True)
     with pytest.warns(RuntimeWarning, match="could not be compiled"):
         assert not _llvm.enabled(_llvm.MIN_SIZE)
     assert not _llvm.available and not _llvm.enabled(_llvm.MIN_SIZE)
     assert not _llvm.enabled(_llvm.MIN_SIZE - 1)
+    assert not _llvm._compiled("chain") and not _llvm._compiled("wino")
+
+
+def test_units_compile_on_demand() -> None:
+    """Each unit is its own module: a model that needs only the epilogues never builds the
+    chain loops (in a fresh process, as compiled units are process-wide)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from modelloader.kernels.cpu import _llvm; assert _llvm.enabled(_llvm.MIN_SIZE); "
+        "print(sorted(_llvm._done)); _llvm._kernel('wino_in'); print(sorted(_llvm._done))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["['base']", "['base', 'wino']"]
 
 
 def test_from_several_threads(monkeypatch) -> None:
