@@ -250,14 +250,14 @@ def _recipe(key: tuple, layers: Sequence[dict], consts: tuple) -> Any:
     """fn(x) -> y for inputs of (shape, dtype) ``key``, or None where a layer does not fit
     the loops."""
     shape, dtype = key
-    if not _llvm._compiled("chain"):
-        return None
     quantized = layers[0]["op"] != "Conv" and layers[0]["op"] != "FusedConv"
     if len(shape) != 4 or shape[0] != 1 or dtype != (np.int8 if quantized else np.float32):
         return None
     try:
         built = _layers(shape[1:], layers, consts, quantized)
     except _Unfit:
+        return None
+    if not _llvm._compiled("chain"):  # built on the first chain that fits
         return None
     specs, shapes, zps, writes, reads = built
     offsets, size = _allocate(shapes, writes, reads)

@@ -9,7 +9,9 @@ the one-channel-per-group case of that batched matmul, or, with the ``jit`` extr
 loops (``_jit.depthwise_fn``), which also finish FusedConv's bias/residual/clamp/shuffle in
 one pass once loaded. Conv and FusedConv nodes with constant weights are prepared at plan
 time (``prepared_float_conv``): pointwise and depthwise shapes then skip the generic
-kernel's geometry and dispatch work, which on small maps costs as much as the arithmetic.
+kernel's geometry and dispatch work, which on small maps costs as much as the arithmetic,
+and 3x3 stride-1 "same" convs of 64+ channels run as Winograd F(2x2, 3x3) products
+(``winograd_recipe``: 2.25x fewer multiply-adds, llvmlite transforms, no im2col).
 Work buffers are per-thread scratch, reused between calls; outputs are always fresh arrays
 (from the run's buffer pool, ``modelloader.buffers``). Integer convolutions run the same
 engine in float64, which is exact for 8/16-bit operands."""
