@@ -1,5 +1,5 @@
-"""modelloader ConvChain: a run of pointwise and depthwise 3x3 convs (and residual adds) as
-one step.
+"""modelloader ConvChain: a run of small convs (ungrouped or depthwise 3x3) and residual adds
+as one step.
 
 MobileNet-style networks are dozens of small convs (a pointwise expansion, a depthwise
 3x3, a pointwise projection and its residual add, per block) whose maps hold a few
@@ -20,9 +20,9 @@ of runs are chained:
 ``op``, ``domain``, ``attrs`` (the node's) and ``inputs``: one reference per node input,
 ``("v", i)`` a chain value (0 is X, i + 1 the output of layer i), ``("p", j)`` the
 ConvChain's input j (a constant), or None (omitted); and ``free``, the values it reads
-last. Its output is the last layer's. The
-generic kernel runs the nodes' own kernels one after another; the compiled form gives
-the same int8 results, and float results up to the order of float additions.
+last. Its output is the last layer's. The generic kernel runs the nodes' own kernels one
+after another; the compiled form gives the same int8 results, and float results up to the
+order of float additions.
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ _Q_CONV, _Q_ADD = (FUSED, "TFLiteConv"), (FUSED, "TFLiteAdd")
 
 
 def _kind(n: Node, constants: dict[str, Any]) -> str | None:
-    """ "f" (float conv) or "q" (TFLite int8 conv or add) for a node a chain can hold, else
-    None: ungrouped or depthwise 3x3 2-D convs with constant weights, undilated, float ones
-    with a clamp or no activation. Sizes and strides are checked at run time."""
+    """The kind of run a node can join, "f" (a float conv) or "q" (a TFLite int8 conv or
+    add), else None: ungrouped or depthwise 3x3 2-D convs with constant weights, undilated,
+    float ones with a clamp or no activation. Sizes and strides are checked at run time."""
     key = (n.domain, n.op)
     if len(n.outputs) != 1:
         return None
@@ -255,7 +255,7 @@ def _recipe(key: tuple, layers: Sequence[dict], consts: tuple) -> Any:
         return None
     try:
         built = _layers(shape[1:], layers, consts, quantized)
-    except _Unfit:
+    except Exception:  # noqa: BLE001  _Unfit, or a geometry the layers' kernels report on
         return None
     if not _llvm._compiled("chain"):  # built on the first chain that fits
         return None
