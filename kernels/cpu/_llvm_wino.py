@@ -20,6 +20,7 @@ halves and quarters are exact; the sums are not), ~1e-6 relative.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Sequence
 
 from modelloader.kernels.cpu._llvm_chain import _SPLAT, _store_first, _vload
 
@@ -29,6 +30,25 @@ _EVEN = ", ".join(f"i32 {2 * i}" for i in range(8))
 _ODD = ", ".join(f"i32 {2 * i + 1}" for i in range(8))
 _INTERLEAVE = [", ".join(f"i32 {i // 2 + 8 * (i % 2)}" for i in range(8 * h, 8 * h + 8)) for h in (0, 1)]  # fmt: skip
 _V = "<8 x float>"
+
+
+#: Winograd F(2, 3)'s input transform B^T and output transform A^T (rows: outputs)
+_BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
+_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
+
+
+def _combine(out: str, terms: list[str], row: Sequence[int]) -> list[str]:
+    """``out`` = the terms weighted by ``row``'s +1/-1 (0: left out), as a chain of vector
+    additions and subtractions in term order, from the first positive term."""
+    picked = [(c, t) for c, t in zip(row, terms) if c]
+    first = next(i for i, (c, _) in enumerate(picked) if c > 0)
+    acc, rest = picked[first][1], picked[:first] + picked[first + 1 :]
+    lines = []
+    for n, (c, t) in enumerate(rest):
+        name = out if n == len(rest) - 1 else f"{out}.{n}"
+        lines.append(f"  {name} = {'fadd' if c > 0 else 'fsub'} {_V} {acc}, {t}")
+        acc = name
+    return lines
 
 
 def _in_ir() -> str:
@@ -49,19 +69,11 @@ def _in_ir() -> str:
         ]
     # B^T d: across the patch's rows; then d B: across its columns
     for j in range(4):
-        body += [
-            f"  %t0{j} = fsub {_V} %d0{j}, %d2{j}",
-            f"  %t1{j} = fadd {_V} %d1{j}, %d2{j}",
-            f"  %t2{j} = fsub {_V} %d2{j}, %d1{j}",
-            f"  %t3{j} = fsub {_V} %d1{j}, %d3{j}",
-        ]
+        for i, row in enumerate(_BT):
+            body += _combine(f"%t{i}{j}", [f"%d{r}{j}" for r in range(4)], row)
     for i in range(4):
-        body += [
-            f"  %v{i}0 = fsub {_V} %t{i}0, %t{i}2",
-            f"  %v{i}1 = fadd {_V} %t{i}1, %t{i}2",
-            f"  %v{i}2 = fsub {_V} %t{i}2, %t{i}1",
-            f"  %v{i}3 = fsub {_V} %t{i}1, %t{i}3",
-        ]
+        for j, row in enumerate(_BT):
+            body += _combine(f"%v{i}{j}", [f"%t{i}{c}" for c in range(4)], row)
     full, part = [], []
     for i in range(4):
         for j in range(4):
@@ -136,23 +148,14 @@ def _out_ir(residual: bool) -> str:
         loads += [f"  %mo{k}a = mul i64 %ks, {k}", f"  %mo{k} = add i64 %mo{k}a, %mat"]
         loads += _vload(f"%m{k}", "%mm", f"%mo{k}")
     body = []
-    # A^T m: across the rows of the 4x4 products; then m A: across their columns
+    # A^T m: across the rows of the 4x4 products; then m A: across their columns, + bias
     for j in range(4):
-        body += [
-            f"  %s0{j}a = fadd {_V} %m{j}, %m{4 + j}",
-            f"  %s0{j} = fadd {_V} %s0{j}a, %m{8 + j}",
-            f"  %s1{j}a = fsub {_V} %m{4 + j}, %m{8 + j}",
-            f"  %s1{j} = fsub {_V} %s1{j}a, %m{12 + j}",
-        ]
+        for a, row in enumerate(_AT):
+            body += _combine(f"%s{a}{j}", [f"%m{4 * r + j}" for r in range(4)], row)
     for a in range(2):
-        body += [
-            f"  %o{a}0a = fadd {_V} %s{a}0, %s{a}1",
-            f"  %o{a}0b = fadd {_V} %o{a}0a, %s{a}2",
-            f"  %o{a}0 = fadd {_V} %o{a}0b, %bv",
-            f"  %o{a}1a = fsub {_V} %s{a}1, %s{a}2",
-            f"  %o{a}1b = fsub {_V} %o{a}1a, %s{a}3",
-            f"  %o{a}1 = fadd {_V} %o{a}1b, %bv",
-        ]
+        for b, row in enumerate(_AT):
+            body += _combine(f"%o{a}{b}x", [f"%s{a}{c}" for c in range(4)], row)
+            body.append(f"  %o{a}{b} = fadd {_V} %o{a}{b}x, %bv")
         for h in range(2):
             body.append(
                 f"  %r{a}{h} = shufflevector {_V} %o{a}0, {_V} %o{a}1, <8 x i32> <{_INTERLEAVE[h]}>"
