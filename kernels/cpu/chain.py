@@ -39,7 +39,7 @@ from modelloader.ir import Node
 from modelloader.kernels.cpu import _llvm
 from modelloader.kernels.cpu import _llvm_chain as lc
 from modelloader.kernels.cpu._registry import kernel, plan_pass, prepares, registry
-from modelloader.kernels.cpu.conv import clamp_bounds, conv_geometry
+from modelloader.kernels.cpu.conv import _tup, clamp_bounds, conv_geometry
 from modelloader.kernels.registry import KernelFn
 
 FUSED = "modelloader"
@@ -302,7 +302,8 @@ class _Unfit(Exception):
 def _layers(shape0: tuple, layers: Sequence[dict], consts: tuple, quantized: bool) -> tuple:
     """The loop descriptors of the chain for an input of (C, H, W) ``shape0``: (specs,
     shapes of the chain values, the zero point each is stored less, and per value the
-    index of the last spec reading it). Arena positions are ("v", value) placeholders."""
+    index of the spec writing it and of the last spec reading it). Arena positions are
+    ("v", value) placeholders."""
     from modelloader.kernels.cpu import qlinear
 
     shapes = [shape0]
@@ -392,18 +393,18 @@ def _layers(shape0: tuple, layers: Sequence[dict], consts: tuple, quantized: boo
         specs.append(spec)
         if quantized:
             read(out)  # requantized in place
-            specs.append(_requant_spec(cv, out, m, oh * ow, a))
+            specs.append(_requant_spec(cv.req, out, m, oh * ow, a))
         shapes.append((m, oh, ow))
         zps.append(int(a.get("y_zp", 0)) if quantized else 0)
     reads[len(shapes) - 1] = len(specs)  # the output outlives the chain
     return specs, shapes, zps, writes, reads
 
 
-def _requant_spec(cv: Any, out: int, m: int, pixels: int, attrs: dict) -> dict:
-    """The REQUANT layer of an int8 conv's output (value ``out``, pixels x m, in place)."""
+def _requant_spec(req: Any, out: int, m: int, pixels: int, attrs: dict) -> dict:
+    """The REQUANT layer applying an int8 conv's ``_TflRequant`` to its output (value
+    ``out``, pixels x m, in place)."""
     from modelloader.kernels.cpu import qlinear
 
-    req = cv.req
     right = np.zeros(m, np.int32) if req.right is None else req.right.reshape(m)
     if req.right is None:
         negm = np.zeros(m, np.int32)
@@ -442,7 +443,3 @@ def _allocate(
         top = max(top, start + sizes[v])
         live.append((start, sizes[v], v))
     return offsets, top
-
-
-def _tup(v: Any) -> tuple[int, ...] | None:
-    return None if v is None else tuple(int(x) for x in v)

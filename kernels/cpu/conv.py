@@ -886,9 +886,9 @@ def winograd_recipe(
     bias = np.zeros(m, np.float32) if b is None else np.ascontiguousarray(b, np.float32)
     th, tw = (h + 1) // 2, (wd + 1) // 2
     hp, wp, tt = 2 * th + 2, 2 * tw + 2, th * tw
-    transform_in, lo, hi = _llvm._kernel("wino_in"), np.float32(bounds[0]), np.float32(bounds[1])
+    transform_in = _llvm._kernel("wino_in")
     out_fns = {z: _llvm._kernel("wino_out", z) for z in (False, True)}
-    lo_c, hi_c = ctypes.c_float(lo), ctypes.c_float(hi)
+    lo_c, hi_c = ctypes.c_float(bounds[0]), ctypes.c_float(bounds[1])
 
     def run(x: np.ndarray, z: np.ndarray | None) -> np.ndarray:
         # (C + 1) planes: the patch loads of the last row reach up to 32 floats past a plane
